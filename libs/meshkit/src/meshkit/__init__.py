@@ -1,0 +1,1 @@
+"""Service defaults shared by every deployable of the mesh."""

@@ -1,0 +1,106 @@
+"""Keyset ("cursor") pagination, newest first, with opaque cursors.
+
+A cursor encodes the (created_at, id) of the last item seen; the next page holds items strictly
+older than it. Unlike offsets, pages neither skip nor repeat rows when new rows arrive.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import Depends, Query
+from pydantic import BaseModel, Field
+from sqlalchemy import Select, tuple_
+from sqlalchemy.orm import InstrumentedAttribute
+
+from meshkit.problems import UnprocessableError
+
+T = TypeVar("T")
+Row = TypeVar("Row")
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next page; null at the end."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    created_at: datetime
+    id: uuid.UUID
+
+    def encode(self) -> str:
+        raw = json.dumps({"t": self.created_at.isoformat(), "i": str(self.id)}).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, value: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+            data = json.loads(raw)
+            created_at = datetime.fromisoformat(data["t"])
+            if created_at.tzinfo is None:
+                raise ValueError("naive timestamp")
+            return cls(created_at=created_at, id=uuid.UUID(data["i"]))
+        except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise UnprocessableError(
+                "The cursor is not valid; use a `next_cursor` as given."
+            ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class PageParams:
+    limit: int
+    cursor: Cursor | None
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=100, description="Items per page.")] = 20,
+    cursor: Annotated[
+        str | None, Query(max_length=512, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> PageParams:
+    return PageParams(limit=limit, cursor=Cursor.decode(cursor) if cursor else None)
+
+
+PageParamsDep = Annotated[PageParams, Depends(page_params)]
+
+
+def paginate_newest_first(
+    statement: Select[Any],
+    *,
+    created_at: InstrumentedAttribute[datetime],
+    id_: InstrumentedAttribute[uuid.UUID],
+    params: PageParams,
+) -> Select[Any]:
+    """Orders newest first and fetches one row more than the page, to know if another follows."""
+    if params.cursor is not None:
+        statement = statement.where(
+            tuple_(created_at, id_) < tuple_(params.cursor.created_at, params.cursor.id)
+        )
+    return statement.order_by(created_at.desc(), id_.desc()).limit(params.limit + 1)
+
+
+def build_page(
+    rows: Sequence[Row],
+    *,
+    params: PageParams,
+    key: Callable[[Row], Cursor],
+    to_item: Callable[[Row], Item],
+) -> Page[Item]:
+    visible = rows[: params.limit]
+    more = len(rows) > params.limit
+    return Page[Item](
+        items=[to_item(row) for row in visible],
+        next_cursor=key(visible[-1]).encode() if more and visible else None,
+    )

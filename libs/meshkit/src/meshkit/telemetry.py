@@ -1,0 +1,123 @@
+"""OpenTelemetry for a service process, configured only from the standard `OTEL_*` variables.
+
+Called once per process *after* gunicorn forks (the app is not preloaded), because the SDK's
+export threads do not survive a fork. `shutdown_telemetry()` flushes on a graceful stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+logger = logging.getLogger("meshkit.telemetry")
+
+_state: dict[str, TracerProvider | MeterProvider] = {}
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() == "true"
+
+
+def _exports(signal: str) -> bool:
+    """Export a signal only when an endpoint is configured: with none, nothing is sent or logged."""
+    if os.environ.get(f"OTEL_{signal.upper()}_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    )
+
+
+def build_resource(*, service_name: str, service_version: str, environment: str) -> Resource:
+    """Our defaults, overridden by `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`."""
+    defaults = Resource.create(
+        {
+            "service.name": service_name,
+            "service.version": service_version,
+            "deployment.environment.name": environment,
+            # One id per process: gunicorn workers of one pod are told apart in traces.
+            "service.instance.id": str(uuid.uuid4()),
+        }
+    )
+    return defaults.merge(OTELResourceDetector().detect())
+
+
+def configure_telemetry(
+    *,
+    service_name: str,
+    service_version: str,
+    environment: str,
+    span_processors: tuple[SpanProcessor, ...] = (),
+    metric_readers: tuple[MetricReader, ...] = (),
+) -> None:
+    """Install the global tracer and meter providers (once per process) and library hooks."""
+    # New, stable semantic conventions for HTTP and database spans and metrics.
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
+    if "tracer" in _state or _truthy("OTEL_SDK_DISABLED"):
+        return
+    resource = build_resource(
+        service_name=service_name, service_version=service_version, environment=environment
+    )
+    # The sampler comes from OTEL_TRACES_SAMPLER (default: parentbased_always_on).
+    tracer_provider = TracerProvider(resource=resource)
+    if _exports("traces"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    for processor in span_processors:
+        tracer_provider.add_span_processor(processor)
+
+    readers = list(metric_readers)
+    if _exports("metrics"):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+    _state["tracer"] = tracer_provider
+    _state["meter"] = meter_provider
+
+    # SQLAlchemy's instrumentation declares sqlalchemy<2.1 and would silently skip itself on
+    # 2.1; its engine hooks work on 2.1, which the database span test proves.
+    SQLAlchemyInstrumentor().instrument(skip_dep_check=True, enable_commenter=False)
+
+
+def shutdown_telemetry() -> None:
+    """Flush and stop exporters; safe to call more than once."""
+    for key in ("tracer", "meter"):
+        provider = _state.pop(key, None)
+        if provider is None:
+            continue
+        try:
+            provider.shutdown()
+        except Exception:  # pragma: no cover - exporter failures must not block a stop
+            logger.exception("telemetry shutdown failed")
+
+
+def instrument_http_client(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """Client spans and `traceparent` injection for one client, whatever its transport."""
+    HTTPXClientInstrumentor.instrument_client(client)
+    return client
+
+
+@contextmanager
+def untraced() -> Iterator[None]:
+    """Run probes and housekeeping without spans, so they never show up as orphan traces."""
+    with suppress_instrumentation():
+        yield

@@ -1,0 +1,100 @@
+"""HTTP routes of the users service: validation and status codes only; rules live in `service`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Request, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from meshkit.auth import CurrentPrincipal
+from meshkit.db import SessionDep
+from users_service import service
+from users_service.login_limits import LoginLimiter
+from users_service.schemas import AccessToken, UserCreate, UserRead
+from users_service.security import TokenIssuer
+
+
+def _issuer(request: Request) -> TokenIssuer:
+    issuer: TokenIssuer = request.app.state.token_issuer
+    return issuer
+
+
+def _limiter(request: Request) -> LoginLimiter:
+    limiter: LoginLimiter = request.app.state.login_limiter
+    return limiter
+
+
+IssuerDep = Annotated[TokenIssuer, Depends(_issuer)]
+LimiterDep = Annotated[LoginLimiter, Depends(_limiter)]
+
+users = APIRouter(prefix="/api/users", tags=["users"])
+auth = APIRouter(prefix="/api/auth", tags=["auth"])
+internal = APIRouter(prefix="/internal/users", tags=["internal"], include_in_schema=False)
+
+
+@users.post("", status_code=status.HTTP_201_CREATED, response_model=UserRead)
+async def register(data: UserCreate, session: SessionDep) -> Any:
+    """Create an account. Emails are case-insensitive and unique."""
+    return await service.register(session=session, data=data)
+
+
+@users.get("/me", response_model=UserRead)
+async def me(principal: CurrentPrincipal, session: SessionDep) -> Any:
+    """The caller's own account."""
+    return await service.get_user(session=session, user_id=principal.user_id)
+
+
+@users.get("/{user_id}", response_model=UserRead)
+async def get_user(user_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep) -> Any:
+    """A user by id: only the caller's own id is visible; any other id is 404."""
+    return await service.get_visible_user(
+        session=session, user_id=user_id, caller_id=principal.user_id
+    )
+
+
+class _PasswordForm(OAuth2PasswordRequestForm):
+    """OAuth2 password form with the contract's length bounds."""
+
+    def __init__(
+        self,
+        username: Annotated[str, Form(min_length=1, max_length=320)],
+        password: Annotated[str, Form(min_length=1, max_length=128)],
+    ) -> None:
+        super().__init__(username=username, password=password)
+
+
+@auth.post("/token", response_model=AccessToken)
+async def token(
+    form: Annotated[_PasswordForm, Depends()],
+    request: Request,
+    session: SessionDep,
+    issuer: IssuerDep,
+    limiter: LimiterDep,
+) -> AccessToken:
+    """OAuth2 password flow: `username` is the email. Failed attempts are rate limited."""
+    issued = await service.login(
+        session=session,
+        limiter=limiter,
+        issuer=issuer,
+        email=form.username,
+        password=form.password,
+        client=request.client.host if request.client else None,
+    )
+    return AccessToken(access_token=issued.token, expires_in=issued.expires_in)
+
+
+@auth.get("/jwks.json")
+async def jwks(issuer: IssuerDep) -> dict[str, Any]:
+    """Public keys that verify access tokens (JWKS, RFC 7517)."""
+    return issuer.jwks
+
+
+@internal.get("/{user_id}", response_model=UserRead)
+async def get_user_internal(user_id: uuid.UUID, session: SessionDep) -> Any:
+    """For other services: does this user exist? Not routed by the gateway."""
+    return await service.get_user(session=session, user_id=user_id)
+
+
+routers = (users, auth, internal)

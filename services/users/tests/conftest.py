@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from meshdev.api import UsersApi
+from meshdev.postgres import create_database, drop_database, sqlalchemy_url, truncate_all
+
+from meshkit.migrations import upgrade_to_head
+from users_service.main import create_app
+from users_service.migrate import MIGRATIONS
+from users_service.settings import UsersSettings
+
+
+@pytest.fixture(scope="session")
+async def users_database() -> AsyncIterator[str]:
+    name = await create_database("users_test")
+    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, sqlalchemy_url(name))
+    yield name
+    await drop_database(name)
+
+
+@pytest.fixture
+def settings(users_database: str) -> UsersSettings:
+    return UsersSettings(database_url=sqlalchemy_url(users_database), environment="test")
+
+
+@pytest.fixture
+async def app(settings: UsersSettings, users_database: str) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with LifespanManager(application):
+        yield application
+    await truncate_all(users_database)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://users.test") as client:
+        yield client
+
+
+@pytest.fixture
+def api(client: httpx.AsyncClient) -> UsersApi:
+    return UsersApi(client)

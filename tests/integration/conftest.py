@@ -1,0 +1,1 @@
+"""Fixtures for tests that start deployables with their production command."""
