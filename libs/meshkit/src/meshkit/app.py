@@ -136,7 +136,7 @@ def _document_problems(app: FastAPI) -> None:
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
                 responses = operation.get("responses", {})
-                if "422" in responses:
+                if "422" in responses or "parameters" in operation or "requestBody" in operation:
                     responses["422"] = {
                         "description": "Validation error",
                         "content": problem_content,

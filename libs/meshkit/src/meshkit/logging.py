@@ -11,6 +11,9 @@ from typing import Any
 from opentelemetry import trace
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+# The trace id answered in `X-Trace-Id`, also when the request itself is not traced (probes,
+# OTEL_SDK_DISABLED), so problem bodies and headers always agree.
+trace_id_var: ContextVar[str | None] = ContextVar("trace_id", default=None)
 
 _SECRET_QUERY = re.compile(r"(?i)((?:access_token|token|password|secret)=)[^&\s\"]+")
 

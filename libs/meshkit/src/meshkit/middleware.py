@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshkit.health import PROBE_PATHS
-from meshkit.logging import redact, request_id_var
+from meshkit.logging import redact, request_id_var, trace_id_var
 from meshkit.problems import problem_response
 
 access_logger = logging.getLogger("meshkit.access")
@@ -57,6 +57,7 @@ class RequestContextMiddleware:
         )
         token = request_id_var.set(request_id)
         trace_id = _trace_id(scope)
+        trace_token = trace_id_var.set(trace_id)
         started = time.perf_counter()
         status_code = 0
 
@@ -87,6 +88,7 @@ class RequestContextMiddleware:
         finally:
             self._log(scope, status_code, started)
             request_id_var.reset(token)
+            trace_id_var.reset(trace_token)
 
     @staticmethod
     def _log(scope: Scope, status_code: int, started: float) -> None:

@@ -18,6 +18,8 @@ from opentelemetry import trace
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from meshkit.logging import trace_id_var
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 logger = logging.getLogger("meshkit.problems")
@@ -101,7 +103,9 @@ class TooManyRequestsError(ProblemError):
 
 def current_trace_id() -> str:
     context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.trace_id else ""
+    if context.is_valid:
+        return format(context.trace_id, "032x")
+    return trace_id_var.get() or ""
 
 
 def problem_response(

@@ -1,0 +1,125 @@
+"""The engine, the session's transaction ownership, database spans and keyset pagination."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from meshdev.postgres import create_database, drop_database, sqlalchemy_url
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from sqlalchemy import DateTime, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from meshkit.db import Database, new_metadata
+from meshkit.pagination import Cursor, PageParams, build_page, paginate_newest_first
+from meshkit.problems import UnprocessableError
+
+
+class Base(DeclarativeBase):
+    metadata = new_metadata()
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+@pytest.fixture(scope="module")
+async def database() -> AsyncIterator[Database]:
+    name = await create_database("meshkit_test")
+    database = Database(sqlalchemy_url(name))
+    try:
+        async with database.engine.begin() as connection:
+            await connection.run_sync(Base.metadata.create_all)
+        yield database
+    finally:
+        await database.dispose()
+        await drop_database(name)
+
+
+async def test_transaction_commits_on_success_and_rolls_back_on_error(database: Database) -> None:
+    kept, lost = uuid.uuid4(), uuid.uuid4()
+    async with database.transaction() as session:
+        session.add(Item(id=kept, created_at=datetime.now(UTC)))
+
+    async def failing_handler() -> None:
+        async with database.transaction() as session:
+            session.add(Item(id=lost, created_at=datetime.now(UTC)))
+            await session.flush()
+            raise RuntimeError("handler failed")
+
+    with pytest.raises(RuntimeError):
+        await failing_handler()
+
+    async with database.transaction() as session:
+        assert await session.get(Item, kept) is not None
+        assert await session.get(Item, lost) is None
+
+
+async def test_queries_make_database_client_spans_on_sqlalchemy_2_1(
+    database: Database, spans: InMemorySpanExporter
+) -> None:
+    async with database.transaction() as session:
+        await session.execute(select(Item).limit(1))
+
+    db_spans = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert db_spans, "SQLAlchemy instrumentation produced no spans"
+    attributes = db_spans[-1].attributes or {}
+    assert attributes.get("db.system.name", attributes.get("db.system")) == "postgresql"
+    assert "SELECT" in str(attributes.get("db.query.text", attributes.get("db.statement")))
+
+
+async def test_readiness_ping_makes_no_spans(
+    database: Database, spans: InMemorySpanExporter
+) -> None:
+    await database.ping()
+
+    assert spans.get_finished_spans() == ()
+
+
+async def test_pages_cover_every_row_once_even_with_equal_timestamps(database: Database) -> None:
+    moment = datetime(2030, 1, 1, tzinfo=UTC)
+    async with database.transaction() as session:
+        session.add_all(
+            Item(created_at=moment - timedelta(seconds=i // 3)) for i in range(25)
+        )  # groups of three rows share a timestamp
+    seen: list[uuid.UUID] = []
+    cursor: Cursor | None = None
+    while True:
+        params = PageParams(limit=7, cursor=cursor)
+        async with database.transaction() as session:
+            statement = paginate_newest_first(
+                select(Item).where(Item.created_at.between(moment - timedelta(days=1), moment)),
+                created_at=Item.created_at,
+                id_=Item.id,
+                params=params,
+            )
+            rows = (await session.scalars(statement)).all()
+        page = build_page(
+            rows,
+            params=params,
+            key=lambda item: Cursor(item.created_at, item.id),
+            to_item=lambda item: item.id,
+        )
+        seen.extend(page.items)
+        if page.next_cursor is None:
+            break
+        cursor = Cursor.decode(page.next_cursor)
+
+    assert len(seen) == len(set(seen)) == 25
+
+
+def test_cursor_round_trips() -> None:
+    cursor = Cursor(datetime(2030, 1, 1, tzinfo=UTC), uuid.uuid4())
+
+    assert Cursor.decode(cursor.encode()) == cursor
+
+
+@pytest.mark.parametrize("garbage", ["", "!!!", "eyJ0IjogMX0", "bm90IGpzb24", "e30"])
+def test_malformed_cursor_is_a_422(garbage: str) -> None:
+    with pytest.raises(UnprocessableError):
+        Cursor.decode(garbage)
