@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from meshdev.postgres import create_database, drop_database
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".test-artifacts"

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import httpx
+
 from meshdev.api import PASSWORD, UsersApi
 from meshdev.postgres import sqlalchemy_url
 from meshdev.processes import ServiceProcess

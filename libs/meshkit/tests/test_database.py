@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from meshdev.postgres import create_database, drop_database, sqlalchemy_url
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from sqlalchemy import DateTime, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from meshdev.postgres import create_database, drop_database, sqlalchemy_url
 from meshkit.db import Database, new_metadata
 from meshkit.pagination import Cursor, PageParams, build_page, paginate_newest_first
 from meshkit.problems import UnprocessableError

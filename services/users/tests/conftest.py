@@ -7,9 +7,9 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+
 from meshdev.api import UsersApi
 from meshdev.postgres import create_database, drop_database, sqlalchemy_url, truncate_all
-
 from meshkit.migrations import upgrade_to_head
 from users_service.main import create_app
 from users_service.migrate import MIGRATIONS

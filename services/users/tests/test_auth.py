@@ -8,8 +8,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
-from meshdev.api import PASSWORD, UsersApi
 
+from meshdev.api import PASSWORD, UsersApi
 from users_service.security import TokenIssuer
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from meshdev.api import PASSWORD, UsersApi
 
 

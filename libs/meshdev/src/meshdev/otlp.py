@@ -1,0 +1,170 @@
+"""A tiny OTLP/HTTP receiver for tests: what the services export, decoded with opentelemetry-proto.
+
+Runs uvicorn in a background thread on a free port; point `OTEL_EXPORTER_OTLP_ENDPOINT` at `.url`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from meshdev.processes import free_port
+
+SPAN_KINDS = {
+    0: "UNSPECIFIED",
+    1: "INTERNAL",
+    2: "SERVER",
+    3: "CLIENT",
+    4: "PRODUCER",
+    5: "CONSUMER",
+}
+
+
+def _value(value: AnyValue) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(v) for v in value.array_value.values]
+    return getattr(value, kind) if kind else None
+
+
+def _attributes(pairs: Any) -> dict[str, Any]:
+    return {pair.key: _value(pair.value) for pair in pairs if isinstance(pair, KeyValue)}
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    service: str
+    resource: dict[str, Any]
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: str
+    attributes: dict[str, Any]
+    links: tuple[str, ...]  # trace ids of linked spans
+    start_ns: int
+    end_ns: int
+    status_code: int
+
+
+@dataclass(frozen=True)
+class ReceivedPoint:
+    service: str
+    metric: str
+    attributes: dict[str, Any]
+    value: float  # sum/gauge value, or histogram count
+
+
+@dataclass
+class OtlpReceiver:
+    port: int = field(default_factory=free_port)
+    spans: list[ReceivedSpan] = field(default_factory=list)
+    points: list[ReceivedPoint] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _traces(self, request: Request) -> Response:
+        message = ExportTraceServiceRequest.FromString(await request.body())
+        for resource_spans in message.resource_spans:
+            resource = _attributes(resource_spans.resource.attributes)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    self.spans.append(
+                        ReceivedSpan(
+                            service=str(resource.get("service.name")),
+                            resource=resource,
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_span_id=span.parent_span_id.hex(),
+                            name=span.name,
+                            kind=SPAN_KINDS[span.kind],
+                            attributes=_attributes(span.attributes),
+                            links=tuple(link.trace_id.hex() for link in span.links),
+                            start_ns=span.start_time_unix_nano,
+                            end_ns=span.end_time_unix_nano,
+                            status_code=span.status.code,
+                        )
+                    )
+        return Response(
+            ExportTraceServiceResponse().SerializeToString(), media_type="application/x-protobuf"
+        )
+
+    async def _metrics(self, request: Request) -> Response:
+        message = ExportMetricsServiceRequest.FromString(await request.body())
+        for resource_metrics in message.resource_metrics:
+            service = str(_attributes(resource_metrics.resource.attributes).get("service.name"))
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    kind = metric.WhichOneof("data")
+                    for point in getattr(metric, kind).data_points if kind else ():
+                        if kind in ("histogram", "exponential_histogram"):
+                            value = float(point.count)
+                        else:
+                            value = float(point.as_double or point.as_int)
+                        self.points.append(
+                            ReceivedPoint(
+                                service, metric.name, _attributes(point.attributes), value
+                            )
+                        )
+        return Response(
+            ExportMetricsServiceResponse().SerializeToString(), media_type="application/x-protobuf"
+        )
+
+    def start(self) -> OtlpReceiver:
+        app = Starlette(
+            routes=[
+                Route("/v1/traces", self._traces, methods=["POST"]),
+                Route("/v1/metrics", self._metrics, methods=["POST"]),
+                Route("/v1/logs", lambda request: Response(b""), methods=["POST"]),
+            ]
+        )
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(5)
+
+    async def wait_for(
+        self, condition: Callable[[], bool], *, within: float = 15.0, what: str = "telemetry"
+    ) -> None:
+        deadline = time.monotonic() + within
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} after {within}s")
+            await asyncio.sleep(0.05)
+
+    def exporter_env(self) -> dict[str, str]:
+        """Environment that makes a service export here, quickly."""
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.url,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        }
