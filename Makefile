@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 export UV_PYTHON := python3.11
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help uv sync run migrate test lint format unit integration clean
+.PHONY: help uv sync run migrate test lint format bench bench-tools clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -36,6 +36,13 @@ format: sync ## Format and fix what ruff can
 
 test: sync lint ## Lint, then the whole test suite
 	@$(UV) run --locked pytest
+
+bench-tools: ## Install wrk and nginx (Debian packages) for the benchmarks, if missing
+	@command -v wrk >/dev/null && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; }
+
+bench: sync bench-tools ## Measure the mesh against nginx; writes bench/results/latest.{json,md}
+	@cd bench && $(UV) run --locked python mesh_bench.py
 
 clean: ## Remove caches and local state (keeps .venv)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .test-artifacts

@@ -1,0 +1,180 @@
+"""Load generation and process accounting for the benchmarks: wrk, /proc CPU time, nginx."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    requests_per_second: float
+    requests: int
+    p50_ms: float
+    p99_ms: float
+    errors: int  # non-2xx/3xx answers and socket errors
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "requests_per_second": round(self.requests_per_second, 1),
+            "requests": self.requests,
+            "p50_ms": round(self.p50_ms, 2),
+            "p99_ms": round(self.p99_ms, 2),
+            "errors": self.errors,
+        }
+
+
+def _duration_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not match:
+        raise ValueError(f"unexpected wrk duration {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _find(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    if match is None:
+        raise ValueError(f"wrk output has no {pattern!r}:\n{text}")
+    return match.group(1)
+
+
+def wrk(
+    url: str,
+    *,
+    connections: int = 32,
+    seconds: int = 10,
+    threads: int = 2,
+    headers: dict[str, str] | None = None,
+    script: str | None = None,
+) -> LoadResult:
+    """Runs wrk (bounded by `seconds`) and parses its throughput and latency distribution."""
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    for name, value in (headers or {}).items():
+        command += ["-H", f"{name}: {value}"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
+        if script:
+            lua.write(script)
+            lua.flush()
+            command += ["-s", lua.name]
+        command.append(url)
+        output = subprocess.run(
+            command, capture_output=True, text=True, check=True, timeout=seconds + 30
+        ).stdout
+    percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)$", output, re.MULTILINE))
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if socket_errors:
+        errors += sum(int(n) for n in socket_errors.groups())
+    return LoadResult(
+        requests_per_second=float(_find(r"Requests/sec:\s+([\d.]+)", output)),
+        requests=int(_find(r"(\d+) requests in", output)),
+        p50_ms=_duration_ms(percentiles["50"]),
+        p99_ms=_duration_ms(percentiles["99"]),
+        errors=errors,
+    )
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        children += [int(child) for child in text]
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (a gunicorn master and its workers)."""
+    tree, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        tree.append(current)
+        try:
+            pending += _children(current)
+        except FileNotFoundError:
+            continue
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process tree, from /proc/<pid>/stat."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / CLOCK_TICKS
+
+
+class Nginx:
+    """nginx as a plain keep-alive reverse proxy in front of one upstream (the baseline)."""
+
+    def __init__(self, *, listen_port: int, upstream: str) -> None:
+        self.port = listen_port
+        self.upstream = upstream
+        self.directory = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Nginx:
+        config = self.directory / "nginx.conf"
+        config.write_text(
+            textwrap.dedent(
+                f"""\
+                daemon off;
+                worker_processes 1;
+                pid {self.directory}/nginx.pid;
+                error_log {self.directory}/error.log warn;
+                events {{ worker_connections 1024; }}
+                http {{
+                    access_log off;
+                    client_body_temp_path {self.directory}/body;
+                    proxy_temp_path {self.directory}/proxy;
+                    fastcgi_temp_path {self.directory}/fastcgi;
+                    uwsgi_temp_path {self.directory}/uwsgi;
+                    scgi_temp_path {self.directory}/scgi;
+                    upstream backend {{ server {self.upstream}; keepalive 64; }}
+                    server {{
+                        listen 127.0.0.1:{self.port};
+                        location / {{
+                            proxy_pass http://backend;
+                            proxy_http_version 1.1;
+                            proxy_set_header Connection "";
+                            proxy_set_header Host $host;
+                            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                        }}
+                    }}
+                }}
+                """
+            )
+        )
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.process = subprocess.Popen(
+            [nginx, "-c", str(config), "-p", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        shutil.rmtree(self.directory, ignore_errors=True)
