@@ -32,7 +32,10 @@ class LocalMesh:
         env: Mapping[str, str] | None = None,
         workers: int = 1,
         only: tuple[str, ...] | None = None,
+        postgres_url: str | None = None,
     ) -> None:
+        """`postgres_url` (postgresql+asyncpg://user@host:port) lets a fault test put a proxy
+        between the services and PostgreSQL; throw-away databases are always made directly."""
         self.log_dir = log_dir
         self.deployables: tuple[Deployable, ...] = tuple(
             d for d in MESH if only is None or d.name in only
@@ -42,9 +45,8 @@ class LocalMesh:
         self.wiring = Wiring(
             ports={d.name: free_port() for d in MESH},
             databases={},
-            postgres_url=ADMIN_DSN.rpartition("/")[0].replace(
-                "postgresql://", "postgresql+asyncpg://", 1
-            ),
+            postgres_url=postgres_url
+            or ADMIN_DSN.rpartition("/")[0].replace("postgresql://", "postgresql+asyncpg://", 1),
             rabbitmq_url=rabbitmq_url,
             jwt_private_key_file=jwt_private_key_file,
             environment="test",
