@@ -24,3 +24,37 @@ def pytest_configure(config: pytest.Config) -> None:
 def spans() -> InMemorySpanExporter:
     SPANS.clear()
     return SPANS
+
+
+_EXERCISED: dict[str, int] = {}
+
+
+def _category(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    if "/integration/" in path or path.startswith("tests/integration"):
+        name = path.rsplit("/", 1)[-1]
+        if "fault" in name:
+            return "fault scenarios"
+        if "fuzz" in name:
+            return "fuzzed operations"
+        return "integration scenarios"
+    if path.startswith("tests/deploy"):
+        return "deployment checks"
+    return "unit and API tests"
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call" or not report.passed:
+        return
+    category = _category(report.nodeid)
+    _EXERCISED[category] = _EXERCISED.get(category, 0) + 1
+    for name, value in report.user_properties:
+        if name == "fuzz_cases" and isinstance(value, int):
+            _EXERCISED["fuzz cases"] = _EXERCISED.get("fuzz cases", 0) + value
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line saying what the run exercised (tests record fuzz cases with `record_property`)."""
+    if _EXERCISED:
+        parts = ", ".join(f"{count} {name}" for name, count in sorted(_EXERCISED.items()))
+        terminalreporter.write_line(f"exercised: {parts}")
