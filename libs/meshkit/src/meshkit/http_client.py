@@ -9,10 +9,38 @@ from __future__ import annotations
 import asyncio
 import random
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from meshkit.telemetry import instrument_http_client
+
+
+def _precise_error(exc: httpx.TransportError, request: httpx.Request) -> httpx.TransportError:
+    """httpx-aiohttp maps every aiohttp connection error to `ConnectTimeout`, so a refused
+    connection looks like a timeout and a dropped keep-alive connection like a failed connect;
+    callers deciding between 503, 504 and a retry need the real cause."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(str(cause), request=request)
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(str(cause), request=request)
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(str(cause), request=request)
+    return exc
+
+
+class PreciseAiohttpTransport(AiohttpTransport):
+    """The aiohttp transport, raising the httpx error that names what really went wrong."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await super().handle_async_request(request)
+        except httpx.TransportError as exc:
+            precise = _precise_error(exc, request)
+            if precise is exc:
+                raise
+            raise precise from exc.__cause__
 
 
 class ConnectRetryTransport(httpx.AsyncBaseTransport):
@@ -50,7 +78,7 @@ def create_http_client(
     headers: dict[str, str] | None = None,
 ) -> httpx.AsyncClient:
     """One client per upstream, created in a lifespan and closed with it."""
-    transport = AiohttpTransport(
+    transport = PreciseAiohttpTransport(
         limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
