@@ -54,3 +54,23 @@ async def test_a_silent_server_is_a_read_timeout(client: httpx.AsyncClient) -> N
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_urls_are_sent_exactly_as_encoded(client: httpx.AsyncClient) -> None:
+    """Opaque cursors survive: `%2F` and `%2B` are not decoded on the way out."""
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n", 1)[0])
+        writer.write(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await client.get(f"http://127.0.0.1:{port}/a%2Fb?cursor=x%2By%2Fz%3D&q=%41")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert seen == [b"GET /a%2Fb?cursor=x%2By%2Fz%3D&q=%41 HTTP/1.1"]
