@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,6 @@ def auth(token: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def fresh_hits(upstream_control: UpstreamControl) -> Iterator[list[str]]:
+def fresh_hits(upstream_control: UpstreamControl) -> list[str]:
     upstream_control.hits.clear()
-    yield upstream_control.hits
+    return upstream_control.hits

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import StreamingResponse
+from starlette.requests import ClientDisconnect
 
 CHUNK = b"x" * 65_536
 
@@ -33,12 +34,13 @@ def create_upstream_app(control: UpstreamControl) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.api_route("/api/orders/echo", methods=["GET", "POST", "DELETE"])
     async def echo(request: Request) -> dict[str, Any]:
-        """Tells what arrived: method, path, query, headers and body size."""
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+        except ClientDisconnect:
+            size = -1  # the gateway gave up on this body (413)
         return {
             "method": request.method,
             "path": request.url.path,
@@ -46,6 +48,16 @@ def create_upstream_app(control: UpstreamControl) -> FastAPI:
             "headers": [[k, v] for k, v in request.headers.items()],
             "body_size": size,
         }
+
+    @app.get("/api/orders/echo")
+    async def echo_get(request: Request) -> dict[str, Any]:
+        """Tells what arrived: method, path, query, headers."""
+        return await echo(request)
+
+    @app.post("/api/orders/echo")
+    async def echo_post(request: Request) -> dict[str, Any]:
+        """Tells what arrived, with the body's size."""
+        return await echo(request)
 
     @app.get("/api/orders/slow")
     async def slow(seconds: float) -> dict[str, float]:

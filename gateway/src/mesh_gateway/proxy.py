@@ -47,6 +47,9 @@ _REPLACED = frozenset(
 _SKIPPED_REQUEST_HEADERS = HOP_BY_HOP | _REPLACED
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _EVENT_STREAM = b"text/event-stream"
+# After refusing a body, how much more of it the gateway reads (and drops) so the client can
+# see the 413; past that the connection is closed under it.
+_LINGER_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -96,6 +99,18 @@ class _RequestBody:
                 raise BodyTooLargeError
             if chunk:
                 yield chunk
+            if not message.get("more_body", False):
+                return
+
+    async def drain(self, limit: int) -> None:
+        """Read and drop what the client still sends (up to `limit` bytes), so it is done
+        writing and reads the 413 instead of failing on a connection reset mid-upload."""
+        drained = 0
+        while drained <= limit:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return
+            drained += len(message.get("body", b""))
             if not message.get("more_body", False):
                 return
 
@@ -260,6 +275,7 @@ class Forwarder:
                 if body is not None and body.client_gone:
                     return  # nobody is left to answer
                 if body is not None and body.too_large:
+                    await body.drain(_LINGER_BYTES)
                     await self._too_large(scope, receive, send)
                     return
                 failure = _classify(exc, upstream.name)

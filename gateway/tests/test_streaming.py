@@ -1,0 +1,131 @@
+"""Bodies flow through chunk by chunk: big responses, size limits, event streams, WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from .upstream_app import UpstreamControl
+
+MIB = 1024 * 1024
+
+
+async def test_a_large_response_streams_without_being_buffered(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """64 MiB pass through while the gateway (in this process) never holds more than a few."""
+    received = 0
+    tracemalloc.start()
+    try:
+        async with client.stream("GET", "/api/orders/big?mib=64", headers=auth) as response:
+            assert response.status_code == 200
+            async for chunk in response.aiter_raw():
+                received += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert received == 64 * MIB
+    assert peak < 8 * MIB
+
+
+async def test_a_declared_body_over_the_limit_is_413_without_an_upstream_call(
+    client: httpx.AsyncClient, auth: dict[str, str], fresh_hits: list[str]
+) -> None:
+    response = await client.post("/api/orders/echo", headers=auth, content=b"x" * (300 * 1024))
+
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert fresh_hits == []
+
+
+async def test_a_streamed_body_is_cut_off_at_the_limit_with_413(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(40):  # 40 x 16 KiB, no Content-Length: only counting can catch it
+            yield b"x" * 16_384
+
+    response = await client.post("/api/orders/echo", headers=auth, content=chunks())
+
+    assert response.status_code == 413
+    assert response.json()["status"] == 413
+
+
+async def test_a_streamed_body_under_the_limit_arrives_whole(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b"x" * 16_384
+
+    response = await client.post("/api/orders/echo", headers=auth, content=chunks())
+
+    assert response.status_code == 200
+    assert response.json()["body_size"] == 8 * 16_384
+
+
+async def test_server_sent_events_arrive_one_by_one(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream_control: UpstreamControl
+) -> None:
+    """Each event is read through the gateway before the upstream produces the next one."""
+    async with client.stream(
+        "GET", "/api/notifications/stream", headers={**auth, "Accept": "text/event-stream"}
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.aiter_lines()
+        seen: list[str] = []
+        for number in (1, 2, 3):
+            if number > 1:
+                upstream_control.next_event.set()
+            event = await asyncio.wait_for(_next_event(lines), timeout=10)
+            seen.append(event)
+
+    assert seen == ['{"n": 1}', '{"n": 2}', '{"n": 3}']
+
+
+async def _next_event(lines: AsyncIterator[str]) -> str:
+    async for line in lines:
+        if line.startswith("data: "):
+            return line.removeprefix("data: ")
+    raise AssertionError("the stream ended")
+
+
+def _ws_url(gateway_url: str, token: str) -> str:
+    return gateway_url.replace("http://", "ws://") + f"/api/notifications/ws?access_token={token}"
+
+
+async def test_websocket_frames_pass_both_ways(gateway_url: str, token: str) -> None:
+    async with connect(_ws_url(gateway_url, token), proxy=None) as socket:
+        await socket.send("hello")
+        assert await asyncio.wait_for(socket.recv(), timeout=10) == "hello"
+        await socket.send("ünïcode ✓")
+        assert await asyncio.wait_for(socket.recv(), timeout=10) == "ünïcode ✓"
+
+
+async def test_the_upstream_close_code_reaches_the_client(gateway_url: str, token: str) -> None:
+    async with connect(_ws_url(gateway_url, token), proxy=None) as socket:
+        await socket.send("close:4001")
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(socket.recv(), timeout=10)
+
+    assert socket.close_code == 4001
+    assert socket.close_reason == "asked to"
+
+
+@pytest.mark.parametrize("token", ["", "not-a-token"])
+async def test_a_websocket_with_a_bad_token_is_closed_with_1008(
+    gateway_url: str, token: str, fresh_hits: list[str]
+) -> None:
+    async with connect(_ws_url(gateway_url, token), proxy=None) as socket:
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(socket.recv(), timeout=10)
+
+    assert socket.close_code == 1008
+    assert fresh_hits == []
