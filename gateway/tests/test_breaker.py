@@ -24,12 +24,12 @@ def test_it_opens_only_after_consecutive_failures() -> None:
     breaker.record_success()
     breaker.record_failure()
     breaker.record_failure()
-    assert breaker.state is BreakerState.CLOSED
+    assert breaker.state.value == BreakerState.CLOSED.value
     assert breaker.retry_after() is None
 
     breaker.record_failure()
 
-    assert breaker.state is BreakerState.OPEN
+    assert breaker.state.value == BreakerState.OPEN.value
     assert breaker.retry_after() == 10
 
 
@@ -43,7 +43,7 @@ def test_an_open_circuit_lets_one_probe_through_after_the_recovery_time() -> Non
     assert breaker.retry_after() == 3
     clock.now += 2.5
     assert breaker.retry_after() is None  # the probe
-    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.state.value == BreakerState.HALF_OPEN.value
     assert breaker.retry_after() == 10  # others wait for the probe's outcome
 
 
@@ -55,14 +55,14 @@ def test_a_successful_probe_closes_and_a_failed_one_reopens() -> None:
     clock.now += 10
     assert breaker.retry_after() is None
     breaker.record_failure()
-    assert breaker.state is BreakerState.OPEN
+    assert breaker.state.value == BreakerState.OPEN.value
     assert breaker.retry_after() == 10
 
     clock.now += 10
     assert breaker.retry_after() is None
     breaker.record_success()
 
-    assert breaker.state is BreakerState.CLOSED
+    assert breaker.state.value == BreakerState.CLOSED.value
     assert breaker.retry_after() is None
 
 

@@ -73,11 +73,13 @@ async def test_public_routes_need_no_token(client: httpx.AsyncClient) -> None:
 async def test_over_the_limit_is_429_with_retry_after_and_ratelimit_headers(
     start_gateway: GatewayFactory, token: str
 ) -> None:
-    async with start_gateway(rate_limit_enabled=True, rate_limit="3/minute") as url:
-        async with httpx.AsyncClient(base_url=url) as http:
-            headers = {"Authorization": f"Bearer {token}"}
-            allowed = [await http.get("/api/orders/echo", headers=headers) for _ in range(3)]
-            refused = await http.get("/api/orders/echo", headers=headers)
+    async with (
+        start_gateway(rate_limit_enabled=True, rate_limit="3/minute") as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        headers = {"Authorization": f"Bearer {token}"}
+        allowed = [await http.get("/api/orders/echo", headers=headers) for _ in range(3)]
+        refused = await http.get("/api/orders/echo", headers=headers)
 
     assert [r.status_code for r in allowed] == [200, 200, 200]
     assert [r.headers["ratelimit-remaining"] for r in allowed] == ["2", "1", "0"]
@@ -91,11 +93,13 @@ async def test_over_the_limit_is_429_with_retry_after_and_ratelimit_headers(
 async def test_rate_limits_count_each_user_apart(
     start_gateway: GatewayFactory, token: str, client: httpx.AsyncClient
 ) -> None:
-    async with start_gateway(rate_limit_enabled=True, rate_limit="1/minute") as url:
-        async with httpx.AsyncClient(base_url=url) as http:
-            first = await http.get("/api/orders/echo", headers={"Authorization": f"Bearer {token}"})
-            # Anonymous public requests are counted by client address, apart from the user.
-            public = await http.get("/api/auth/jwks.json")
+    async with (
+        start_gateway(rate_limit_enabled=True, rate_limit="1/minute") as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        first = await http.get("/api/orders/echo", headers={"Authorization": f"Bearer {token}"})
+        # Anonymous public requests are counted by client address, apart from the user.
+        public = await http.get("/api/auth/jwks.json")
 
     assert (first.status_code, public.status_code) == (200, 200)
 
@@ -112,22 +116,24 @@ async def test_rate_limiting_can_be_switched_off(
 async def test_cors_preflight_is_answered_for_configured_origins(
     start_gateway: GatewayFactory,
 ) -> None:
-    async with start_gateway(cors_allow_origins=["https://app.example.com"]) as url:
-        async with httpx.AsyncClient(base_url=url) as http:
-            allowed = await http.options(
-                "/api/orders/echo",
-                headers={
-                    "Origin": "https://app.example.com",
-                    "Access-Control-Request-Method": "POST",
-                },
-            )
-            refused = await http.options(
-                "/api/orders/echo",
-                headers={
-                    "Origin": "https://evil.example.com",
-                    "Access-Control-Request-Method": "POST",
-                },
-            )
+    async with (
+        start_gateway(cors_allow_origins=["https://app.example.com"]) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        allowed = await http.options(
+            "/api/orders/echo",
+            headers={
+                "Origin": "https://app.example.com",
+                "Access-Control-Request-Method": "POST",
+            },
+        )
+        refused = await http.options(
+            "/api/orders/echo",
+            headers={
+                "Origin": "https://evil.example.com",
+                "Access-Control-Request-Method": "POST",
+            },
+        )
 
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"

@@ -35,9 +35,11 @@ async def test_an_upstream_slower_than_the_read_timeout_is_504(
 async def test_a_refused_connection_is_503_with_retry_after(
     start_gateway: GatewayFactory, auth: dict[str, str]
 ) -> None:
-    async with start_gateway(orders_url=f"http://127.0.0.1:{free_port()}") as url:
-        async with httpx.AsyncClient(base_url=url) as http:
-            response = await http.get("/api/orders/echo", headers=auth)
+    async with (
+        start_gateway(orders_url=f"http://127.0.0.1:{free_port()}") as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        response = await http.get("/api/orders/echo", headers=auth)
 
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
@@ -48,14 +50,16 @@ async def test_only_idempotent_requests_are_retried_and_at_most_twice(
     start_gateway: GatewayFactory, auth: dict[str, str], spans: InMemorySpanExporter
 ) -> None:
     dead_port = free_port()
-    async with start_gateway(
-        orders_url=f"http://127.0.0.1:{dead_port}", breaker_failure_threshold=100
-    ) as url:
-        async with httpx.AsyncClient(base_url=url) as http:
-            get = await http.get("/api/orders/echo", headers=auth)
-            get_calls = _upstream_calls(spans, dead_port)
-            post = await http.post("/api/orders/echo", headers=auth, json={"a": 1})
-            post_calls = _upstream_calls(spans, dead_port) - get_calls
+    async with (
+        start_gateway(
+            orders_url=f"http://127.0.0.1:{dead_port}", breaker_failure_threshold=100
+        ) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        get = await http.get("/api/orders/echo", headers=auth)
+        get_calls = _upstream_calls(spans, dead_port)
+        post = await http.post("/api/orders/echo", headers=auth, json={"a": 1})
+        post_calls = _upstream_calls(spans, dead_port) - get_calls
 
     assert (get.status_code, post.status_code) == (503, 503)
     assert get_calls == 3  # the first attempt and two retries
@@ -66,22 +70,24 @@ async def test_the_circuit_opens_after_repeated_failures_and_closes_after_recove
     start_gateway: GatewayFactory, auth: dict[str, str], spans: InMemorySpanExporter
 ) -> None:
     port = free_port()
-    async with start_gateway(
-        orders_url=f"http://127.0.0.1:{port}",
-        breaker_failure_threshold=2,
-        breaker_recovery_seconds=0.3,
-        retry_attempts=0,
-    ) as url:
-        async with httpx.AsyncClient(base_url=url) as http:
-            failures = [await http.get("/api/orders/echo", headers=auth) for _ in range(2)]
-            calls_before = _upstream_calls(spans, port)
-            fast_fail = await http.get("/api/orders/echo", headers=auth)
-            calls_while_open = _upstream_calls(spans, port) - calls_before
+    async with (
+        start_gateway(
+            orders_url=f"http://127.0.0.1:{port}",
+            breaker_failure_threshold=2,
+            breaker_recovery_seconds=0.3,
+            retry_attempts=0,
+        ) as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        failures = [await http.get("/api/orders/echo", headers=auth) for _ in range(2)]
+        calls_before = _upstream_calls(spans, port)
+        fast_fail = await http.get("/api/orders/echo", headers=auth)
+        calls_while_open = _upstream_calls(spans, port) - calls_before
 
-            async with serve(create_upstream_app(UpstreamControl()), port=port):
-                await asyncio.sleep(0.4)  # the recovery time passes: the next call is a probe
-                probe = await http.get("/api/orders/echo", headers=auth)
-                after = await http.get("/api/orders/echo", headers=auth)
+        async with serve(create_upstream_app(UpstreamControl()), port=port):
+            await asyncio.sleep(0.4)  # the recovery time passes: the next call is a probe
+            probe = await http.get("/api/orders/echo", headers=auth)
+            after = await http.get("/api/orders/echo", headers=auth)
 
     assert [r.status_code for r in failures] == [503, 503]
     assert fast_fail.status_code == 503
@@ -94,9 +100,11 @@ async def test_the_circuit_opens_after_repeated_failures_and_closes_after_recove
 async def test_readiness_names_the_upstream_that_is_down(
     start_gateway: GatewayFactory,
 ) -> None:
-    async with start_gateway(notifications_url=f"http://127.0.0.1:{free_port()}") as url:
-        async with httpx.AsyncClient(base_url=url) as http:
-            response = await http.get("/readyz")
+    async with (
+        start_gateway(notifications_url=f"http://127.0.0.1:{free_port()}") as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        response = await http.get("/readyz")
 
     assert response.status_code == 503
     assert "notifications" in response.json()["detail"]
