@@ -8,6 +8,7 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from meshdev.processes import free_port
 
 from .conftest import GatewayFactory
 
@@ -138,3 +139,17 @@ async def test_cors_preflight_is_answered_for_configured_origins(
     assert allowed.status_code == 200
     assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
     assert "access-control-allow-origin" not in refused.headers
+
+
+async def test_without_reachable_token_keys_protected_routes_are_503(
+    start_gateway: GatewayFactory, token: str, fresh_hits: list[str]
+) -> None:
+    async with (
+        start_gateway(jwks_url=f"http://127.0.0.1:{free_port()}/api/auth/jwks.json") as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        response = await http.get("/api/orders/echo", headers={"Authorization": f"Bearer {token}"})
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert fresh_hits == []

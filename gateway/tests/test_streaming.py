@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from meshdev.processes import free_port
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from .conftest import GatewayFactory
 from .upstream_app import UpstreamControl
 
 MIB = 1024 * 1024
@@ -129,3 +131,16 @@ async def test_a_websocket_with_a_bad_token_is_closed_with_1008(
 
     assert socket.close_code == 1008
     assert fresh_hits == []
+
+
+async def test_a_websocket_to_an_unreachable_upstream_is_closed_with_1013(
+    start_gateway: GatewayFactory, token: str
+) -> None:
+    async with (
+        start_gateway(notifications_url=f"http://127.0.0.1:{free_port()}") as url,
+        connect(_ws_url(url, token), proxy=None) as socket,
+    ):
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(socket.recv(), timeout=10)
+
+    assert socket.close_code == 1013

@@ -27,7 +27,8 @@ def create_upstream_app(control: UpstreamControl) -> FastAPI:
 
     @app.middleware("http")
     async def count_hits(request: Request, call_next: Any) -> Any:
-        control.hits.append(f"{request.method} {request.url.path}")
+        if request.url.path.startswith(("/api/", "/internal/")):  # not the gateway's own probes
+            control.hits.append(f"{request.method} {request.url.path}")
         return await call_next(request)
 
     @app.get("/healthz", include_in_schema=False)

@@ -227,17 +227,11 @@ class Forwarder:
                 return
 
         has_body = chunked or (content_length is not None and content_length != b"0")
-        if content_length is not None and has_body:
-            try:
-                declared = int(content_length)
-            except ValueError:
-                await send_problem(
-                    scope, receive, send, status=400, detail="Content-Length is not a number."
-                )
-                return
-            if declared > self._body_limit:
-                await self._too_large(scope, receive, send)
-                return
+        # A declared size over the limit is refused at once (the server has already rejected
+        # a malformed Content-Length); a chunked body is counted while it streams.
+        if content_length is not None and int(content_length) > self._body_limit:
+            await self._too_large(scope, receive, send)
+            return
 
         upstream = self._upstreams[route.upstream]
         wait = upstream.breaker.retry_after()

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from urllib.parse import parse_qs
 
+from opentelemetry import propagate
 from starlette.types import Message, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -155,11 +156,19 @@ class WebSocketForwarder:
 
     @staticmethod
     def _headers(scope: Scope) -> list[tuple[str, str]]:
+        # The current (gateway) span's context replaces the caller's trace headers; with
+        # tracing off, the caller's pass through unchanged.
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        forwarded = (
+            _FORWARDED_HEADERS - {b"traceparent", b"tracestate"} if carrier else _FORWARDED_HEADERS
+        )
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in scope["headers"]
-            if name in _FORWARDED_HEADERS
+            if name in forwarded
         ]
+        headers.extend(carrier.items())
         client = scope.get("client")
         if client:
             headers.append(("X-Forwarded-For", client[0]))
