@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from meshdev.processes import free_port
-
-from .conftest import GatewayFactory
 
 
 def _foreign_token() -> str:
@@ -72,7 +72,7 @@ async def test_public_routes_need_no_token(client: httpx.AsyncClient) -> None:
 
 
 async def test_over_the_limit_is_429_with_retry_after_and_ratelimit_headers(
-    start_gateway: GatewayFactory, token: str
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]], token: str
 ) -> None:
     async with (
         start_gateway(rate_limit_enabled=True, rate_limit="3/minute") as url,
@@ -92,7 +92,9 @@ async def test_over_the_limit_is_429_with_retry_after_and_ratelimit_headers(
 
 
 async def test_rate_limits_count_each_user_apart(
-    start_gateway: GatewayFactory, token: str, client: httpx.AsyncClient
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]],
+    token: str,
+    client: httpx.AsyncClient,
 ) -> None:
     async with (
         start_gateway(rate_limit_enabled=True, rate_limit="1/minute") as url,
@@ -115,7 +117,7 @@ async def test_rate_limiting_can_be_switched_off(
 
 
 async def test_cors_preflight_is_answered_for_configured_origins(
-    start_gateway: GatewayFactory,
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]],
 ) -> None:
     async with (
         start_gateway(cors_allow_origins=["https://app.example.com"]) as url,
@@ -142,7 +144,9 @@ async def test_cors_preflight_is_answered_for_configured_origins(
 
 
 async def test_without_reachable_token_keys_protected_routes_are_503(
-    start_gateway: GatewayFactory, token: str, fresh_hits: list[str]
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]],
+    token: str,
+    fresh_hits: list[str],
 ) -> None:
     async with (
         start_gateway(jwks_url=f"http://127.0.0.1:{free_port()}/api/auth/jwks.json") as url,

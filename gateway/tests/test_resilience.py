@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import httpx
 from meshdev.processes import free_port
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-
-from .conftest import GatewayFactory
-from .servers import serve
-from .upstream_app import UpstreamControl, create_upstream_app
 
 
 def _upstream_calls(spans: InMemorySpanExporter, port: int) -> int:
@@ -33,7 +31,7 @@ async def test_an_upstream_slower_than_the_read_timeout_is_504(
 
 
 async def test_a_refused_connection_is_503_with_retry_after(
-    start_gateway: GatewayFactory, auth: dict[str, str]
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]], auth: dict[str, str]
 ) -> None:
     async with (
         start_gateway(orders_url=f"http://127.0.0.1:{free_port()}") as url,
@@ -47,7 +45,9 @@ async def test_a_refused_connection_is_503_with_retry_after(
 
 
 async def test_only_idempotent_requests_are_retried_and_at_most_twice(
-    start_gateway: GatewayFactory, auth: dict[str, str], spans: InMemorySpanExporter
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]],
+    auth: dict[str, str],
+    spans: InMemorySpanExporter,
 ) -> None:
     dead_port = free_port()
     async with (
@@ -67,7 +67,10 @@ async def test_only_idempotent_requests_are_retried_and_at_most_twice(
 
 
 async def test_the_circuit_opens_after_repeated_failures_and_closes_after_recovery(
-    start_gateway: GatewayFactory, auth: dict[str, str], spans: InMemorySpanExporter
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]],
+    auth: dict[str, str],
+    spans: InMemorySpanExporter,
+    serve_stand_in: Callable[[int], AbstractAsyncContextManager[str]],
 ) -> None:
     port = free_port()
     async with (
@@ -84,7 +87,7 @@ async def test_the_circuit_opens_after_repeated_failures_and_closes_after_recove
         fast_fail = await http.get("/api/orders/echo", headers=auth)
         calls_while_open = _upstream_calls(spans, port) - calls_before
 
-        async with serve(create_upstream_app(UpstreamControl()), port=port):
+        async with serve_stand_in(port):
             await asyncio.sleep(0.4)  # the recovery time passes: the next call is a probe
             probe = await http.get("/api/orders/echo", headers=auth)
             after = await http.get("/api/orders/echo", headers=auth)
@@ -98,7 +101,7 @@ async def test_the_circuit_opens_after_repeated_failures_and_closes_after_recove
 
 
 async def test_readiness_names_the_upstream_that_is_down(
-    start_gateway: GatewayFactory,
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]],
 ) -> None:
     async with (
         start_gateway(notifications_url=f"http://127.0.0.1:{free_port()}") as url,

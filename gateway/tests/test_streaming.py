@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 import httpx
 import pytest
 from meshdev.processes import free_port
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
-
-from .conftest import GatewayFactory
-from .upstream_app import UpstreamControl
 
 MIB = 1024 * 1024
 
@@ -74,7 +72,7 @@ async def test_a_streamed_body_under_the_limit_arrives_whole(
 
 
 async def test_server_sent_events_arrive_one_by_one(
-    client: httpx.AsyncClient, auth: dict[str, str], upstream_control: UpstreamControl
+    client: httpx.AsyncClient, auth: dict[str, str], next_event: asyncio.Event
 ) -> None:
     """Each event is read through the gateway before the upstream produces the next one."""
     async with client.stream(
@@ -85,7 +83,7 @@ async def test_server_sent_events_arrive_one_by_one(
         seen: list[str] = []
         for number in (1, 2, 3):
             if number > 1:
-                upstream_control.next_event.set()
+                next_event.set()
             event = await asyncio.wait_for(_next_event(lines), timeout=10)
             seen.append(event)
 
@@ -134,7 +132,7 @@ async def test_a_websocket_with_a_bad_token_is_closed_with_1008(
 
 
 async def test_a_websocket_to_an_unreachable_upstream_is_closed_with_1013(
-    start_gateway: GatewayFactory, token: str
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]], token: str
 ) -> None:
     async with (
         start_gateway(notifications_url=f"http://127.0.0.1:{free_port()}") as url,

@@ -1,4 +1,5 @@
-"""Real ASGI servers on loopback ports, started inside the test process (uvicorn)."""
+"""Real ASGI servers on loopback ports, started inside the test process (uvicorn): for
+stand-ins of services a test talks to, or an app under test that must be reached over TCP."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from meshdev.processes import free_port
 from starlette.types import ASGIApp
+
+from meshdev.processes import free_port
 
 
 @asynccontextmanager
