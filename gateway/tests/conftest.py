@@ -22,6 +22,7 @@ from meshdev.postgres import create_database, drop_database, sqlalchemy_url
 from meshdev.processes import ServiceProcess
 from meshdev.servers import serve
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mesh_gateway.main import create_app
 from mesh_gateway.settings import GatewaySettings
@@ -37,16 +38,25 @@ class UpstreamControl:
     def __init__(self) -> None:
         self.hits: list[str] = []
         self.next_event = asyncio.Event()
+        self.open_streams = 0
 
 
 def create_upstream_app(control: UpstreamControl) -> FastAPI:
     app = FastAPI(title="Stand-in service")
 
-    @app.middleware("http")
-    async def count_hits(request: Request, call_next: Any) -> Any:
-        if request.url.path.startswith(("/api/", "/internal/")):  # not the gateway's own probes
-            control.hits.append(f"{request.method} {request.url.path}")
-        return await call_next(request)
+    class CountHits:
+        """Pure ASGI (BaseHTTPMiddleware would end a crashed stream as if it were complete)."""
+
+        def __init__(self, inner: ASGIApp) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            path = scope.get("path", "")
+            if scope["type"] == "http" and path.startswith(("/api/", "/internal/")):
+                control.hits.append(f"{scope['method']} {path}")  # not the gateway's probes
+            await self.inner(scope, receive, send)
+
+    app.add_middleware(CountHits)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -93,6 +103,16 @@ def create_upstream_app(control: UpstreamControl) -> FastAPI:
 
         return StreamingResponse(chunks(), media_type="application/octet-stream")
 
+    @app.get("/api/orders/broken")
+    async def broken() -> StreamingResponse:
+        """Starts a response, then dies in the middle of it."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield CHUNK
+            raise ConnectionAbortedError("the stand-in crashed mid-response")
+
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
     @app.get("/internal/secret", include_in_schema=False)
     async def secret() -> dict[str, str]:
         return {"secret": "never through the gateway"}
@@ -102,12 +122,16 @@ def create_upstream_app(control: UpstreamControl) -> FastAPI:
         """One event at once, then one more each time the test sets `next_event`."""
 
         async def events() -> AsyncIterator[bytes]:
-            number = 0
-            while True:
-                number += 1
-                yield f'event: notification\nid: {number}\ndata: {{"n": {number}}}\n\n'.encode()
-                await control.next_event.wait()
-                control.next_event.clear()
+            control.open_streams += 1
+            try:
+                number = 0
+                while True:
+                    number += 1
+                    yield f'event: notification\nid: {number}\ndata: {{"n": {number}}}\n\n'.encode()
+                    await control.next_event.wait()
+                    control.next_event.clear()
+            finally:
+                control.open_streams -= 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -260,3 +284,9 @@ def serve_stand_in() -> Callable[[int], AbstractAsyncContextManager[str]]:
         return serve(create_upstream_app(UpstreamControl()), port=port)
 
     return start
+
+
+@pytest.fixture(scope="session")
+def open_streams(upstream_control: UpstreamControl) -> Callable[[], int]:
+    """How many event streams the stand-in is still producing."""
+    return lambda: upstream_control.open_streams

@@ -142,3 +142,30 @@ async def test_a_websocket_to_an_unreachable_upstream_is_closed_with_1013(
             await asyncio.wait_for(socket.recv(), timeout=10)
 
     assert socket.close_code == 1013
+
+
+async def test_an_event_stream_upstream_is_released_when_the_client_leaves(
+    client: httpx.AsyncClient, auth: dict[str, str], open_streams: Callable[[], int]
+) -> None:
+    async with client.stream(
+        "GET", "/api/notifications/stream", headers={**auth, "Accept": "text/event-stream"}
+    ) as response:
+        await asyncio.wait_for(_next_event(response.aiter_lines()), timeout=10)
+        assert open_streams() == 1
+
+    # Nothing more is sent upstream-side, so only the gateway noticing the client can end it.
+    for _ in range(200):
+        if not open_streams():
+            break
+        await asyncio.sleep(0.05)
+    assert open_streams() == 0
+
+
+async def test_an_upstream_dying_mid_response_cuts_the_response_short(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """The client must see a broken response, never a complete-looking truncated one."""
+    async with client.stream("GET", "/api/orders/broken", headers=auth) as response:
+        assert response.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            await response.aread()
