@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+from meshdev.api import PASSWORD, UsersApi
 from openapi_spec_validator import validate
 
 from mesh_gateway.openapi import SECURITY_SCHEME, merge_documents
@@ -152,3 +154,39 @@ async def test_swagger_ui_shows_every_service_and_the_authorize_button(
     assert "/api/auth/token" in paths
     assert "/api/orders/echo" in paths
     assert "/api/notifications/stream" in paths
+
+
+async def test_swagger_ui_authorize_logs_in_and_calls_a_protected_operation(
+    client: httpx.AsyncClient, gateway_url: str, artifacts: Path
+) -> None:
+    """Authorize (OAuth2 password flow through the gateway), then "Try it out" on /me."""
+    from playwright.async_api import async_playwright
+
+    email = f"swagger-{uuid.uuid4().hex[:8]}@example.com"
+    await UsersApi(client).register(email)
+    await _merged_document(client)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 1600})
+            await page.goto(f"{gateway_url}/docs")
+            await page.locator("button.authorize").first.click()
+            await page.fill("#oauth_username", email)
+            await page.fill("#oauth_password", PASSWORD)
+            await page.locator(".auth-btn-wrapper button.authorize").click()
+            await page.locator(".auth-btn-wrapper button.btn-done").click()
+
+            operation = page.locator("#operations-users-me_api_users_me_get")
+            await operation.locator(".opblock-summary").click()
+            await operation.locator("button.try-out__btn").click()
+            await operation.locator("button.execute").click()
+            status = operation.locator(".live-responses-table tr.response .response-col_status").first
+            await status.wait_for(timeout=10_000)
+            status_text = (await status.inner_text()).strip()
+            body = await operation.locator(".live-responses-table .microlight").first.inner_text()
+            await page.screenshot(path=str(artifacts / "swagger-ui-authorized.png"), full_page=True)
+        finally:
+            await browser.close()
+
+    assert status_text.startswith("200")
+    assert email in body

@@ -71,6 +71,9 @@ async def test_forwarded_headers_are_set_and_hop_by_hop_headers_dropped(
     assert "x-hop-secret" not in received
     assert "proxy-authorization" not in received
     assert response.headers["x-request-id"] == "req-42"
+    # One `date` and one `server`: the gateway's, not the upstream's as well.
+    assert len(response.headers.get_list("date")) == 1
+    assert len(response.headers.get_list("server")) == 1
 
 
 async def test_trace_context_reaches_the_upstream_under_the_gateway_span(

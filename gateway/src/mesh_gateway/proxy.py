@@ -45,6 +45,8 @@ _REPLACED = frozenset(
     {b"host", b"x-request-id", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 )
 _SKIPPED_REQUEST_HEADERS = HOP_BY_HOP | _REPLACED
+# The gateway's server writes its own `date` and `server`; the upstream's would be duplicates.
+_SKIPPED_RESPONSE_HEADERS = HOP_BY_HOP | {b"date", b"server"}
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _EVENT_STREAM = b"text/event-stream"
 # After refusing a body, how much more of it the gateway reads (and drops) so the client can
@@ -305,7 +307,7 @@ class Forwarder:
         headers = [
             (name.lower(), value)
             for name, value in response.headers.raw
-            if name.lower() not in HOP_BY_HOP
+            if name.lower() not in _SKIPPED_RESPONSE_HEADERS
         ]
         headers.extend(extra_headers)
         await send(
