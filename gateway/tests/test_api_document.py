@@ -180,7 +180,8 @@ async def test_swagger_ui_authorize_logs_in_and_calls_a_protected_operation(
             await operation.locator(".opblock-summary").click()
             await operation.locator("button.try-out__btn").click()
             await operation.locator("button.execute").click()
-            status = operation.locator(".live-responses-table tr.response .response-col_status").first
+            responses = operation.locator(".live-responses-table tr.response")
+            status = responses.locator(".response-col_status").first
             await status.wait_for(timeout=10_000)
             status_text = (await status.inner_text()).strip()
             body = await operation.locator(".live-responses-table .microlight").first.inner_text()
