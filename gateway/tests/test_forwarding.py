@@ -57,6 +57,7 @@ async def test_forwarded_headers_are_set_and_hop_by_hop_headers_dropped(
             "X-Hop-Secret": "only for the gateway",
             "Proxy-Authorization": "Basic Zm9vOmJhcg==",
             "X-Forwarded-For": "203.0.113.9",
+            "TE": "trailers",
         },
     )
 
@@ -70,6 +71,7 @@ async def test_forwarded_headers_are_set_and_hop_by_hop_headers_dropped(
     assert received["authorization"] == auth["Authorization"]
     assert "x-hop-secret" not in received
     assert "proxy-authorization" not in received
+    assert "te" not in received
     assert response.headers["x-request-id"] == "req-42"
     # One `date` and one `server`: the gateway's, not the upstream's as well.
     assert len(response.headers.get_list("date")) == 1

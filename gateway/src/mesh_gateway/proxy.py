@@ -44,7 +44,8 @@ HOP_BY_HOP = frozenset(
 _REPLACED = frozenset(
     {b"host", b"x-request-id", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 )
-_SKIPPED_REQUEST_HEADERS = HOP_BY_HOP | _REPLACED
+# `Expect: 100-continue` was answered by the gateway's own server when the body was read.
+_SKIPPED_REQUEST_HEADERS = HOP_BY_HOP | _REPLACED | {b"expect"}
 # The gateway's server writes its own `date` and `server`; the upstream's would be duplicates.
 _SKIPPED_RESPONSE_HEADERS = HOP_BY_HOP | {b"date", b"server"}
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
