@@ -93,6 +93,13 @@ def create_upstream_app(control: UpstreamControl) -> FastAPI:
         await asyncio.sleep(seconds)
         return {"slept": seconds}
 
+    @app.post("/api/orders/slow")
+    async def slow_post(seconds: float, request: Request) -> dict[str, float]:
+        """Reads the body, then answers after `seconds`."""
+        await request.body()
+        await asyncio.sleep(seconds)
+        return {"slept": seconds}
+
     @app.get("/api/orders/big")
     async def big(mib: int) -> StreamingResponse:
         """Streams `mib` MiB."""

@@ -30,6 +30,15 @@ async def test_an_upstream_slower_than_the_read_timeout_is_504(
     assert "orders" in response.json()["detail"]
 
 
+async def test_an_upstream_slower_than_the_read_timeout_is_504_with_a_body_too(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    response = await client.post("/api/orders/slow?seconds=3", headers=auth, json={"a": 1})
+
+    assert response.status_code == 504
+    assert response.headers["content-type"] == "application/problem+json"
+
+
 async def test_a_refused_connection_is_503_with_retry_after(
     start_gateway: Callable[..., AbstractAsyncContextManager[str]], auth: dict[str, str]
 ) -> None:

@@ -90,6 +90,20 @@ async def test_server_sent_events_arrive_one_by_one(
     assert seen == ['{"n": 1}', '{"n": 2}', '{"n": 3}']
 
 
+async def test_a_started_event_stream_may_idle_longer_than_the_answer_timeout(
+    client: httpx.AsyncClient, auth: dict[str, str], next_event: asyncio.Event
+) -> None:
+    """The test gateway's read timeout is 1 s: waiting for an answer, not between events."""
+    async with client.stream("GET", "/api/notifications/stream", headers=auth) as response:
+        lines = response.aiter_lines()
+        first = await asyncio.wait_for(_next_event(lines), timeout=10)
+        await asyncio.sleep(1.5)  # upstream idle for longer than UPSTREAM_READ_TIMEOUT
+        next_event.set()
+        second = await asyncio.wait_for(_next_event(lines), timeout=10)
+
+    assert (first, second) == ('{"n": 1}', '{"n": 2}')
+
+
 async def _next_event(lines: AsyncIterator[str]) -> str:
     async for line in lines:
         if line.startswith("data: "):

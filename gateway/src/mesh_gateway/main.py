@@ -220,6 +220,7 @@ def create_app(settings: GatewaySettings | None = None) -> ASGIApp:
                 rate_limiter=rate_limiter,
                 body_limit=settings.body_limit_bytes,
                 retry_attempts=settings.retry_attempts,
+                answer_timeout=settings.upstream_read_timeout,
                 stream_timeout=httpx.Timeout(
                     settings.stream_read_timeout,
                     connect=settings.upstream_connect_timeout,

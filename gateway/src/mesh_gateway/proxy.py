@@ -49,7 +49,6 @@ _SKIPPED_REQUEST_HEADERS = HOP_BY_HOP | _REPLACED | {b"expect"}
 # The gateway's server writes its own `date` and `server`; the upstream's would be duplicates.
 _SKIPPED_RESPONSE_HEADERS = HOP_BY_HOP | {b"date", b"server"}
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-_EVENT_STREAM = b"text/event-stream"
 # After refusing a body, how much more of it the gateway reads (and drops) so the client can
 # see the 413; past that the connection is closed under it.
 _LINGER_BYTES = 8 * 1024 * 1024
@@ -166,6 +165,7 @@ class Forwarder:
         rate_limiter: ClientRateLimiter | None,
         body_limit: int,
         retry_attempts: int,
+        answer_timeout: float,
         stream_timeout: httpx.Timeout,
     ) -> None:
         self._upstreams = upstreams
@@ -173,11 +173,12 @@ class Forwarder:
         self._rate_limiter = rate_limiter
         self._body_limit = body_limit
         self._retry_attempts = retry_attempts
+        self._answer_timeout = answer_timeout
         self._stream_timeout = stream_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
         method: str = scope["method"]
-        authorization = content_length = accept = None
+        authorization = content_length = None
         chunked = False
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -186,8 +187,6 @@ class Forwarder:
                 content_length = value
             elif name == b"transfer-encoding":
                 chunked = True
-            elif name == b"accept":
-                accept = value
 
         # Edge authentication: no upstream sees a request without a valid token.
         client_key: str
@@ -250,14 +249,16 @@ class Forwarder:
             return
 
         body = _RequestBody(receive, self._body_limit) if has_body else None
+        # Without a body, the wait for the answer's headers is bounded on its own, so that a
+        # started response (an event stream idling between keep-alives) may pause for longer
+        # than the answer may take; with a body, httpx's read timeout bounds both.
+        answer_deadline = None if has_body else self._answer_timeout
         request = upstream.client.build_request(
             method,
             self._url(upstream, scope),
             headers=self._forward_headers(scope),
             content=body.stream() if body is not None else None,
-            timeout=self._stream_timeout
-            if accept is not None and _EVENT_STREAM in accept
-            else httpx.USE_CLIENT_DEFAULT,
+            timeout=httpx.USE_CLIENT_DEFAULT if has_body else self._stream_timeout,
         )
         # Retrying is safe only when the request never reached the upstream, only for methods
         # that may be repeated, and only without a body (a streamed body cannot be replayed).
@@ -266,8 +267,19 @@ class Forwarder:
         )
         for attempt in range(attempts):
             try:
-                response = await upstream.client.send(request, stream=True)
+                async with asyncio.timeout(answer_deadline):
+                    response = await upstream.client.send(request, stream=True)
                 break
+            except TimeoutError:
+                upstream.breaker.record_failure()
+                await send_problem(
+                    scope,
+                    receive,
+                    send,
+                    status=504,
+                    detail=f"The {upstream.name} service did not answer in time.",
+                )
+                return
             except httpx.HTTPError as exc:
                 if body is not None and body.client_gone:
                     return  # nobody is left to answer

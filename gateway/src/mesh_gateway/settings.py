@@ -33,7 +33,8 @@ class GatewaySettings(ServiceSettings):
     stream_read_timeout: float = Field(
         default=60.0,
         gt=0,
-        description="Idle time allowed between events of a stream (keep-alives come every 15 s).",
+        description="Idle time allowed inside a started response (event streams send "
+        "keep-alives every 15 s); the answer itself must start within UPSTREAM_READ_TIMEOUT.",
     )
     upstream_max_connections: int = Field(default=256, ge=1)
     retry_attempts: int = Field(
