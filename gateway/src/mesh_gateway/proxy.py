@@ -249,10 +249,9 @@ class Forwarder:
             return
 
         body = _RequestBody(receive, self._body_limit) if has_body else None
-        # Without a body, the wait for the answer's headers is bounded on its own, so that a
-        # started response (an event stream idling between keep-alives) may pause for longer
-        # than the answer may take; with a body, httpx's read timeout bounds both.
-        answer_deadline = None if has_body else self._answer_timeout
+        # Without a body, the wait for the answer's headers is bounded on its own (`_answer`),
+        # so that a started response (an event stream idling between keep-alives) may pause
+        # longer than the answer may take; with a body, httpx's read timeout bounds both.
         request = upstream.client.build_request(
             method,
             self._url(upstream, scope),
@@ -260,16 +259,37 @@ class Forwarder:
             content=body.stream() if body is not None else None,
             timeout=httpx.USE_CLIENT_DEFAULT if has_body else self._stream_timeout,
         )
+        response = await self._answer(scope, receive, send, upstream, request, body, method)
+        if response is None:
+            return  # answered with a problem, or the client is gone
+        upstream.breaker.record_success()
+        try:
+            await self._relay(scope, receive, send, response, rate_headers)
+        finally:
+            await response.aclose()
+
+    async def _answer(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upstream: Upstream,
+        request: httpx.Request,
+        body: _RequestBody | None,
+        method: str,
+    ) -> httpx.Response | None:
+        """The upstream's answer (headers received, body still streaming), or None once a
+        problem has been sent instead."""
+        answer_deadline = None if body is not None else self._answer_timeout
         # Retrying is safe only when the request never reached the upstream, only for methods
         # that may be repeated, and only without a body (a streamed body cannot be replayed).
         attempts = 1 + (
-            self._retry_attempts if method in IDEMPOTENT_METHODS and not has_body else 0
+            self._retry_attempts if method in IDEMPOTENT_METHODS and body is None else 0
         )
         for attempt in range(attempts):
             try:
                 async with asyncio.timeout(answer_deadline):
-                    response = await upstream.client.send(request, stream=True)
-                break
+                    return await upstream.client.send(request, stream=True)
             except TimeoutError:
                 upstream.breaker.record_failure()
                 await send_problem(
@@ -279,14 +299,14 @@ class Forwarder:
                     status=504,
                     detail=f"The {upstream.name} service did not answer in time.",
                 )
-                return
+                return None
             except httpx.HTTPError as exc:
                 if body is not None and body.client_gone:
-                    return  # nobody is left to answer
+                    return None  # nobody is left to answer
                 if body is not None and body.too_large:
                     await body.drain(_LINGER_BYTES)
                     await self._too_large(scope, receive, send)
-                    return
+                    return None
                 failure = _classify(exc, upstream.name)
                 if failure.retryable and attempt + 1 < attempts:
                     await asyncio.sleep(0.05 * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
@@ -302,12 +322,8 @@ class Forwarder:
                     detail=failure.detail,
                     headers={"Retry-After": "1"} if failure.status == 503 else None,
                 )
-                return
-        upstream.breaker.record_success()
-        try:
-            await self._relay(scope, receive, send, response, rate_headers)
-        finally:
-            await response.aclose()
+                return None
+        raise AssertionError("unreachable: the last attempt returns or answers")  # pragma: no cover
 
     async def _relay(
         self,
