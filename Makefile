@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 export UV_PYTHON := python3.11
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help uv sync run migrate test lint format bench bench-tools clean
+.PHONY: help uv sync run migrate test lint format bench bench-tools clean browser
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -34,7 +34,13 @@ format: sync ## Format and fix what ruff can
 	@$(UV) run --locked ruff format .
 	@$(UV) run --locked ruff check --fix .
 
-test: sync lint ## Lint, then the whole test suite
+browser: ## Install Debian's chromium for the browser test of the gateway's /docs
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
+test: sync lint browser ## Lint, then the whole test suite
 	@$(UV) run --locked pytest
 
 bench-tools: ## Install wrk and nginx (Debian packages) for the benchmarks, if missing

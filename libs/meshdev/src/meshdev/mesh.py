@@ -19,7 +19,10 @@ class Deployable:
     database: str | None = None  # default database name; migrated by `<package>.migrate`
 
 
-MESH: tuple[Deployable, ...] = (Deployable("users", "users_service", 8001, database="users"),)
+MESH: tuple[Deployable, ...] = (
+    Deployable("users", "users_service", 8001, database="users"),
+    Deployable("gateway", "mesh_gateway", 8000),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,12 @@ class Wiring:
         }
         if deployable.database is not None:
             env["DATABASE_URL"] = f"{self.postgres_url}/{self.databases[deployable.name]}"
+        if deployable.name == "gateway":
+            # Upstreams not in this mesh are not routed (an empty URL switches one off).
+            for upstream in ("orders", "notifications"):
+                env[f"{upstream.upper()}_URL"] = (
+                    self.url(upstream) if upstream in self.ports else ""
+                )
         if deployable.name == "users":
             env["JWT_PRIVATE_KEY_FILE"] = str(self.jwt_private_key_file)
             env.pop("JWKS_URL")  # it verifies with its own keys

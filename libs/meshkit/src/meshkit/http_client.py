@@ -9,10 +9,79 @@ from __future__ import annotations
 import asyncio
 import random
 
+import aiohttp
 import httpx
+import yarl
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 
 from meshkit.telemetry import instrument_http_client
+
+
+def _precise_error(exc: httpx.TransportError, request: httpx.Request) -> httpx.TransportError:
+    """httpx-aiohttp maps every aiohttp connection error to `ConnectTimeout`, so a refused
+    connection looks like a timeout and a dropped keep-alive connection like a failed connect;
+    callers deciding between 503, 504 and a retry need the real cause."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(str(cause), request=request)
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(str(cause), request=request)
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(str(cause), request=request)
+    return exc
+
+
+class PreciseAiohttpTransport(AiohttpTransport):
+    """The aiohttp transport, sending URLs exactly as given and raising the httpx error that
+    names what really went wrong.
+
+    httpx-aiohttp hands aiohttp the URL as a string, which yarl re-normalises: `%2F` in a query
+    became `/` and `%2B` became `+` (a space to the server), corrupting opaque cursors and any
+    proxied URL. httpx URLs are already encoded, so they are passed on as encoded.
+    """
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not isinstance(self.client, aiohttp.ClientSession):
+            self.client = self.get_client()
+        timeout = request.extensions.get("timeout", {})
+        data: bytes | httpx.AsyncByteStream | None
+        try:
+            data = request.content or None
+        except httpx.RequestNotRead:
+            data = request.stream  # type: ignore[assignment]
+            request.headers.pop("transfer-encoding", None)  # aiohttp frames the body itself
+        try:
+            with map_aiohttp_exceptions():
+                response = await self.client.request(
+                    method=request.method,
+                    url=yarl.URL(str(request.url), encoded=True),
+                    headers=request.headers,
+                    data=data,
+                    allow_redirects=False,
+                    auto_decompress=False,
+                    compress=False,
+                    timeout=aiohttp.ClientTimeout(
+                        sock_connect=timeout.get("connect"),
+                        sock_read=timeout.get("read"),
+                        connect=timeout.get("pool"),
+                    ),
+                ).__aenter__()
+        except httpx.TransportError as exc:
+            precise = _precise_error(exc, request)
+            if precise is exc:
+                raise
+            raise precise from exc.__cause__
+        extensions: dict[str, object] = {"http_version": b"HTTP/1.1"}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode()
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=AiohttpResponseStream(response),
+            request=request,
+            extensions=extensions,
+        )
 
 
 class ConnectRetryTransport(httpx.AsyncBaseTransport):
@@ -50,7 +119,7 @@ def create_http_client(
     headers: dict[str, str] | None = None,
 ) -> httpx.AsyncClient:
     """One client per upstream, created in a lifespan and closed with it."""
-    transport = AiohttpTransport(
+    transport = PreciseAiohttpTransport(
         limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )

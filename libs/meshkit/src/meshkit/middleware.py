@@ -65,6 +65,7 @@ class RequestContextMiddleware:
             nonlocal status_code
             if message["type"] in ("http.response.start", "websocket.accept"):
                 status_code = message.get("status", 101)
+                message.setdefault("headers", [])  # optional on websocket.accept
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-ID"] = request_id
                 headers["X-Trace-Id"] = trace_id

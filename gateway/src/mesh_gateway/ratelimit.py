@@ -1,0 +1,75 @@
+"""Per-client rate limits at the edge, with the `limits` library.
+
+The memory storage counts per process (each gunicorn worker on its own); set
+`RATE_LIMIT_STORAGE_URI=redis://…` so several workers and replicas share one count.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse_many
+from limits.aio.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+from limits.storage import storage_from_string
+
+NAMESPACE = "gateway"
+STRATEGIES: dict[str, type[RateLimiter]] = {
+    "sliding-window-counter": SlidingWindowCounterRateLimiter,
+    "fixed-window": FixedWindowRateLimiter,
+    "moving-window": MovingWindowRateLimiter,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitDecision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """`RateLimit-*` (IETF httpapi draft) and, when refused, `Retry-After`."""
+        headers = [
+            (b"ratelimit-limit", str(self.limit).encode()),
+            (b"ratelimit-remaining", str(self.remaining).encode()),
+            (b"ratelimit-reset", str(self.reset_seconds).encode()),
+        ]
+        if not self.allowed:
+            headers.append((b"retry-after", str(max(1, self.reset_seconds)).encode()))
+        return headers
+
+
+class ClientRateLimiter:
+    def __init__(self, *, limits: str, storage_uri: str, strategy: str) -> None:
+        uri = storage_uri if storage_uri.startswith("async+") else f"async+{storage_uri}"
+        self._storage = storage_from_string(uri)
+        self._limiter = STRATEGIES[strategy](self._storage)
+        self._items: list[RateLimitItem] = parse_many(limits)
+        if not self._items:
+            raise ValueError(f"no rate limit in {limits!r}")
+
+    async def hit(self, client_key: str) -> RateLimitDecision:
+        """Counts one request of `client_key` against every limit; the tightest one answers."""
+        decision: RateLimitDecision | None = None
+        for item in self._items:
+            allowed = await self._limiter.hit(item, NAMESPACE, client_key)
+            stats = await self._limiter.get_window_stats(item, NAMESPACE, client_key)
+            candidate = RateLimitDecision(
+                allowed=allowed,
+                limit=item.amount,
+                remaining=stats.remaining,
+                reset_seconds=max(0, math.ceil(stats.reset_time - time.time())),
+            )
+            if not allowed:
+                return candidate
+            if decision is None or candidate.remaining < decision.remaining:
+                decision = candidate
+        assert decision is not None
+        return decision

@@ -1,0 +1,178 @@
+"""WebSocket pass-through: authenticate the upgrade, open the same socket upstream, relay frames
+both ways and propagate close codes.
+
+Browsers cannot set headers on a WebSocket upgrade, so the token comes as `?access_token=`
+(contract); the URL is redacted from logs by meshkit. A bad token closes with 1008. The upstream
+side uses `websockets` (httpx's pluggable transports cannot upgrade with the aiohttp transport).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from urllib.parse import parse_qs
+
+from opentelemetry import propagate
+from starlette.types import Message, Receive, Scope, Send
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from mesh_gateway.edge_auth import EdgeAuthenticator
+from mesh_gateway.proxy import Upstream
+from mesh_gateway.ratelimit import ClientRateLimiter
+from mesh_gateway.routing import Route
+from meshkit.auth import InvalidTokenError
+from meshkit.logging import request_id_var
+from meshkit.problems import ProblemError
+
+logger = logging.getLogger("mesh_gateway.websocket")
+
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+INTERNAL_ERROR = 1011
+# Codes that describe a missing close frame and may not be sent in one (RFC 6455 section 7.4.1).
+_NOT_SENDABLE = frozenset({1005, 1006, 1015})
+_FORWARDED_HEADERS = frozenset({b"traceparent", b"tracestate", b"user-agent", b"origin"})
+
+
+class WebSocketForwarder:
+    def __init__(
+        self,
+        *,
+        upstreams: Mapping[str, Upstream],
+        authenticator: EdgeAuthenticator,
+        rate_limiter: ClientRateLimiter | None,
+        open_timeout: float,
+    ) -> None:
+        self._upstreams = upstreams
+        self._authenticator = authenticator
+        self._rate_limiter = rate_limiter
+        self._open_timeout = open_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+        connect_message = await receive()
+        if connect_message["type"] != "websocket.connect":
+            return
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        token = (query.get("access_token") or [""])[0]
+        try:
+            principal = await self._authenticator.principal(token)
+        except (InvalidTokenError, ProblemError) as exc:
+            logger.info("websocket refused: %s", exc)
+            await self._accept_and_close(send, POLICY_VIOLATION, "invalid or missing access token")
+            return
+        if self._rate_limiter is not None:
+            decision = await self._rate_limiter.hit(str(principal.user_id))
+            if not decision.allowed:
+                await self._accept_and_close(send, TRY_AGAIN_LATER, "rate limited")
+                return
+
+        upstream = self._upstreams[route.upstream]
+        if upstream.breaker.retry_after() is not None:
+            await self._accept_and_close(send, TRY_AGAIN_LATER, f"{upstream.name} is failing")
+            return
+        try:
+            upstream_socket = await connect(
+                self._upstream_url(upstream, scope),
+                additional_headers=self._headers(scope),
+                subprotocols=scope.get("subprotocols") or None,
+                open_timeout=self._open_timeout,
+                proxy=None,
+                compression=None,
+                user_agent_header=None,
+            )
+        except InvalidStatus as exc:
+            # The upstream refused the upgrade itself (e.g. its own token check): say so.
+            upstream.breaker.record_success()
+            status = exc.response.status_code
+            code = POLICY_VIOLATION if status in (401, 403) else INTERNAL_ERROR
+            await self._accept_and_close(send, code, f"upstream refused ({status})")
+            return
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            upstream.breaker.record_failure()
+            logger.warning("websocket upstream %s unavailable: %s", upstream.name, exc)
+            await self._accept_and_close(send, TRY_AGAIN_LATER, f"{upstream.name} unavailable")
+            return
+        upstream.breaker.record_success()
+        async with upstream_socket:
+            await send({"type": "websocket.accept", "subprotocol": upstream_socket.subprotocol})
+            await self._relay(receive, send, upstream_socket)
+
+    async def _relay(self, receive: Receive, send: Send, upstream: ClientConnection) -> None:
+        async def client_to_upstream() -> None:
+            while True:
+                message: Message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    code = message.get("code", 1000)
+                    await upstream.close(code if code not in _NOT_SENDABLE else 1000)
+                    return
+                if message.get("text") is not None:
+                    await upstream.send(message["text"])
+                elif message.get("bytes") is not None:
+                    await upstream.send(message["bytes"])
+
+        async def upstream_to_client() -> None:
+            try:
+                async for frame in upstream:
+                    if isinstance(frame, str):
+                        await send({"type": "websocket.send", "text": frame})
+                    else:
+                        await send({"type": "websocket.send", "bytes": frame})
+            except ConnectionClosed:
+                pass
+            code = upstream.close_code or INTERNAL_ERROR
+            reason = upstream.close_reason or ""
+            if code in _NOT_SENDABLE:
+                code, reason = (1000, "") if code == 1005 else (INTERNAL_ERROR, "upstream lost")
+            await send({"type": "websocket.close", "code": code, "reason": reason})
+
+        tasks = {
+            asyncio.create_task(client_to_upstream()),
+            asyncio.create_task(upstream_to_client()),
+        }
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, Exception) and not isinstance(result, ConnectionClosed):
+                    logger.warning("websocket relay ended with %r", result)
+
+    @staticmethod
+    async def _accept_and_close(send: Send, code: int, reason: str) -> None:
+        # Accept first: a close before the handshake becomes an HTTP 403 and the client would
+        # never see the close code the contract promises.
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": code, "reason": reason})
+
+    @staticmethod
+    def _upstream_url(upstream: Upstream, scope: Scope) -> str:
+        base = upstream.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        path: str = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        query: bytes = scope.get("query_string", b"")
+        return base + path + (f"?{query.decode('latin-1')}" if query else "")
+
+    @staticmethod
+    def _headers(scope: Scope) -> list[tuple[str, str]]:
+        # The current (gateway) span's context replaces the caller's trace headers; with
+        # tracing off, the caller's pass through unchanged.
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        forwarded = (
+            _FORWARDED_HEADERS - {b"traceparent", b"tracestate"} if carrier else _FORWARDED_HEADERS
+        )
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in scope["headers"]
+            if name in forwarded
+        ]
+        headers.extend(carrier.items())
+        client = scope.get("client")
+        if client:
+            headers.append(("X-Forwarded-For", client[0]))
+        request_id = request_id_var.get()
+        if request_id:
+            headers.append(("X-Request-ID", request_id))
+        return headers

@@ -1,0 +1,299 @@
+"""Fixtures: the real users service (production command), a stand-in for orders and
+notifications on a loopback port (a real ASGI app with endpoints that misbehave on purpose:
+slow, huge, streaming, WebSocket echo), and gateways built with the settings each test needs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import StreamingResponse
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mesh_gateway.main import create_app
+from mesh_gateway.settings import GatewaySettings
+from meshdev.api import UsersApi
+from meshdev.postgres import create_database, drop_database, sqlalchemy_url
+from meshdev.processes import ServiceProcess
+from meshdev.servers import serve
+from meshkit.migrations import upgrade_to_head
+from users_service.migrate import MIGRATIONS
+
+CHUNK = b"x" * 65_536
+
+
+class UpstreamControl:
+    """What the test can see and steer in the stand-in service."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        self.next_event = asyncio.Event()
+        self.open_streams = 0
+
+
+def create_upstream_app(control: UpstreamControl) -> FastAPI:
+    app = FastAPI(title="Stand-in service")
+
+    class CountHits:
+        """Pure ASGI (BaseHTTPMiddleware would end a crashed stream as if it were complete)."""
+
+        def __init__(self, inner: ASGIApp) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            path = scope.get("path", "")
+            if scope["type"] == "http" and path.startswith(("/api/", "/internal/")):
+                control.hits.append(f"{scope['method']} {path}")  # not the gateway's probes
+            await self.inner(scope, receive, send)
+
+    app.add_middleware(CountHits)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    async def echo(request: Request) -> dict[str, Any]:
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+        except ClientDisconnect:
+            size = -1  # the gateway gave up on this body (413)
+        return {
+            "method": request.method,
+            "path": request.url.path,
+            "query": request.url.query,
+            "headers": [[k, v] for k, v in request.headers.items()],
+            "body_size": size,
+        }
+
+    @app.get("/api/orders/echo")
+    async def echo_get(request: Request) -> dict[str, Any]:
+        """Tells what arrived: method, path, query, headers."""
+        return await echo(request)
+
+    @app.post("/api/orders/echo")
+    async def echo_post(request: Request) -> dict[str, Any]:
+        """Tells what arrived, with the body's size."""
+        return await echo(request)
+
+    @app.get("/api/orders/slow")
+    async def slow(seconds: float) -> dict[str, float]:
+        """Answers after `seconds`."""
+        await asyncio.sleep(seconds)
+        return {"slept": seconds}
+
+    @app.post("/api/orders/slow")
+    async def slow_post(seconds: float, request: Request) -> dict[str, float]:
+        """Reads the body, then answers after `seconds`."""
+        await request.body()
+        await asyncio.sleep(seconds)
+        return {"slept": seconds}
+
+    @app.get("/api/orders/big")
+    async def big(mib: int) -> StreamingResponse:
+        """Streams `mib` MiB."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(mib * 16):
+                yield CHUNK
+
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+    @app.get("/api/orders/broken")
+    async def broken() -> StreamingResponse:
+        """Starts a response, then dies in the middle of it."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield CHUNK
+            raise ConnectionAbortedError("the stand-in crashed mid-response")
+
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+    @app.get("/internal/secret", include_in_schema=False)
+    async def secret() -> dict[str, str]:
+        return {"secret": "never through the gateway"}
+
+    @app.get("/api/notifications/stream")
+    async def stream() -> StreamingResponse:
+        """One event at once, then one more each time the test sets `next_event`."""
+
+        async def events() -> AsyncIterator[bytes]:
+            control.open_streams += 1
+            try:
+                number = 0
+                while True:
+                    number += 1
+                    yield f'event: notification\nid: {number}\ndata: {{"n": {number}}}\n\n'.encode()
+                    await control.next_event.wait()
+                    control.next_event.clear()
+            finally:
+                control.open_streams -= 1
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.websocket("/api/notifications/ws")
+    async def websocket(socket: WebSocket) -> None:
+        await socket.accept()
+        while True:
+            text = await socket.receive_text()
+            if text.startswith("close:"):
+                await socket.close(code=int(text.removeprefix("close:")), reason="asked to")
+                return
+            await socket.send_text(text)
+
+    return app
+
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / ".test-artifacts" / "gateway"
+
+GatewayFactory = Callable[..., AbstractAsyncContextManager[str]]
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+async def users_url(
+    tmp_path_factory: pytest.TempPathFactory, artifacts: Path
+) -> AsyncIterator[str]:
+    """The real users service, started with the production command on a free port."""
+    database = await create_database("gateway_users_test")
+    key_file = tmp_path_factory.mktemp("keys") / "jwt.pem"
+    key_file.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    process = ServiceProcess(
+        "users_service",
+        env={
+            "ENVIRONMENT": "test",
+            "DATABASE_URL": sqlalchemy_url(database),
+            "JWT_PRIVATE_KEY_FILE": str(key_file),
+            "OTEL_SERVICE_NAME": "users",
+            "OTEL_SDK_DISABLED": "true",
+        },
+        log_path=artifacts / "users.log",
+    )
+    try:
+        await asyncio.to_thread(upgrade_to_head, MIGRATIONS, sqlalchemy_url(database))
+        process.start()
+        await asyncio.to_thread(process.wait_ready)
+        yield process.url
+    finally:
+        process.stop()
+        await drop_database(database)
+
+
+@pytest.fixture(scope="session")
+def upstream_control() -> UpstreamControl:
+    return UpstreamControl()
+
+
+@pytest.fixture(scope="session")
+async def stand_in_url(upstream_control: UpstreamControl) -> AsyncIterator[str]:
+    """Plays orders and notifications (both prefixes are served by one stand-in)."""
+    async with serve(create_upstream_app(upstream_control)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def gateway_settings(users_url: str, stand_in_url: str) -> Callable[..., GatewaySettings]:
+    def build(**overrides: Any) -> GatewaySettings:
+        values: dict[str, Any] = {
+            "environment": "test",
+            "users_url": users_url,
+            "orders_url": stand_in_url,
+            "notifications_url": stand_in_url,
+            "rate_limit_enabled": False,
+            "body_limit_bytes": 256 * 1024,
+            "upstream_read_timeout": 1.0,
+            "breaker_failure_threshold": 3,
+            "breaker_recovery_seconds": 0.5,
+            "openapi_refresh_seconds": 5.0,
+        }
+        values.update(overrides)
+        return GatewaySettings(**values)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def start_gateway(gateway_settings: Callable[..., GatewaySettings]) -> GatewayFactory:
+    """`async with start_gateway(**settings) as url:` a gateway on a free loopback port."""
+
+    @asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[str]:
+        async with serve(create_app(gateway_settings(**overrides))) as url:
+            yield url
+
+    return start
+
+
+@pytest.fixture(scope="session")
+async def gateway_url(start_gateway: GatewayFactory) -> AsyncIterator[str]:
+    """The gateway most tests share: rate limits off, small body limit, 1 s read timeout."""
+    async with start_gateway() as url:
+        yield url
+
+
+@pytest.fixture
+async def client(gateway_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=10.0) as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+async def token(gateway_url: str) -> str:
+    """A real access token, obtained through the gateway (registration and login are public)."""
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=10.0) as http:
+        return await UsersApi(http).token(f"gw-{uuid.uuid4().hex[:8]}@example.com")
+
+
+@pytest.fixture
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def fresh_hits(upstream_control: UpstreamControl) -> list[str]:
+    upstream_control.hits.clear()
+    return upstream_control.hits
+
+
+@pytest.fixture(scope="session")
+def next_event(upstream_control: UpstreamControl) -> asyncio.Event:
+    """Set it to make the stand-in's event stream produce its next event."""
+    return upstream_control.next_event
+
+
+@pytest.fixture(scope="session")
+def serve_stand_in() -> Callable[[int], AbstractAsyncContextManager[str]]:
+    """`async with serve_stand_in(port):` a fresh stand-in upstream on `port`."""
+
+    def start(port: int) -> AbstractAsyncContextManager[str]:
+        return serve(create_upstream_app(UpstreamControl()), port=port)
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def open_streams(upstream_control: UpstreamControl) -> Callable[[], int]:
+    """How many event streams the stand-in is still producing."""
+    return lambda: upstream_control.open_streams
