@@ -7,12 +7,10 @@
 # that deployable's locked dependencies (no compilers, no uv, no sources) and runs as a numeric
 # non-root user. Base images are pinned by version; the release pipeline pins them by digest.
 
-ARG PYTHON_IMAGE=python:3.11.14-slim-trixie
-
 FROM ghcr.io/astral-sh/uv:0.13.8 AS uv
 
 # ---- build: resolve the lock into /app/.venv for one workspace member --------------------------
-FROM ${PYTHON_IMAGE} AS build
+FROM python:3.11.14-slim-trixie AS build
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
@@ -42,7 +40,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --locked --no-dev --no-editable --package notifications-service
 
 # ---- runtime: what every deployable shares -------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS runtime
+FROM python:3.11.14-slim-trixie AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/app/.venv/bin:$PATH \
@@ -54,6 +52,9 @@ RUN groupadd --system --gid 10001 mesh \
        --shell /usr/sbin/nologin mesh
 WORKDIR /app
 USER 10001:10001
+# For plain `docker run`; Kubernetes uses its own probes and compose its own healthcheck.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ['PORT'], timeout=2)"]
 
 # ---- one final stage per deployable: CMD is the production command of meshdev.processes --------
 FROM runtime AS gateway
