@@ -65,6 +65,8 @@ def test_every_database_is_migrated_before_its_service_starts(
     assert migrate["command"] == ["python", "-m", f"{migrating.package}.migrate"]
     assert migrate["build"]["target"] == migrating.name
     assert migrate["environment"]["DATABASE_URL"] == service["environment"]["DATABASE_URL"]
+    # `<package>.migrate` reads the service's settings class, as strictly as the service does.
+    settings_from(migrating.package, migrate["environment"])
     assert make_url(service["environment"]["DATABASE_URL"]).database == migrating.database
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
     condition = service["depends_on"][f"{migrating.name}-migrate"]["condition"]

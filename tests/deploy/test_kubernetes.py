@@ -144,7 +144,10 @@ def test_every_database_has_a_migration_job(
     assert container["command"] == ["python", "-m", f"{migrating.package}.migrate"]
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     service_env = container_env(_container(_deployment(cluster, migrating.name)), cluster)
-    assert container_env(container, cluster)["DATABASE_URL"] == service_env["DATABASE_URL"]
+    job_env = container_env(container, cluster)
+    assert job_env["DATABASE_URL"] == service_env["DATABASE_URL"]
+    # `<package>.migrate` reads the service's settings class, as strictly as the service does.
+    settings_from(migrating.package, job_env)
 
 
 # ---- the same shape for every deployable in the manifests (merged into MESH or not yet) ------
