@@ -219,12 +219,34 @@ def dockerfile_stages(path: Path) -> dict[str, DockerStage]:
     return stages
 
 
+LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "[::1]")
+
+
+class LocalDefaultError(AssertionError):
+    """A setting whose default only makes sense on a developer's machine was not provided."""
+
+
+def local_only_settings(package: str) -> set[str]:
+    """Settings whose default points at this machine (e.g. a database on 127.0.0.1): fine for
+    `make run`, wrong in any container, so every deployment must set them."""
+    cls = settings_class(package)
+    return {
+        name.upper()
+        for name, info in cls.model_fields.items()
+        if isinstance(info.default, str) and any(a in info.default for a in LOCAL_ADDRESSES)
+    }
+
+
 def settings_from(package: str, env: Mapping[str, str]) -> ServiceSettings:
     """Build the deployable's settings from exactly `env`, as strictly as production does.
 
-    Raises pydantic's ValidationError (a required setting is missing or invalid) or
-    UnsafeSettingsError (a value only acceptable in local development).
+    Raises LocalDefaultError (a setting defaulting to this machine is not set), pydantic's
+    ValidationError (a required setting is missing or invalid) or UnsafeSettingsError (a value
+    only acceptable in local development).
     """
+    missing = local_only_settings(package) - set(env)
+    if missing:
+        raise LocalDefaultError(f"{package}: not set, and the default is local: {sorted(missing)}")
     cls = settings_class(package)
     names = {name.upper() for name in cls.model_fields}
     saved = {name: os.environ.pop(name) for name in list(os.environ) if name in names}
