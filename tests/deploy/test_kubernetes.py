@@ -17,6 +17,7 @@ from meshdev.deployfiles import (
     container_env,
     expand,
     secret_references,
+    settings_class,
     settings_from,
 )
 from meshdev.mesh import Deployable
@@ -345,3 +346,16 @@ def test_prod_runs_replicated_operator_clusters(
 
 def test_expand_follows_kubernetes_rules() -> None:
     assert expand("a$(X)b$(Y)", {"X": "1"}) == "a1b$(Y)"
+
+
+def test_compose_and_every_overlay_set_the_same_settings(
+    clusters: dict[str, Cluster], compose: dict[str, Any], overlay: str, deployable: Deployable
+) -> None:
+    """A setting added to one way of running the mesh is added to all of them."""
+    fields = {name.upper() for name in settings_class(deployable.package).model_fields}
+    in_compose = fields & set(compose["services"][deployable.name]["environment"])
+    cluster = clusters[overlay]
+    in_overlay = fields & set(
+        container_env(_container(_deployment(cluster, deployable.name)), cluster)
+    )
+    assert in_compose == in_overlay
