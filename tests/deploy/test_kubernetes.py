@@ -6,15 +6,18 @@ Rendered with kustomize (the pinned kubectl); schema validation, checkov and yam
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
 
 from meshdev.deployfiles import (
     K8S,
+    ROOT,
     Cluster,
     Manifest,
     container_env,
+    dockerfile_stages,
     expand,
     secret_references,
     settings_class,
@@ -25,6 +28,8 @@ from meshdev.processes import production_command
 from sqlalchemy.engine import make_url
 
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
+# Written from the contract; MESH grows to the same set as the services are merged.
+EXPECTED_DEPLOYABLES = {"gateway", "users", "orders", "notifications"}
 CONTAINER_TMP = "/tmp"  # noqa: S108 - a path inside the containers, not a file here
 SENSITIVE = re.compile(r"(PASSWORD|SECRET|TOKEN|PRIVATE_KEY|API_KEY)$")
 
@@ -154,20 +159,26 @@ def test_every_database_has_a_migration_job(
 # ---- the same shape for every deployable in the manifests (merged into MESH or not yet) ------
 
 
-def test_every_app_deployment_agrees_with_itself(clusters: dict[str, Cluster]) -> None:
+def test_every_app_deployment_agrees_with_its_image_and_compose(
+    clusters: dict[str, Cluster], compose: dict[str, Any]
+) -> None:
+    stages = dockerfile_stages(ROOT / "Dockerfile")
     for cluster in clusters.values():
         deployments = list(_app_deployments(cluster))
-        assert {d["metadata"]["name"] for d in deployments} >= {"gateway", "users"}
+        assert {d["metadata"]["name"] for d in deployments} == EXPECTED_DEPLOYABLES
         for deployment in deployments:
             name = deployment["metadata"]["name"]
             container = _container(deployment)
-            port = str(_container(deployment)["ports"][0]["containerPort"])
+            package = container["command"][-1].removesuffix(".main:app")
+            assert container["command"] == production_command(package), name
+            assert json.loads(stages[name].last("CMD") or "null") == container["command"], name
+            port = str(container["ports"][0]["containerPort"])
+            assert stages[name].env()["PORT"] == port, name
             assert container_env(container, cluster)["PORT"] == port, name
+            assert compose["services"][name]["environment"]["PORT"] == port, name
             service = cluster.get("Service", name)
             assert service is not None
             assert str(service["spec"]["ports"][0]["port"]) == port
-            assert container["command"][:3] == production_command("x")[:3], name
-            assert container["command"][3].endswith(".main:app"), name
 
 
 # ---- secrets -----------------------------------------------------------------------------------
