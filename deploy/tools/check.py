@@ -65,7 +65,7 @@ def kustomizations() -> dict[str, Path]:
 def render(kubectl: str) -> Result:
     started = time.monotonic()
     RENDERED.mkdir(parents=True, exist_ok=True)
-    for stale in RENDERED.glob("*.yaml"):
+    for stale in [*RENDERED.glob("*.yaml"), *RENDERED.glob("scripts/*")]:
         stale.unlink()
     for name, path in kustomizations().items():
         done = subprocess.run(
@@ -76,6 +76,25 @@ def render(kubectl: str) -> Result:
         (RENDERED / f"{name}.yaml").write_text(done.stdout)
     names = ", ".join(kustomizations())
     return Result("kustomize", True, time.monotonic() - started, f"rendered {names}")
+
+
+def shell_scripts() -> list[Path]:
+    """The repository's shell scripts and those embedded in rendered ConfigMaps (`*.sh` keys)."""
+    import yaml  # the validators' venv has PyYAML (kubernetes-validate needs it)
+
+    scripts = sorted(ROOT.glob("deploy/**/*.sh"))
+    embedded = RENDERED / "scripts"
+    embedded.mkdir(exist_ok=True)
+    for manifest in sorted(RENDERED.glob("*.yaml")):
+        for document in yaml.safe_load_all(manifest.read_text()):
+            if not document or document.get("kind") != "ConfigMap":
+                continue
+            for key, value in document.get("data", {}).items():
+                if key.endswith(".sh"):
+                    name = f"{manifest.stem}-{document['metadata']['name']}-{key}"
+                    (embedded / name).write_text(value)
+                    scripts.append(embedded / name)
+    return scripts
 
 
 def main() -> int:
@@ -110,6 +129,10 @@ def main() -> int:
         results = [rendered]
         if rendered.ok:
             manifests = sorted(RENDERED.glob("*.yaml"))
+            scripts = shell_scripts()
+            results += [
+                run("shellcheck", [BIN / "shellcheck", *scripts]),
+            ]
             results += [
                 r.result()
                 for r in [
