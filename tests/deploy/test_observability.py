@@ -143,3 +143,18 @@ def test_grafana_datasources_point_at_compose_services(compose: dict[str, Any]) 
     for source in datasources["datasources"]:
         host = source["url"].split("//")[1].split(":")[0]
         assert host in compose["services"], source["url"]
+
+
+def test_grafana_loads_the_dashboards_from_where_compose_mounts_them(
+    compose: dict[str, Any],
+) -> None:
+    providers = _yaml(OBSERVABILITY / "grafana/provisioning/dashboards/dashboards.yaml")
+    paths = {provider["options"]["path"] for provider in providers["providers"]}
+    grafana = compose["services"]["grafana"]
+    mounts = {v["target"]: v["source"] for v in grafana["volumes"] if v["type"] == "bind"}
+    for path in paths:
+        assert mounts.get(path) == str(OBSERVABILITY / "grafana" / "dashboards"), path
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.rsplit("/", 1)[0] in paths
+    assert (OBSERVABILITY / "grafana" / "dashboards" / home.rsplit("/", 1)[1]).exists()
+    assert mounts["/etc/grafana/provisioning"] == str(OBSERVABILITY / "grafana" / "provisioning")
