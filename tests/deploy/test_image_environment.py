@@ -32,6 +32,8 @@ from sqlalchemy.engine import make_url
 
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 DEV_TOOLS = ("pytest", "ruff", "mypy", "meshdev", "honcho")
+# `uv run` tells its children where uv is; plain pytest finds it on PATH.
+UV = os.environ.get("UV") or shutil.which("uv") or "uv"
 
 
 def image_sync_command(deployable: Deployable) -> list[str]:
@@ -55,7 +57,7 @@ def venv_for(deployable: Deployable, built: dict[str, Path], tmp: Path) -> Path:
         venv = tmp / f"venv-{deployable.name}"
         env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv), "UV_COMPILE_BYTECODE": "0"}
         subprocess.run(
-            [shutil.which("uv") or "uv", *image_sync_command(deployable)[1:], "--quiet"],
+            [UV, *image_sync_command(deployable)[1:], "--quiet"],
             cwd=ROOT,
             env=env,
             check=True,
