@@ -370,3 +370,29 @@ def test_compose_and_every_overlay_set_the_same_settings(
         container_env(_container(_deployment(cluster, deployable.name)), cluster)
     )
     assert in_compose == in_overlay
+
+
+def test_forwarded_headers_are_trusted_only_behind_a_network_policy(
+    clusters: dict[str, Cluster],
+) -> None:
+    """Trusting X-Forwarded-For from any peer is safe only when the peers are known."""
+    for cluster in clusters.values():
+        policies = list(cluster.named("NetworkPolicy").values())
+        for deployment in _app_deployments(cluster):
+            env = container_env(_container(deployment), cluster)
+            if env.get("FORWARDED_ALLOW_IPS") != "*":
+                continue
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            ingress_rules = [
+                rule
+                for policy in policies
+                if "Ingress" in policy["spec"]["policyTypes"]
+                and policy["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()
+                and policy["spec"]["podSelector"] != {}
+                for rule in policy["spec"].get("ingress", [])
+            ]
+            name = f"{cluster.name}/{deployment['metadata']['name']}"
+            assert ingress_rules, f"{name} trusts X-Forwarded-For without an ingress policy"
+            for rule in ingress_rules:
+                assert rule.get("from"), f"{name}: an ingress rule admits every peer"
+                assert all("ipBlock" not in peer for peer in rule["from"]), name
