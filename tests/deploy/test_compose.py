@@ -31,6 +31,15 @@ def test_every_deployable_runs_its_image_command_on_its_port(
     assert str(deployable.port) in service.get("expose", [])
 
 
+def test_gunicorn_stops_gracefully_before_docker_kills_it(
+    compose: dict[str, Any], deployable: Deployable
+) -> None:
+    service = _service(compose, deployable.name)
+    grace = service["stop_grace_period"]
+    assert grace.endswith("s")
+    assert int(grace[:-1]) > int(service["environment"]["GRACEFUL_TIMEOUT"])
+
+
 def test_every_deployable_is_health_checked_on_readyz(
     compose: dict[str, Any], deployable: Deployable
 ) -> None:
