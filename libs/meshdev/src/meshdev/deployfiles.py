@@ -1,0 +1,260 @@
+"""Reading the deployment files the way Docker, compose and Kubernetes read them.
+
+tests/deploy uses it to compare what these files say with what the code says
+(meshdev.mesh.MESH, meshdev.processes.production_command, the settings classes).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import inspect
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshkit.settings import ServiceSettings
+
+ROOT = Path(__file__).resolve().parents[4]
+K8S = ROOT / "deploy" / "k8s"
+TOOLS = ROOT / ".tools"
+COMPOSE_FILES = ("compose.yaml", "compose.observability.yaml")
+
+Manifest = dict[str, Any]
+
+
+class ToolMissingError(RuntimeError):
+    """A pinned validator is not installed; `make tools` installs them."""
+
+
+def _tool(env_name: str, installed: Path, fallback: str) -> str:
+    candidate = os.environ.get(env_name) or (str(installed) if installed.exists() else None)
+    candidate = candidate or shutil.which(fallback)
+    if candidate is None:
+        raise ToolMissingError(f"{fallback} not found: run `make tools` (installs it in .tools/)")
+    return candidate
+
+
+def kustomizations() -> dict[str, Path]:
+    """base and every overlay, by name (the same discovery as deploy/tools/check.py)."""
+    found = {"base": K8S / "base"}
+    for kustomization in sorted((K8S / "overlays").glob("*/kustomization.yaml")):
+        found[kustomization.parent.name] = kustomization.parent
+    return found
+
+
+def render(path: Path) -> list[Manifest]:
+    kubectl = _tool("KUBECTL", TOOLS / "bin" / "kubectl", "kubectl")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def compose_config() -> dict[str, Any]:
+    """The layered compose project as `docker compose config` resolves it (.env.example values)."""
+    binary = _tool(
+        "DOCKER_COMPOSE_BIN", TOOLS / "venv" / "bin" / "docker-compose", "docker-compose"
+    )
+    files = [arg for name in COMPOSE_FILES for arg in ("-f", name)]
+    output = subprocess.run(
+        [binary, *files, "--env-file", ".env.example", "config", "--format", "json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    config: dict[str, Any] = json.loads(output)
+    return config
+
+
+@dataclass
+class Cluster:
+    """The objects of one rendered kustomization."""
+
+    name: str
+    objects: list[Manifest]
+    by_kind: dict[str, dict[str, Manifest]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_kind = {}
+        for manifest in self.objects:
+            self.by_kind.setdefault(manifest["kind"], {})[manifest["metadata"]["name"]] = manifest
+
+    def get(self, kind: str, name: str) -> Manifest | None:
+        return self.by_kind.get(kind, {}).get(name)
+
+    def named(self, kind: str) -> dict[str, Manifest]:
+        return self.by_kind.get(kind, {})
+
+    def secret_value(self, name: str, key: str) -> str | None:
+        secret = self.get("Secret", name)
+        if secret is None:
+            return None
+        if key in secret.get("stringData", {}):
+            return str(secret["stringData"][key])
+        encoded = secret.get("data", {}).get(key)
+        return None if encoded is None else base64.b64decode(encoded).decode()
+
+
+_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand(value: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' `$(VAR)` expansion: variables defined earlier are replaced, others kept."""
+    return _REFERENCE.sub(lambda match: env.get(match[1], match[0]), value)
+
+
+def secret_placeholder(name: str, key: str) -> str:
+    # URL-safe, so it can stand where the real value goes into a URL.
+    return f"from-secret-{name}-{key}"
+
+
+def container_env(container: Manifest, cluster: Cluster) -> dict[str, str]:
+    """The environment a container starts with. Secrets the overlay does not render (created by
+    operators or a secret manager) stand as placeholders."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            config_map = cluster.get("ConfigMap", source["configMapRef"]["name"])
+            assert config_map is not None, f"missing ConfigMap {source['configMapRef']['name']}"
+            env.update({k: str(v) for k, v in config_map.get("data", {}).items()})
+        if "secretRef" in source:
+            secret = cluster.get("Secret", source["secretRef"]["name"])
+            for key in (secret or {}).get("data", {}):
+                env[key] = cluster.secret_value(source["secretRef"]["name"], key) or ""
+    for variable in container.get("env", []):
+        name = variable["name"]
+        if "value" in variable:
+            env[name] = expand(str(variable["value"]), env)
+            continue
+        source = variable["valueFrom"]
+        if "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[name] = cluster.secret_value(ref["name"], ref["key"]) or secret_placeholder(
+                ref["name"], ref["key"]
+            )
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            config_map = cluster.get("ConfigMap", ref["name"])
+            assert config_map is not None, f"missing ConfigMap {ref['name']}"
+            env[name] = str(config_map["data"][ref["key"]])
+        elif "fieldRef" in source:
+            env[name] = f"field-{source['fieldRef']['fieldPath']}"
+    return env
+
+
+def secret_references(container: Manifest) -> Iterator[tuple[str, str]]:
+    for variable in container.get("env", []):
+        ref = variable.get("valueFrom", {}).get("secretKeyRef")
+        if ref is not None:
+            yield ref["name"], ref["key"]
+
+
+def settings_class(package: str) -> type[ServiceSettings]:
+    """The deployable's one settings class: `<package>.settings.*Settings`."""
+    module = importlib.import_module(f"{package}.settings")
+    classes = [
+        value
+        for name, value in vars(module).items()
+        if name.endswith("Settings")
+        and inspect.isclass(value)
+        and issubclass(value, ServiceSettings)
+        and value.__module__ == module.__name__
+    ]
+    assert len(classes) == 1, f"{package}.settings must define one *Settings class: {classes}"
+    return classes[0]
+
+
+@dataclass
+class DockerStage:
+    name: str
+    instructions: list[tuple[str, str]]
+
+    def last(self, instruction: str) -> str | None:
+        found = [arguments for keyword, arguments in self.instructions if keyword == instruction]
+        return found[-1] if found else None
+
+    def env(self) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for keyword, arguments in self.instructions:
+            if keyword == "ENV":
+                for pair in re.findall(r"(\w+)=(\S+)", arguments):
+                    values[pair[0]] = pair[1]
+        return values
+
+
+def dockerfile_stages(path: Path) -> dict[str, DockerStage]:
+    """Stages by name, each with its instructions (continuation lines joined, comments dropped)."""
+    logical: list[str] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        logical.append(pending + stripped)
+        pending = ""
+    stages: dict[str, DockerStage] = {}
+    current: DockerStage | None = None
+    for instruction in logical:
+        keyword, _, arguments = instruction.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            match = re.search(r"\bAS\s+(\S+)", arguments, re.IGNORECASE)
+            current = DockerStage(match[1] if match else f"#{len(stages)}", [])
+            stages[current.name] = current
+        elif current is not None:
+            current.instructions.append((keyword, arguments.strip()))
+    return stages
+
+
+LOCAL_ADDRESSES = ("127.0.0.1", "localhost", "[::1]")
+
+
+class LocalDefaultError(AssertionError):
+    """A setting whose default only makes sense on a developer's machine was not provided."""
+
+
+def local_only_settings(package: str) -> set[str]:
+    """Settings whose default points at this machine (e.g. a database on 127.0.0.1): fine for
+    `make run`, wrong in any container, so every deployment must set them."""
+    cls = settings_class(package)
+    return {
+        name.upper()
+        for name, info in cls.model_fields.items()
+        if isinstance(info.default, str) and any(a in info.default for a in LOCAL_ADDRESSES)
+    }
+
+
+def settings_from(package: str, env: Mapping[str, str]) -> ServiceSettings:
+    """Build the deployable's settings from exactly `env`, as strictly as production does.
+
+    Raises LocalDefaultError (a setting defaulting to this machine is not set), pydantic's
+    ValidationError (a required setting is missing or invalid) or UnsafeSettingsError (a value
+    only acceptable in local development).
+    """
+    missing = local_only_settings(package) - set(env)
+    if missing:
+        raise LocalDefaultError(f"{package}: not set, and the default is local: {sorted(missing)}")
+    cls = settings_class(package)
+    names = {name.upper() for name in cls.model_fields}
+    saved = {name: os.environ.pop(name) for name in list(os.environ) if name in names}
+    try:
+        os.environ.update({k: v for k, v in env.items() if k in names})
+        os.environ["ENVIRONMENT"] = "production"
+        return cls()
+    finally:
+        for name in names:
+            os.environ.pop(name, None)
+        os.environ.update(saved)

@@ -1,0 +1,120 @@
+"""compose.yaml (+ compose.observability.yaml) runs every deployable as the code expects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from meshdev.deployfiles import settings_from
+from meshdev.mesh import Deployable
+
+CONTAINER_TMP = "/tmp"  # noqa: S108 - a path inside the containers, not a file here
+
+
+def _service(compose: dict[str, Any], name: str) -> dict[str, Any]:
+    services: dict[str, Any] = compose["services"]
+    assert name in services, f"compose has no service {name!r}"
+    service: dict[str, Any] = services[name]
+    return service
+
+
+def test_every_deployable_runs_its_image_command_on_its_port(
+    compose: dict[str, Any], deployable: Deployable
+) -> None:
+    service = _service(compose, deployable.name)
+    assert service["build"]["target"] == deployable.name
+    # No command override: the image's CMD (the production command) runs.
+    assert service.get("command") is None
+    assert service["environment"]["PORT"] == str(deployable.port)
+    assert service["environment"]["OTEL_SERVICE_NAME"] == deployable.name
+    assert str(deployable.port) in service.get("expose", [])
+
+
+def test_gunicorn_stops_gracefully_before_docker_kills_it(
+    compose: dict[str, Any], deployable: Deployable
+) -> None:
+    service = _service(compose, deployable.name)
+    grace = service["stop_grace_period"]
+    assert grace.endswith("s")
+    assert int(grace[:-1]) > int(service["environment"]["GRACEFUL_TIMEOUT"])
+
+
+def test_every_deployable_is_health_checked_on_readyz(
+    compose: dict[str, Any], deployable: Deployable
+) -> None:
+    test = " ".join(_service(compose, deployable.name)["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{deployable.port}/readyz" in test
+
+
+def test_every_deployable_gets_the_settings_it_requires(
+    compose: dict[str, Any], deployable: Deployable
+) -> None:
+    service = _service(compose, deployable.name)
+    settings = settings_from(deployable.package, service["environment"])
+    key_file = getattr(settings, "jwt_private_key_file", None)
+    if key_file is not None:
+        mounted = {secret["target"] for secret in service.get("secrets", [])}
+        assert str(key_file) in mounted, f"{key_file} is not a mounted compose secret"
+
+
+def test_every_deployable_is_traced_to_the_collector(
+    compose: dict[str, Any], deployable: Deployable
+) -> None:
+    environment = _service(compose, deployable.name)["environment"]
+    assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+    assert "otel-collector" in compose["services"]
+
+
+def test_every_database_is_migrated_before_its_service_starts(
+    compose: dict[str, Any], migrating: Deployable
+) -> None:
+    service = _service(compose, migrating.name)
+    migrate = _service(compose, f"{migrating.name}-migrate")
+    assert migrate["command"] == ["python", "-m", f"{migrating.package}.migrate"]
+    assert migrate["build"]["target"] == migrating.name
+    assert migrate["environment"]["DATABASE_URL"] == service["environment"]["DATABASE_URL"]
+    # `<package>.migrate` reads the service's settings class, as strictly as the service does.
+    settings_from(migrating.package, migrate["environment"])
+    assert make_url(service["environment"]["DATABASE_URL"]).database == migrating.database
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    condition = service["depends_on"][f"{migrating.name}-migrate"]["condition"]
+    assert condition == "service_completed_successfully"
+
+
+def test_postgres_creates_every_database(compose: dict[str, Any], migrating: Deployable) -> None:
+    init_scripts = [
+        volume["source"]
+        for volume in _service(compose, "postgres")["volumes"]
+        if volume["target"].startswith("/docker-entrypoint-initdb.d/")
+    ]
+    sql = "".join(Path(path).read_text() for path in init_scripts)
+    assert f"CREATE DATABASE {migrating.database};" in sql
+
+
+def test_only_the_gateway_is_published(compose: dict[str, Any]) -> None:
+    published = {name for name, service in compose["services"].items() if "ports" in service} - {
+        "rabbitmq",
+        "jaeger",
+        "prometheus",
+        "grafana",
+    }  # developer UIs, on 127.0.0.1
+    assert published == {"gateway"}
+    assert all(
+        port.get("host_ip") == "127.0.0.1"
+        for service in compose["services"].values()
+        for port in service.get("ports", [])
+    )
+
+
+def test_application_containers_are_hardened(
+    compose: dict[str, Any], deployable: Deployable
+) -> None:
+    names = [deployable.name] + ([f"{deployable.name}-migrate"] if deployable.database else [])
+    for name in names:
+        service = _service(compose, name)
+        assert service["read_only"] is True
+        assert service["cap_drop"] == ["ALL"]
+        assert CONTAINER_TMP in service["tmpfs"]
+        assert service["user"] == "10001:10001"

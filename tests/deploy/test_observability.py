@@ -1,0 +1,161 @@
+"""The compose observability stack: collector -> Jaeger and Prometheus -> Grafana.
+
+Every dashboard query must name a metric from deploy/observability/metrics.yaml, the one list
+of metrics the services emit (extend it when a service adds an instrument).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshdev.deployfiles import ROOT
+
+OBSERVABILITY = ROOT / "deploy" / "observability"
+DASHBOARDS = sorted((OBSERVABILITY / "grafana" / "dashboards").glob("*.json"))
+SERIES_SUFFIXES = {
+    "histogram": ("_bucket", "_sum", "_count"),
+    "counter": ("_total",),
+    "gauge": ("",),
+}
+# PromQL words that look like metric names but are not.
+PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
+
+
+def _yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def emitted_series() -> set[str]:
+    metrics = _yaml(OBSERVABILITY / "metrics.yaml")["metrics"]
+    return {
+        metric["prometheus"] + suffix
+        for metric in metrics
+        for suffix in SERIES_SUFFIXES[metric["type"]]
+    }
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression (label matchers, ranges, grouping and functions
+    removed)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    names = set(re.findall(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\b(?!\s*\()", expr))
+    return {name for name in names if name.lower() not in PROMQL_KEYWORDS}
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    panels: list[dict[str, Any]] = []
+    for panel in dashboard["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))
+    return [p for p in panels if p["type"] != "row"]
+
+
+def test_metric_names_are_found_in_promql() -> None:
+    expr = (
+        'histogram_quantile(0.95, sum by (job, le) (rate(a_bucket{job=~"x"}[5m]))) '
+        "/ ignoring(x) b_total and on() c"
+    )
+    assert metric_names(expr) == {"a_bucket", "b_total", "c"}
+
+
+def test_every_dashboard_query_names_an_emitted_metric() -> None:
+    assert DASHBOARDS, "no Grafana dashboard"
+    emitted = emitted_series()
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        for panel in _panels(dashboard):
+            exprs = [target["expr"] for target in panel["targets"]]
+            assert exprs, f"{path.name}: panel {panel['title']!r} has no query"
+            for expr in exprs:
+                names = metric_names(expr)
+                assert names, f"{panel['title']!r}: no metric in {expr}"
+                unknown = names - emitted
+                assert not unknown, f"{path.name}: {panel['title']!r} queries {unknown}"
+        for variable in dashboard["templating"]["list"]:
+            match = re.fullmatch(r"label_values\((\w+),\s*\w+\)", variable["definition"])
+            assert match is not None, variable["definition"]
+            assert match[1] in emitted, variable["definition"]
+
+
+def test_every_panel_uses_a_provisioned_datasource() -> None:
+    datasources = _yaml(OBSERVABILITY / "grafana/provisioning/datasources/datasources.yaml")
+    uids = {source["uid"] for source in datasources["datasources"]}
+    assert {"prometheus", "jaeger"} <= uids
+    for path in DASHBOARDS:
+        for panel in _panels(json.loads(path.read_text())):
+            assert panel["datasource"]["uid"] in uids, panel["title"]
+
+
+def test_the_dashboard_covers_red_outbox_dlq_and_consumer_lag() -> None:
+    queries = " ".join(
+        target["expr"]
+        for path in DASHBOARDS
+        for panel in _panels(json.loads(path.read_text()))
+        for target in panel["targets"]
+    )
+    for needed in (
+        "http_server_request_duration_seconds_count",  # rate and errors
+        "http_server_request_duration_seconds_bucket",  # duration
+        "mesh_outbox_pending",
+        'queue=~".*\\\\.dlq"',
+        "rabbitmq_queue_messages_ready",
+    ):
+        assert needed in queries, needed
+
+
+def test_traces_go_to_jaeger_and_metrics_to_prometheus(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    collector = _yaml(OBSERVABILITY / "otel-collector.yaml")
+    pipelines = collector["service"]["pipelines"]
+    assert pipelines["traces"]["exporters"] == ["otlp/jaeger"]
+    assert pipelines["metrics"]["exporters"] == ["prometheus"]
+    jaeger_host = collector["exporters"]["otlp/jaeger"]["endpoint"].split(":")[0]
+    assert jaeger_host in services
+    assert collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == "0.0.0.0:4318"
+
+    exporter_port = collector["exporters"]["prometheus"]["endpoint"].rsplit(":", 1)[1]
+    prometheus = _yaml(OBSERVABILITY / "prometheus.yaml")
+    targets = {
+        t
+        for job in prometheus["scrape_configs"]
+        for c in job["static_configs"]
+        for t in c["targets"]
+    }
+    assert f"otel-collector:{exporter_port}" in targets
+
+    mounted = {
+        v["source"] for s in services.values() for v in s.get("volumes", []) if "source" in v
+    }
+    for config in ("otel-collector.yaml", "prometheus.yaml"):
+        assert str(OBSERVABILITY / config) in mounted, config
+    assert any(port["target"] == 16686 for port in services["jaeger"]["ports"])
+
+
+def test_grafana_datasources_point_at_compose_services(compose: dict[str, Any]) -> None:
+    datasources = _yaml(OBSERVABILITY / "grafana/provisioning/datasources/datasources.yaml")
+    for source in datasources["datasources"]:
+        host = source["url"].split("//")[1].split(":")[0]
+        assert host in compose["services"], source["url"]
+
+
+def test_grafana_loads_the_dashboards_from_where_compose_mounts_them(
+    compose: dict[str, Any],
+) -> None:
+    providers = _yaml(OBSERVABILITY / "grafana/provisioning/dashboards/dashboards.yaml")
+    paths = {provider["options"]["path"] for provider in providers["providers"]}
+    grafana = compose["services"]["grafana"]
+    mounts = {v["target"]: v["source"] for v in grafana["volumes"] if v["type"] == "bind"}
+    for path in paths:
+        assert mounts.get(path) == str(OBSERVABILITY / "grafana" / "dashboards"), path
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.rsplit("/", 1)[0] in paths
+    assert (OBSERVABILITY / "grafana" / "dashboards" / home.rsplit("/", 1)[1]).exists()
+    assert mounts["/etc/grafana/provisioning"] == str(OBSERVABILITY / "grafana" / "provisioning")
