@@ -19,7 +19,12 @@ class Deployable:
     database: str | None = None  # default database name; migrated by `<package>.migrate`
 
 
-MESH: tuple[Deployable, ...] = (Deployable("users", "users_service", 8001, database="users"),)
+MESH: tuple[Deployable, ...] = (
+    Deployable("users", "users_service", 8001, database="users"),
+    # Outbox relays and event consumers run inside these processes (docs/events.md).
+    Deployable("orders", "orders_service", 8002, database="orders"),
+    Deployable("notifications", "notifications_service", 8003, database="notifications"),
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,8 @@ from meshkit.messaging.events import (
     CloudEvent,
     to_message,
 )
+from meshkit.messaging.lifespan import broker_lifespan, relay_lifespan
 from meshkit.messaging.outbox import (
-    DROP_NOTIFY_TRIGGER_DDL,
-    NOTIFY_TRIGGER_DDL,
     OutboxRelay,
     RelaySettings,
     add_event,
@@ -27,9 +26,7 @@ from meshkit.messaging.settings import MessagingSettings
 __all__ = [
     "CLOUDEVENTS_CONTENT_TYPE",
     "DEAD_LETTER_EXCHANGE",
-    "DROP_NOTIFY_TRIGGER_DDL",
     "EVENTS_EXCHANGE",
-    "NOTIFY_TRIGGER_DDL",
     "Broker",
     "BrokerUnavailableError",
     "CloudEvent",
@@ -40,8 +37,10 @@ __all__ = [
     "OutboxRelay",
     "RelaySettings",
     "add_event",
+    "broker_lifespan",
     "declare_exchanges",
     "declare_work_queue",
     "outbox_table",
+    "relay_lifespan",
     "to_message",
 ]

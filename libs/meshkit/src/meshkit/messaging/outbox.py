@@ -54,6 +54,7 @@ from meshkit.telemetry import untraced
 logger = logging.getLogger("meshkit.messaging.outbox")
 
 OUTBOX_TABLE = "outbox"
+# Each service's migration creates an AFTER INSERT trigger that runs pg_notify on this channel.
 NOTIFY_CHANNEL = "outbox_inserted"
 
 # Raised when the connection or channel is gone: the broker's fault, not the row's.
@@ -98,26 +99,6 @@ def outbox_table(metadata: MetaData) -> Table:
             postgresql_where=text("sent_at IS NULL"),
         ),
     )
-
-
-# For a migration: `op.execute(sql)` for each, after creating the table.
-NOTIFY_TRIGGER_DDL: tuple[str, ...] = (
-    f"""
-    CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN
-        PERFORM pg_notify('{NOTIFY_CHANNEL}', '');
-        RETURN NULL;
-    END $$
-    """,
-    f"""
-    CREATE TRIGGER outbox_notify AFTER INSERT ON {OUTBOX_TABLE}
-    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify()
-    """,
-)
-DROP_NOTIFY_TRIGGER_DDL: tuple[str, ...] = (
-    f"DROP TRIGGER IF EXISTS outbox_notify ON {OUTBOX_TABLE}",
-    "DROP FUNCTION IF EXISTS outbox_notify()",
-)
 
 
 async def add_event(session: AsyncSession, table: Table, event: CloudEvent) -> None:
