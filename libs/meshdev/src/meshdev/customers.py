@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx
+import websockets.asyncio.client
 
 from meshdev.api import UsersApi
 from meshdev.stack import RunningMesh
@@ -19,17 +22,17 @@ ORDER = {"items": [{"sku": "book-1", "quantity": 2, "unit_price_cents": 1250}]}
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 20.0, every: float = 0.1
+    probe: Callable[[], Awaitable[T | None]], *, within: float = 20.0, every: float = 0.1
 ) -> T:
     """Polls until `probe` returns something truthy; fails with the last value otherwise."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last: T | None = None
     while time.monotonic() < deadline:
         last = await probe()
         if last:
             return last
         await asyncio.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+    raise AssertionError(f"condition not met within {within}s; last value: {last!r}")
 
 
 class Customer:
@@ -73,9 +76,84 @@ class Customer:
         items: list[dict[str, Any]] = response.json()["items"]
         return items
 
-    async def notifications_of(self, event_type: str, count: int) -> list[dict[str, Any]]:
+    async def notifications_of(
+        self, event_type: str, count: int, *, within: float = 20.0
+    ) -> list[dict[str, Any]]:
         async def probe() -> list[dict[str, Any]] | None:
             found = [n for n in await self.notifications() if n["type"] == event_type]
             return found if len(found) >= count else None
 
-        return await eventually(probe)
+        return await eventually(probe, within=within)
+
+    def sse(self) -> AbstractAsyncContextManager[LiveStream]:
+        url = f"{self.mesh.url('notifications')}/api/notifications/stream"
+        return sse_stream(self.http, url, self.headers)
+
+    def websocket(self) -> AbstractAsyncContextManager[LiveStream]:
+        base = self.mesh.url("notifications").replace("http://", "ws://", 1)
+        return websocket_stream(f"{base}/api/notifications/ws?access_token={self.token}")
+
+
+class LiveStream:
+    """Notifications pushed to one SSE stream or WebSocket, in arrival order."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def push(self, notification: dict[str, Any]) -> None:
+        self.received.append(notification)
+        self._queue.put_nowait(notification)
+
+    async def next(self, *, within: float) -> dict[str, Any]:
+        return await asyncio.wait_for(self._queue.get(), within)
+
+
+@asynccontextmanager
+async def sse_stream(
+    http: httpx.AsyncClient, url: str, headers: dict[str, str]
+) -> AsyncIterator[LiveStream]:
+    """Reads `event: notification` blocks of an SSE stream in the background."""
+    stream = LiveStream()
+    async with http.stream("GET", url, headers=headers, timeout=None) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.aiter_lines()
+        assert (await anext(lines)).startswith(":")  # subscribed: the stream is live
+
+        async def read() -> None:
+            fields: dict[str, str] = {}
+            async for line in lines:
+                if line:
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+                    continue
+                if fields.get("event") == "notification":
+                    notification = json.loads(fields["data"])
+                    assert fields["id"] == notification["id"]
+                    stream.push(notification)
+                fields = {}
+
+        reader = asyncio.create_task(read())
+        try:
+            yield stream
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+@asynccontextmanager
+async def websocket_stream(url: str) -> AsyncIterator[LiveStream]:
+    stream = LiveStream()
+    async with websockets.asyncio.client.connect(url) as socket:
+
+        async def read() -> None:
+            async for frame in socket:
+                stream.push(json.loads(frame))
+
+        reader = asyncio.create_task(read())
+        try:
+            yield stream
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)

@@ -66,7 +66,7 @@ class EventConsumer:
         self._stopping = True
         if self._tag is not None:
             try:
-                await self._queue.cancel(self._tag, timeout=5)
+                await self._queue.cancel(self._tag, timeout=2)
             except Exception as exc:  # the channel may already be gone
                 logger.info("consumer cancel on %s failed: %s", self._queue.name, exc)
         if self._in_flight:
