@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from meshkit.app import create_service_app
+from meshkit.app import create_service_app, readiness_checks
 from meshkit.db import Database
 from meshkit.messaging import (
     Broker,
@@ -47,6 +47,7 @@ def create_app(settings: NotificationsSettings | None = None) -> FastAPI:
                 settings=settings, broker=broker, database=app.state.database, hub=hub
             )
             processing.start()
+            readiness_checks(app)["consumer"] = processing.ready
             try:
                 yield
             finally:
@@ -89,6 +90,13 @@ class EventProcessing:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._start(), name="notifications-events")
+        self._task.add_done_callback(_log_failure)
+
+    async def ready(self) -> None:
+        """Readiness check: the consumers are subscribed."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            raise RuntimeError("not consuming")
 
     async def _start(self) -> None:
         settings = self._settings
@@ -124,6 +132,12 @@ class EventProcessing:
         for consumer in self._consumers:
             await consumer.stop()
         await self._relay.stop()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # E.g. the queue exists with other arguments; /readyz keeps reporting "consumer".
+        logger.error("could not start consuming", exc_info=task.exception())
 
 
 def __getattr__(name: str) -> FastAPI:
