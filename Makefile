@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 export UV_PYTHON := python3.11
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help uv sync run migrate test lint format unit integration clean
+.PHONY: help uv sync run migrate test lint format unit integration clean dlq
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -36,6 +36,9 @@ format: sync ## Format and fix what ruff can
 
 test: sync lint ## Lint, then the whole test suite
 	@$(UV) run --locked pytest
+
+dlq: sync ## Dead letters of notifications: make dlq (list) or make dlq ARGS="replay --all|ID..."
+	@$(UV) run --locked python -m notifications_service.dlq $(or $(ARGS),list)
 
 clean: ## Remove caches and local state (keeps .venv)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .test-artifacts

@@ -11,7 +11,9 @@ from meshdev.stack import RunningMesh, running_mesh
 
 @pytest.fixture(scope="session")
 async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningMesh]:
-    async with running_mesh(tmp_path_factory.mktemp("events-mesh")) as running:
+    # Two workers per service: relays share the outbox, consumers compete for the queue, and
+    # each worker pushes to its own SSE/WebSocket clients.
+    async with running_mesh(tmp_path_factory.mktemp("events-mesh"), workers=2) as running:
         yield running
 
 

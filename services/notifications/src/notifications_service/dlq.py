@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
 from meshkit.messaging import EVENTS_EXCHANGE, declare_exchanges
@@ -122,6 +123,22 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     chosen.add_argument("ids", nargs="*", default=[], help="event ids (message ids)")
     args = parser.parse_args(argv)
     settings = NotificationsSettings()
+    try:
+        return _run(args, settings, out, parser)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        out.write(
+            f"no queue {settings.events_queue}.dlq at this RABBITMQ_URL: the notifications "
+            "service declares it when it starts\n"
+        )
+        return 1
+
+
+def _run(
+    args: argparse.Namespace,
+    settings: NotificationsSettings,
+    out: TextIO,
+    parser: argparse.ArgumentParser,
+) -> int:
     if args.command == "list":
         for dead in asyncio.run(list_dead_letters(settings.rabbitmq_url, settings.events_queue)):
             out.write(json.dumps(dead.__dict__) + "\n")
