@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -11,8 +10,7 @@ import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
-from meshdev.api import UsersApi
-from meshdev.customers import eventually
+from meshdev.customers import Account, eventually
 from meshdev.postgres import (
     asyncpg_dsn,
     create_database,
@@ -32,6 +30,7 @@ from notifications_service.settings import NotificationsSettings
 DELIVERY_LIMIT = 3
 
 Publish = Callable[..., Awaitable[None]]
+OrderEvent = Callable[..., CloudEvent]
 
 
 @pytest.fixture(scope="session")
@@ -107,19 +106,8 @@ async def db(notifications_database: str) -> AsyncIterator[asyncpg.Connection]:
         await connection.close()
 
 
-class Account:
-    def __init__(self, user_id: str, token: str) -> None:
-        self.id = user_id
-        self.headers = {"Authorization": f"Bearer {token}"}
-
-
 async def _account(users_mesh: RunningMesh) -> Account:
-    async with httpx.AsyncClient(base_url=users_mesh.url("users")) as http:
-        users = UsersApi(http)
-        email = f"reader-{secrets.token_hex(6)}@example.com"
-        user = await users.register(email)
-        response = await users.login(email)
-        return Account(user["id"], response.json()["access_token"])
+    return await Account.register(users_mesh.url("users"))
 
 
 @pytest.fixture
@@ -141,7 +129,7 @@ async def channel(vhost: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
         yield publish_channel
 
 
-def order_event(user_id: str, event_type: str = "order.created", **data: Any) -> CloudEvent:
+def _order_event(user_id: str, event_type: str = "order.created", **data: Any) -> CloudEvent:
     order_id = str(uuid.uuid4())
     return CloudEvent(
         source="orders",
@@ -149,6 +137,12 @@ def order_event(user_id: str, event_type: str = "order.created", **data: Any) ->
         subject=user_id,
         data={"id": order_id, "user_id": user_id, "total_cents": 2500, **data},
     )
+
+
+@pytest.fixture
+def order_event() -> Callable[..., CloudEvent]:
+    """`order_event(user_id, type="order.created")`: an event as the orders service sends it."""
+    return _order_event
 
 
 @pytest.fixture

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import httpx
-from meshdev.customers import eventually
+from collections.abc import Awaitable, Callable
 
-from .conftest import Account, Publish, order_event
+import httpx
+from meshdev.customers import Account, eventually
+
+from meshkit.messaging import CloudEvent
+
+Publish = Callable[..., Awaitable[None]]
+OrderEvent = Callable[..., CloudEvent]
 
 
 async def _wait_for(
@@ -21,7 +26,11 @@ async def _wait_for(
 
 
 async def test_list_shows_only_the_callers_notifications_newest_first_in_pages(
-    client: httpx.AsyncClient, publish: Publish, alice: Account, bob: Account
+    client: httpx.AsyncClient,
+    publish: Publish,
+    order_event: OrderEvent,
+    alice: Account,
+    bob: Account,
 ) -> None:
     for _ in range(3):
         await publish(order_event(alice.id))
@@ -45,7 +54,11 @@ async def test_list_shows_only_the_callers_notifications_newest_first_in_pages(
 
 
 async def test_mark_read_sets_read_and_another_users_notification_is_404(
-    client: httpx.AsyncClient, publish: Publish, alice: Account, bob: Account
+    client: httpx.AsyncClient,
+    publish: Publish,
+    order_event: OrderEvent,
+    alice: Account,
+    bob: Account,
 ) -> None:
     await publish(order_event(alice.id))
     [notification] = await _wait_for(client, alice, 1)

@@ -7,10 +7,11 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import httpx
-from meshdev.customers import eventually
+from meshdev.customers import Account, eventually
 from meshdev.rabbitmq import amqp_url
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -18,7 +19,8 @@ from opentelemetry.trace import SpanKind
 from meshkit.messaging import CloudEvent
 from notifications_service.dlq import DeadLetter, list_dead_letters
 
-from .conftest import Account, Publish, order_event
+Publish = Callable[..., Awaitable[None]]
+OrderEvent = Callable[..., CloudEvent]
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -41,7 +43,7 @@ def _processed(spans: InMemorySpanExporter, event_id: object) -> int:
 
 
 async def test_each_event_type_makes_one_notification_for_its_user(
-    client: httpx.AsyncClient, publish: Publish, alice: Account
+    client: httpx.AsyncClient, publish: Publish, order_event: OrderEvent, alice: Account
 ) -> None:
     events = [
         CloudEvent(
@@ -72,6 +74,7 @@ async def test_each_event_type_makes_one_notification_for_its_user(
 async def test_processing_continues_the_trace_of_the_message(
     client: httpx.AsyncClient,
     publish: Publish,
+    order_event: OrderEvent,
     alice: Account,
     spans: InMemorySpanExporter,
     db: asyncpg.Connection,
@@ -102,6 +105,7 @@ async def test_processing_continues_the_trace_of_the_message(
 async def test_the_same_event_delivered_twice_makes_one_notification(
     client: httpx.AsyncClient,
     publish: Publish,
+    order_event: OrderEvent,
     alice: Account,
     spans: InMemorySpanExporter,
     db: asyncpg.Connection,
@@ -122,6 +126,7 @@ async def test_the_same_event_delivered_twice_makes_one_notification(
 async def test_a_malformed_message_goes_straight_to_the_dead_letter_queue(
     client: httpx.AsyncClient,
     publish: Publish,
+    order_event: OrderEvent,
     alice: Account,
     vhost: str,
     spans: InMemorySpanExporter,
@@ -143,6 +148,7 @@ async def test_a_malformed_message_goes_straight_to_the_dead_letter_queue(
 async def test_a_message_that_keeps_failing_is_dead_lettered_and_replayed_after_the_fix(
     client: httpx.AsyncClient,
     publish: Publish,
+    order_event: OrderEvent,
     alice: Account,
     vhost: str,
     db: asyncpg.Connection,

@@ -157,3 +157,22 @@ async def websocket_stream(url: str) -> AsyncIterator[LiveStream]:
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+
+class Account:
+    """A registered user of a users service and the headers that authenticate as them."""
+
+    def __init__(self, user_id: str, token: str) -> None:
+        self.id = user_id
+        self.token = token
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    @classmethod
+    async def register(cls, users_url: str) -> Account:
+        async with httpx.AsyncClient(base_url=users_url, timeout=10) as http:
+            users = UsersApi(http)
+            email = f"user-{secrets.token_hex(6)}@example.com"
+            user = await users.register(email)
+            response = await users.login(email)
+            assert response.status_code == 200, response.text
+            return cls(user["id"], response.json()["access_token"])
