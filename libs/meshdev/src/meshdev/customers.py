@@ -99,6 +99,7 @@ class LiveStream:
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
+        self.ended = asyncio.Event()  # the server ended the stream
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     def push(self, notification: dict[str, Any]) -> None:
@@ -133,6 +134,7 @@ async def sse_stream(
                     assert fields["id"] == notification["id"]
                     stream.push(notification)
                 fields = {}
+            stream.ended.set()
 
         reader = asyncio.create_task(read())
         try:
@@ -150,6 +152,7 @@ async def websocket_stream(url: str) -> AsyncIterator[LiveStream]:
         async def read() -> None:
             async for frame in socket:
                 stream.push(json.loads(frame))
+            stream.ended.set()
 
         reader = asyncio.create_task(read())
         try:

@@ -31,6 +31,7 @@ from notifications_service.models import outbox
 from notifications_service.push import PushHub, declare_push_queue
 from notifications_service.routes import routers
 from notifications_service.settings import NotificationsSettings
+from notifications_service.shutdown import on_termination
 
 logger = logging.getLogger("notifications")
 
@@ -49,8 +50,10 @@ def create_app(settings: NotificationsSettings | None = None) -> FastAPI:
             processing.start()
             readiness_checks(app)["consumer"] = processing.ready
             try:
-                yield
+                with on_termination(hub.close):
+                    yield
             finally:
+                hub.close()
                 await processing.stop()
 
     return create_service_app(

@@ -20,18 +20,25 @@ from notifications_service.schemas import NotificationRead
 logger = logging.getLogger("notifications.push")
 
 
+# Put in a stream's queue when the process stops: the stream ends.
+END_OF_STREAM = None
+Subscription = asyncio.Queue[NotificationRead | None]
+
+
 class PushHub:
     """The open SSE streams and WebSockets of this process, by user."""
 
     def __init__(self, *, buffer: int = 100) -> None:
         self._buffer = buffer
-        self._subscribers: defaultdict[uuid.UUID, set[asyncio.Queue[NotificationRead]]] = (
-            defaultdict(set)
-        )
+        self._closed = False
+        self._subscribers: defaultdict[uuid.UUID, set[Subscription]] = defaultdict(set)
 
     @contextmanager
-    def subscribe(self, user_id: uuid.UUID) -> Iterator[asyncio.Queue[NotificationRead]]:
-        queue: asyncio.Queue[NotificationRead] = asyncio.Queue(self._buffer)
+    def subscribe(self, user_id: uuid.UUID) -> Iterator[Subscription]:
+        """A queue of the user's new notifications; `END_OF_STREAM` when the process stops."""
+        queue: Subscription = asyncio.Queue(self._buffer + 1)
+        if self._closed:
+            queue.put_nowait(END_OF_STREAM)
         self._subscribers[user_id].add(queue)
         try:
             yield queue
@@ -40,13 +47,27 @@ class PushHub:
             if not self._subscribers[user_id]:
                 del self._subscribers[user_id]
 
+    def close(self) -> None:
+        """Ends every stream, so a stopping server is not held open by long-lived streams
+        (clients reconnect to another replica and catch up with the list)."""
+        if self._closed:
+            return
+        self._closed = True
+        for queues in self._subscribers.values():
+            for queue in queues:
+                # One slot is kept free for this marker (see `subscribe`).
+                queue.put_nowait(END_OF_STREAM)
+
     def publish(self, notification: NotificationRead) -> None:
         for queue in self._subscribers.get(notification.user_id, ()):
-            try:
-                queue.put_nowait(notification)
-            except asyncio.QueueFull:
+            if queue.qsize() >= self._buffer:
                 # A client that does not read must not hold memory or other clients up; it
                 # can catch up with GET /api/notifications.
+                logger.warning("push buffer full for a stream of user %s", notification.user_id)
+                continue
+            try:
+                queue.put_nowait(notification)
+            except asyncio.QueueFull:  # pragma: no cover - guarded by the size check above
                 logger.warning("push buffer full for a stream of user %s", notification.user_id)
 
     async def handle(self, event: CloudEvent) -> None:

@@ -15,7 +15,7 @@ from meshkit.db import SessionDep
 from meshkit.pagination import Page, PageParamsDep
 from meshkit.problems import ProblemError
 from notifications_service import service
-from notifications_service.push import PushHub
+from notifications_service.push import END_OF_STREAM, PushHub, Subscription
 from notifications_service.schemas import NotificationRead
 
 POLICY_VIOLATION = status.WS_1008_POLICY_VIOLATION
@@ -28,7 +28,7 @@ def _hub(request: Request) -> PushHub:
 
 async def _subscription(
     principal: CurrentPrincipal, hub: Annotated[PushHub, Depends(_hub)]
-) -> AsyncIterator[asyncio.Queue[NotificationRead]]:
+) -> AsyncIterator[Subscription]:
     # Subscribed before the response starts, so nothing published after the client has
     # seen the headers can be missed; unsubscribed when the stream ends.
     with hub.subscribe(principal.user_id) as queue:
@@ -50,13 +50,12 @@ async def list_notifications(
 
 @notifications.get("/stream", response_class=EventSourceResponse)
 async def stream(
-    subscription: Annotated[asyncio.Queue[NotificationRead], Depends(_subscription)],
+    subscription: Annotated[Subscription, Depends(_subscription)],
 ) -> AsyncIterable[ServerSentEvent]:
     """Server-sent events: each new notification of the caller as `event: notification`,
     `id: <notification id>`, `data: <notification JSON>`; keep-alive comments every 15 s."""
     yield ServerSentEvent(comment="subscribed")
-    while True:
-        notification = await subscription.get()
+    while (notification := await subscription.get()) is not END_OF_STREAM:
         yield ServerSentEvent(event="notification", id=str(notification.id), data=notification)
 
 
@@ -89,9 +88,9 @@ async def websocket_stream(
     with hub.subscribe(principal.user_id) as queue:
 
         async def forward() -> None:
-            while True:
-                notification = await queue.get()
+            while (notification := await queue.get()) is not END_OF_STREAM:
                 await websocket.send_text(notification.model_dump_json())
+            await websocket.close(code=status.WS_1001_GOING_AWAY)
 
         async def until_closed() -> None:
             while (await websocket.receive())["type"] != "websocket.disconnect":

@@ -141,7 +141,7 @@ class OutboxRelay:
         self._broker = broker
         self._settings = settings or RelaySettings()
         self._wake = asyncio.Event()
-        self._stopping = False
+        self._stop_requested = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener_task: asyncio.Task[None] | None = None
         self._last_purge = time.monotonic()
@@ -155,7 +155,7 @@ class OutboxRelay:
 
     async def stop(self, *, grace_seconds: float = 10.0) -> None:
         """Finish the batch in flight (so its rows are marked sent), then stop."""
-        self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
         if self._listener_task is not None:
             self._listener_task.cancel()
@@ -169,7 +169,7 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         failures = 0
-        while not self._stopping:
+        while not self._stop_requested.is_set():
             self._wake.clear()
             claimed = 0
             try:
@@ -191,13 +191,10 @@ class OutboxRelay:
                 await self._sleep(self._settings.poll_interval, wake_early=True)
 
     async def _sleep(self, seconds: float, *, wake_early: bool = False) -> None:
-        if self._stopping:
-            return
-        if not wake_early:
-            await asyncio.sleep(seconds)
-            return
+        """Sleeps, ending early on stop (and on a wake-up if `wake_early`)."""
+        event = self._wake if wake_early else self._stop_requested
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            await asyncio.wait_for(event.wait(), seconds)
 
     async def drain_once(self) -> int:
         """Claim, publish and mark one batch; returns how many rows were claimed."""
