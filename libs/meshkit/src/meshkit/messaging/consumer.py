@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
@@ -24,6 +25,7 @@ from opentelemetry.trace import StatusCode
 from pydantic import ValidationError
 
 from meshkit.messaging.events import CloudEvent
+from meshkit.messaging.metrics import consumed_messages, process_duration
 from meshkit.messaging.tracing import process_span
 
 logger = logging.getLogger("meshkit.messaging.consumer")
@@ -82,6 +84,20 @@ class EventConsumer:
             self._in_flight.discard(task)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
+        started = time.perf_counter()
+        outcome = await self._process_traced(message)
+        attributes = {
+            "messaging.system": "rabbitmq",
+            "messaging.destination.subscription.name": self._queue.name,
+            "messaging.rabbitmq.destination.routing_key": message.routing_key or "",
+        }
+        if outcome is not None:
+            attributes["error.type"] = outcome
+        consumed_messages.add(1, attributes)
+        process_duration.record(time.perf_counter() - started, attributes)
+
+    async def _process_traced(self, message: AbstractIncomingMessage) -> str | None:
+        """Handles, then acks / dead-letters / requeues; returns the error type, if any."""
         queue = self._queue.name
         with process_span(
             queue=queue,
@@ -102,6 +118,7 @@ class EventConsumer:
                     str(exc)[:500],
                 )
                 await message.reject(requeue=False)
+                return "malformed"
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(StatusCode.ERROR, type(exc).__name__)
@@ -118,5 +135,6 @@ class EventConsumer:
                     delay = min(self._max_retry_delay, self._retry_delay * 2**attempt)
                     await asyncio.sleep(delay)
                 await message.nack(requeue=True)
-            else:
-                await message.ack()
+                return type(exc).__name__
+            await message.ack()
+            return None

@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from meshkit.messaging.broker import Broker, BrokerUnavailableError, backoff_delay
 from meshkit.messaging.events import EVENTS_EXCHANGE, CloudEvent, to_message
+from meshkit.messaging.metrics import sent_messages, watch_backlog
 from meshkit.messaging.tracing import context_from, publish_span, trace_carrier
 from meshkit.telemetry import untraced
 
@@ -123,6 +124,7 @@ class RelaySettings:
     publish_timeout: float = 10.0
     retention: timedelta = timedelta(days=7)
     purge_every: float = 600.0
+    backlog_every: float = 5.0
 
 
 class OutboxRelay:
@@ -145,6 +147,12 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._listener_task: asyncio.Task[None] | None = None
         self._last_purge = time.monotonic()
+        self._last_backlog = float("-inf")
+        # Read by the `outbox.pending.*` gauges.
+        self.table_name = table.name
+        self.pending_rows = 0
+        self.oldest_pending_age = 0.0
+        watch_backlog(self)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -177,9 +185,11 @@ class OutboxRelay:
                 claimed = await self.drain_once()
                 failures = 0
                 await self._maybe_purge()
+                await self._maybe_measure_backlog()
             except BROKER_DOWN_ERRORS as exc:
                 failures += 1
                 logger.warning("outbox relay: broker unavailable (%s); backing off", exc)
+                await self._maybe_measure_backlog()
                 await self._sleep(backoff_delay(failures))
                 continue
             except (DBAPIError, OSError) as exc:
@@ -251,12 +261,22 @@ class OutboxRelay:
             parent=parent,
         ):
             message = to_message(event, trace_headers=trace_carrier())
-            await exchange.publish(
-                message,
-                routing_key=event.type,
-                mandatory=True,
-                timeout=self._settings.publish_timeout,
-            )
+            attributes = {
+                "messaging.system": "rabbitmq",
+                "messaging.destination.name": EVENTS_EXCHANGE,
+                "messaging.rabbitmq.destination.routing_key": event.type,
+            }
+            try:
+                await exchange.publish(
+                    message,
+                    routing_key=event.type,
+                    mandatory=True,
+                    timeout=self._settings.publish_timeout,
+                )
+            except Exception as exc:
+                sent_messages.add(1, {**attributes, "error.type": type(exc).__name__})
+                raise
+            sent_messages.add(1, attributes)
 
     async def _postpone(self, connection: Any, row: Row[Any], error: BaseException) -> None:
         """A refused or unroutable event waits (growing delays) instead of blocking the batch."""
@@ -277,6 +297,27 @@ class OutboxRelay:
                 next_attempt_at=func.now() + timedelta(seconds=delay),
             )
         )
+
+    async def _maybe_measure_backlog(self) -> None:
+        if time.monotonic() - self._last_backlog < self._settings.backlog_every:
+            return
+        self._last_backlog = time.monotonic()
+        table = self._table
+        with untraced():
+            async with self._engine.connect() as connection:
+                row = (
+                    await connection.execute(
+                        select(
+                            func.count(),
+                            func.coalesce(
+                                func.extract("epoch", func.now() - func.min(table.c.created_at)),
+                                0,
+                            ),
+                        ).where(table.c.sent_at.is_(None))
+                    )
+                ).one()
+        self.pending_rows = int(row[0])
+        self.oldest_pending_age = float(row[1])
 
     async def _maybe_purge(self) -> None:
         if time.monotonic() - self._last_purge < self._settings.purge_every:
