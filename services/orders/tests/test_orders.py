@@ -5,6 +5,7 @@ import uuid
 import asyncpg
 import httpx
 import pytest
+from meshdev.stack import RunningMesh
 
 ORDER = {
     "items": [
@@ -143,3 +144,28 @@ async def test_cancel_publishes_order_cancelled_and_a_second_cancel_is_409(
     assert again.status_code == 409
     types = await orders_db.fetch("SELECT event_type FROM outbox ORDER BY created_at")
     assert [r["event_type"] for r in types] == ["order.created", "order.cancelled"]
+
+
+async def test_a_token_of_a_deleted_account_is_401_and_nothing_is_stored(
+    client: httpx.AsyncClient,
+    alice: dict[str, str],
+    users_mesh: RunningMesh,
+    orders_db: asyncpg.Connection,
+) -> None:
+    user_id = await _me(users_mesh, alice)
+    users_db = await asyncpg.connect(users_mesh.database_url("users"))
+    try:
+        await users_db.execute("DELETE FROM users WHERE id = $1", uuid.UUID(user_id))
+    finally:
+        await users_db.close()
+
+    response = await client.post("/api/orders", json=ORDER, headers=alice)
+
+    assert response.status_code == 401
+    assert await orders_db.fetchval("SELECT count(*) FROM orders") == 0
+
+
+async def _me(users_mesh: RunningMesh, headers: dict[str, str]) -> str:
+    async with httpx.AsyncClient(base_url=users_mesh.url("users")) as users:
+        user_id: str = (await users.get("/api/users/me", headers=headers)).json()["id"]
+        return user_id

@@ -280,7 +280,7 @@ class OutboxRelay:
 
     async def _postpone(self, connection: Any, row: Row[Any], error: BaseException) -> None:
         """A refused or unroutable event waits (growing delays) instead of blocking the batch."""
-        delay = min(300.0, 2.0 ** min(row.attempts, 8))
+        delay = min(60.0, 2.0 ** min(row.attempts, 6))
         logger.error(
             "outbox relay: %s %s was refused by the broker (%s); retrying in %.0fs",
             row.event_type,
