@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 export UV_PYTHON := python3.11
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help uv sync run migrate test lint format bench bench-tools clean browser tools deploy-check up down
+.PHONY: help uv sync run migrate test lint format bench bench-tools clean browser tools deploy-check up down dlq
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -86,6 +86,9 @@ $(COMPOSE_JWT_KEY):
 
 down: ## Stop the containerised mesh (keeps its volumes; `make down VOLUMES=1` drops them)
 	@$(COMPOSE) down $(if $(VOLUMES),--volumes)
+
+dlq: sync ## Dead letters of notifications: make dlq (list) or make dlq ARGS="replay --all|ID..."
+	@$(UV) run --locked python -m notifications_service.dlq $(or $(ARGS),list)
 
 clean: ## Remove caches and local state (keeps .venv)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .test-artifacts $(TOOLS)/rendered

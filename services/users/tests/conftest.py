@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from meshdev.api import UsersApi
 from meshdev.postgres import create_database, drop_database, sqlalchemy_url, truncate_all
+from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
 from meshkit.migrations import upgrade_to_head
 from users_service.main import create_app
 from users_service.migrate import MIGRATIONS
@@ -24,9 +25,20 @@ async def users_database() -> AsyncIterator[str]:
     await drop_database(name)
 
 
+@pytest.fixture(scope="session")
+async def vhost() -> AsyncIterator[str]:
+    name = await create_vhost("users_test")
+    yield name
+    await delete_vhost(name)
+
+
 @pytest.fixture
-def settings(users_database: str) -> UsersSettings:
-    return UsersSettings(database_url=sqlalchemy_url(users_database), environment="test")
+def settings(users_database: str, vhost: str) -> UsersSettings:
+    return UsersSettings(
+        database_url=sqlalchemy_url(users_database),
+        rabbitmq_url=amqp_url(vhost),
+        environment="test",
+    )
 
 
 @pytest.fixture

@@ -21,6 +21,9 @@ class Deployable:
 
 MESH: tuple[Deployable, ...] = (
     Deployable("users", "users_service", 8001, database="users"),
+    # Outbox relays and event consumers run inside these processes (docs/events.md).
+    Deployable("orders", "orders_service", 8002, database="orders"),
+    Deployable("notifications", "notifications_service", 8003, database="notifications"),
     Deployable("gateway", "mesh_gateway", 8000),
 )
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from meshkit.telemetry import configure_telemetry
 
 SPANS = InMemorySpanExporter()
+METRICS = InMemoryMetricReader()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -17,6 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
         service_version="0",
         environment="test",
         span_processors=(SimpleSpanProcessor(SPANS),),
+        metric_readers=(METRICS,),
     )
 
 
@@ -24,6 +27,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def spans() -> InMemorySpanExporter:
     SPANS.clear()
     return SPANS
+
+
+@pytest.fixture
+def metric_reader() -> InMemoryMetricReader:
+    """Every metric of the test process; `collect()` reads the current values."""
+    return METRICS
 
 
 _EXERCISED: dict[str, int] = {}

@@ -14,7 +14,9 @@ from fastapi import FastAPI
 
 from meshkit.app import create_service_app
 from meshkit.auth import StaticKeySource, TokenVerifier
+from meshkit.messaging import broker_lifespan, relay_lifespan
 from users_service.login_limits import LoginLimiter
+from users_service.models import outbox
 from users_service.routes import routers
 from users_service.security import TokenIssuer, load_private_key, load_public_key
 from users_service.settings import UsersSettings
@@ -53,7 +55,11 @@ def create_app(settings: UsersSettings | None = None) -> FastAPI:
         app.state.login_limiter = LoginLimiter(
             limit=settings.login_failure_limit, storage_uri=settings.rate_limit_storage_uri
         )
-        yield
+        async with (
+            broker_lifespan(app, settings) as broker,
+            relay_lifespan(app, settings, broker, outbox),
+        ):
+            yield
 
     return create_service_app(
         settings,

@@ -9,6 +9,7 @@ from sqlalchemy import CheckConstraint, DateTime, String, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from meshkit.db import new_metadata
+from meshkit.messaging import outbox_table
 
 
 class Base(DeclarativeBase):
@@ -27,3 +28,6 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(100))
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+outbox = outbox_table(Base.metadata)

@@ -8,7 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from users_service.models import User
+from meshkit import messaging
+from users_service.models import User, outbox
 
 
 class EmailTakenError(Exception):
@@ -38,3 +39,7 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
 async def find_by_email(session: AsyncSession, email: str) -> User | None:
     result = await session.execute(select(User).where(User.email == email.lower()))
     return result.scalar_one_or_none()
+
+
+async def add_event(session: AsyncSession, event: messaging.CloudEvent) -> None:
+    await messaging.add_event(session, outbox, event)

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from meshkit.problems import ConflictError, NotFoundError, UnauthorizedError
 from users_service import repository
+from users_service.events import user_registered
 from users_service.login_limits import LoginLimiter
 from users_service.models import User
 from users_service.schemas import UserCreate
@@ -17,11 +18,14 @@ from users_service.security import IssuedToken, TokenIssuer, hash_password, veri
 async def register(*, session: AsyncSession, data: UserCreate) -> User:
     password_hash = await hash_password(data.password)
     try:
-        return await repository.add_user(
+        user = await repository.add_user(
             session, email=data.email, name=data.name, password_hash=password_hash
         )
     except repository.EmailTakenError as exc:
         raise ConflictError("A user with this email already exists.") from exc
+    # In the same transaction as the user: both are stored, or neither.
+    await repository.add_event(session, user_registered(user))
+    return user
 
 
 async def login(

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from meshkit.settings import ServiceSettings
+from meshkit.messaging import MessagingSettings
 
 
-class UsersSettings(ServiceSettings):
+class UsersSettings(MessagingSettings):
     service_name: str = "users"
     database_url: str | None = "postgresql+asyncpg://postgres@127.0.0.1:5432/users"
 

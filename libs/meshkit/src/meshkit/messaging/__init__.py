@@ -1,0 +1,46 @@
+"""Events over RabbitMQ: CloudEvents envelope, transactional outbox and relay, consumers."""
+
+from meshkit.messaging.broker import (
+    Broker,
+    BrokerUnavailableError,
+    declare_exchanges,
+    declare_work_queue,
+)
+from meshkit.messaging.consumer import EventConsumer, Handler, MalformedEventError
+from meshkit.messaging.events import (
+    CLOUDEVENTS_CONTENT_TYPE,
+    DEAD_LETTER_EXCHANGE,
+    EVENTS_EXCHANGE,
+    CloudEvent,
+    to_message,
+)
+from meshkit.messaging.lifespan import broker_lifespan, relay_lifespan
+from meshkit.messaging.outbox import (
+    OutboxRelay,
+    RelaySettings,
+    add_event,
+    outbox_table,
+)
+from meshkit.messaging.settings import MessagingSettings
+
+__all__ = [
+    "CLOUDEVENTS_CONTENT_TYPE",
+    "DEAD_LETTER_EXCHANGE",
+    "EVENTS_EXCHANGE",
+    "Broker",
+    "BrokerUnavailableError",
+    "CloudEvent",
+    "EventConsumer",
+    "Handler",
+    "MalformedEventError",
+    "MessagingSettings",
+    "OutboxRelay",
+    "RelaySettings",
+    "add_event",
+    "broker_lifespan",
+    "declare_exchanges",
+    "declare_work_queue",
+    "outbox_table",
+    "relay_lifespan",
+    "to_message",
+]

@@ -1,0 +1,49 @@
+"""The messaging part of a service's lifespan: broker connection, readiness, outbox relay."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import Table
+
+from meshkit.app import readiness_checks
+from meshkit.db import Database
+from meshkit.messaging.broker import Broker
+from meshkit.messaging.outbox import OutboxRelay
+from meshkit.messaging.settings import MessagingSettings
+
+
+@asynccontextmanager
+async def broker_lifespan(app: FastAPI, settings: MessagingSettings) -> AsyncIterator[Broker]:
+    """Connects in the background (the service starts while the broker is down) and reports
+    the broker in `/readyz`; closes the connection last, after consumers and relay stopped."""
+    broker = Broker(
+        settings.rabbitmq_url, connection_name=f"{settings.service_name} pid {os.getpid()}"
+    )
+    broker.start()
+    readiness_checks(app)["broker"] = broker.ready
+    app.state.broker = broker
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+@asynccontextmanager
+async def relay_lifespan(
+    app: FastAPI, settings: MessagingSettings, broker: Broker, outbox: Table
+) -> AsyncIterator[OutboxRelay]:
+    """Runs this process's outbox relay; on stop, the batch in flight is finished first."""
+    database: Database = app.state.database
+    relay = OutboxRelay(
+        engine=database.engine, table=outbox, broker=broker, settings=settings.relay_settings()
+    )
+    relay.start()
+    app.state.outbox_relay = relay
+    try:
+        yield relay
+    finally:
+        await relay.stop()

@@ -1,0 +1,66 @@
+"""Messaging metrics (OpenTelemetry semantic convention names where they exist).
+
+- `messaging.client.sent.messages` / `messaging.client.consumed.messages`: counters by event
+  type (routing key), with `error.type` when the publish or the processing failed.
+- `messaging.process.duration`: seconds a consumer spent on a message.
+- `outbox.pending.messages` and `outbox.pending.age`: the outbox backlog (unsent rows, seconds
+  since the oldest was written) as last seen by this process's relay.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable
+from typing import Protocol
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+meter = metrics.get_meter("meshkit.messaging")
+
+sent_messages = meter.create_counter(
+    "messaging.client.sent.messages", unit="{message}", description="Messages published."
+)
+consumed_messages = meter.create_counter(
+    "messaging.client.consumed.messages", unit="{message}", description="Messages processed."
+)
+process_duration = meter.create_histogram(
+    "messaging.process.duration", unit="s", description="Time spent processing one message."
+)
+
+
+class BacklogSource(Protocol):
+    table_name: str
+    pending_rows: int
+    oldest_pending_age: float
+
+
+_sources: weakref.WeakSet[BacklogSource] = weakref.WeakSet()
+
+
+def watch_backlog(source: BacklogSource) -> None:
+    _sources.add(source)
+
+
+def _pending_rows(_: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(s.pending_rows, {"outbox.table": s.table_name}) for s in list(_sources)]
+
+
+def _pending_age(_: CallbackOptions) -> Iterable[Observation]:
+    return [
+        Observation(s.oldest_pending_age, {"outbox.table": s.table_name}) for s in list(_sources)
+    ]
+
+
+meter.create_observable_gauge(
+    "outbox.pending.messages",
+    callbacks=[_pending_rows],
+    unit="{message}",
+    description="Outbox rows not yet published.",
+)
+meter.create_observable_gauge(
+    "outbox.pending.age",
+    callbacks=[_pending_age],
+    unit="s",
+    description="Age of the oldest outbox row not yet published.",
+)

@@ -1,0 +1,83 @@
+"""Messaging spans (OpenTelemetry semantic conventions) and W3C context in message headers.
+
+Context is injected and extracted by hand rather than by an aio-pika instrumentation: the trace
+of a published event starts in the request that wrote the outbox row, long before the relay
+publishes it, and the instrumentation cannot know that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind
+
+tracer = trace.get_tracer("meshkit.messaging")
+
+
+def trace_carrier() -> dict[str, str]:
+    """`traceparent`/`tracestate` of the current span, to store with an outbox row."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def context_from(headers: Mapping[str, Any] | None) -> Context:
+    """The trace context carried by message headers (or an outbox row); empty if none."""
+    carrier = {
+        key: value.decode() if isinstance(value, bytes) else str(value)
+        for key, value in (headers or {}).items()
+        if isinstance(value, str | bytes)
+    }
+    return propagate.extract(carrier)
+
+
+@contextmanager
+def publish_span(
+    *, exchange: str, routing_key: str, message_id: str, parent: Context
+) -> Iterator[Span]:
+    with tracer.start_as_current_span(
+        f"publish {exchange}",
+        context=parent,
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "rabbitmq",
+            "messaging.operation.name": "publish",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": exchange,
+            "messaging.rabbitmq.destination.routing_key": routing_key,
+            "messaging.message.id": message_id,
+        },
+    ) as span:
+        yield span
+
+
+@contextmanager
+def process_span(
+    *,
+    queue: str,
+    exchange: str,
+    routing_key: str,
+    message_id: str | None,
+    headers: Mapping[str, Any] | None,
+) -> Iterator[Span]:
+    attributes: dict[str, str] = {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": exchange,
+        "messaging.destination.subscription.name": queue,
+        "messaging.rabbitmq.destination.routing_key": routing_key,
+    }
+    if message_id:
+        attributes["messaging.message.id"] = message_id
+    with tracer.start_as_current_span(
+        f"process {queue}",
+        context=context_from(headers),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    ) as span:
+        yield span

@@ -1,0 +1,108 @@
+"""HTTP and WebSocket routes of the notifications service; rules live in `service`."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, WebSocket, status
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from meshkit.auth import CurrentPrincipal, InvalidTokenError, TokenVerifier
+from meshkit.db import SessionDep
+from meshkit.pagination import Page, PageParamsDep
+from meshkit.problems import ProblemError
+from notifications_service import service
+from notifications_service.push import END_OF_STREAM, PushHub, Subscription
+from notifications_service.schemas import NotificationRead
+
+POLICY_VIOLATION = status.WS_1008_POLICY_VIOLATION
+
+
+def _hub(request: Request) -> PushHub:
+    hub: PushHub = request.app.state.push_hub
+    return hub
+
+
+async def _subscription(
+    principal: CurrentPrincipal, hub: Annotated[PushHub, Depends(_hub)]
+) -> AsyncIterator[Subscription]:
+    # Subscribed before the response starts, so nothing published after the client has
+    # seen the headers can be missed; unsubscribed when the stream ends.
+    with hub.subscribe(principal.user_id) as queue:
+        yield queue
+
+
+notifications = APIRouter(prefix="/api/notifications", tags=["notifications"])
+
+
+@notifications.get("", response_model=Page[NotificationRead])
+async def list_notifications(
+    principal: CurrentPrincipal, session: SessionDep, params: PageParamsDep
+) -> Page[NotificationRead]:
+    """The caller's notifications, newest first."""
+    return await service.list_notifications(
+        session=session, user_id=principal.user_id, params=params
+    )
+
+
+@notifications.get("/stream", response_class=EventSourceResponse)
+async def stream(
+    subscription: Annotated[Subscription, Depends(_subscription)],
+) -> AsyncIterable[ServerSentEvent]:
+    """Server-sent events: each new notification of the caller as `event: notification`,
+    `id: <notification id>`, `data: <notification JSON>`; keep-alive comments every 15 s."""
+    yield ServerSentEvent(comment="subscribed")
+    while (notification := await subscription.get()) is not END_OF_STREAM:
+        yield ServerSentEvent(event="notification", id=str(notification.id), data=notification)
+
+
+@notifications.post("/{notification_id}/read", response_model=NotificationRead)
+async def mark_read(
+    notification_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep
+) -> Any:
+    """Mark one of the caller's notifications as read."""
+    return await service.mark_read(
+        session=session, notification_id=notification_id, user_id=principal.user_id
+    )
+
+
+@notifications.websocket("/ws")
+async def websocket_stream(
+    websocket: WebSocket,
+    access_token: Annotated[str | None, Query(max_length=4096)] = None,
+) -> None:
+    """One JSON text frame per new notification of the caller; a bad token closes with 1008."""
+    # Accepted first: a close before the handshake completes reaches the client as HTTP 403,
+    # and the contract promises the WebSocket close code 1008.
+    await websocket.accept()
+    verifier: TokenVerifier = websocket.app.state.token_verifier
+    try:
+        principal = await verifier.verify(access_token or "")
+    except (InvalidTokenError, ProblemError):
+        await websocket.close(code=POLICY_VIOLATION, reason="invalid access token")
+        return
+    hub: PushHub = websocket.app.state.push_hub
+    with hub.subscribe(principal.user_id) as queue:
+
+        async def forward() -> None:
+            while (notification := await queue.get()) is not END_OF_STREAM:
+                await websocket.send_text(notification.model_dump_json())
+            await websocket.close(code=status.WS_1001_GOING_AWAY)
+
+        async def until_closed() -> None:
+            while (await websocket.receive())["type"] != "websocket.disconnect":
+                pass
+
+        tasks = {asyncio.create_task(forward()), asyncio.create_task(until_closed())}
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+routers = (notifications,)

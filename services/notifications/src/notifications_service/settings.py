@@ -1,0 +1,27 @@
+"""Configuration of the notifications service (environment first)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from meshkit.messaging import MessagingSettings
+
+
+class NotificationsSettings(MessagingSettings):
+    service_name: str = "notifications"
+    database_url: str | None = "postgresql+asyncpg://postgres@127.0.0.1:5432/notifications"
+    jwks_url: str | None = "http://127.0.0.1:8001/api/auth/jwks.json"
+
+    events_queue: str = Field(
+        default="notifications", description="The durable quorum queue this service consumes."
+    )
+    delivery_limit: int = Field(
+        default=5, ge=1, le=100, description="Deliveries before a failing message is dead-lettered."
+    )
+    consumer_prefetch: int = Field(default=32, ge=1, le=1000)
+    retry_delay_seconds: float = Field(
+        default=0.5, ge=0, le=60, description="First pause before a failed message is requeued."
+    )
+    push_buffer: int = Field(
+        default=100, ge=1, le=10_000, description="Notifications buffered per open stream."
+    )

@@ -1,0 +1,21 @@
+"""The events the orders service publishes (routing key = type)."""
+
+from __future__ import annotations
+
+from meshkit.messaging import CloudEvent
+from orders_service.models import Order
+from orders_service.schemas import OrderRead
+
+SOURCE = "orders"
+ORDER_CREATED = "order.created"
+ORDER_CANCELLED = "order.cancelled"
+
+
+def order_event(event_type: str, order: Order) -> CloudEvent:
+    """`data` is the order exactly as the API shows it."""
+    return CloudEvent(
+        source=SOURCE,
+        type=event_type,
+        subject=str(order.user_id),
+        data=OrderRead.model_validate(order).model_dump(mode="json"),
+    )

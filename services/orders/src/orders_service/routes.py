@@ -1,0 +1,76 @@
+"""HTTP routes of the orders service: validation and status codes only; rules live in `service`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, status
+
+from meshkit.auth import CurrentPrincipal
+from meshkit.db import SessionDep
+from meshkit.pagination import Page, PageParamsDep
+from orders_service import service
+from orders_service.schemas import OrderCreate, OrderRead
+from orders_service.users import UsersClient
+
+
+def _users(request: Request) -> UsersClient:
+    users: UsersClient = request.app.state.users
+    return users
+
+
+UsersDep = Annotated[UsersClient, Depends(_users)]
+
+orders = APIRouter(prefix="/api/orders", tags=["orders"])
+
+
+@orders.post("", status_code=status.HTTP_201_CREATED, response_model=OrderRead)
+async def place_order(
+    data: OrderCreate,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    users: UsersDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            description="Retrying with the same key and body returns the same order; "
+            "a different body is 422, a retry while the first is in flight is 409.",
+        ),
+    ] = None,
+) -> Any:
+    """Place an order. Publishes `order.created`."""
+    return await service.place_order(
+        session=session,
+        users=users,
+        user_id=principal.user_id,
+        data=data,
+        idempotency_key=idempotency_key,
+    )
+
+
+@orders.get("", response_model=Page[OrderRead])
+async def list_orders(
+    principal: CurrentPrincipal, session: SessionDep, params: PageParamsDep
+) -> Page[OrderRead]:
+    """The caller's orders, newest first."""
+    return await service.list_orders(session=session, user_id=principal.user_id, params=params)
+
+
+@orders.get("/{order_id}", response_model=OrderRead)
+async def get_order(order_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep) -> Any:
+    """One of the caller's orders; anyone else's is 404."""
+    return await service.get_order(session=session, order_id=order_id, user_id=principal.user_id)
+
+
+@orders.post("/{order_id}/cancel", response_model=OrderRead)
+async def cancel_order(
+    order_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep
+) -> Any:
+    """Cancel an order; an already cancelled order is 409. Publishes `order.cancelled`."""
+    return await service.cancel_order(session=session, order_id=order_id, user_id=principal.user_id)
+
+
+routers = (orders,)
