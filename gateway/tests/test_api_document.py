@@ -174,6 +174,10 @@ async def test_swagger_ui_authorize_logs_in_and_calls_a_protected_operation(
             await page.fill("#oauth_username", email)
             await page.fill("#oauth_password", PASSWORD)
             await page.locator(".auth-btn-wrapper button.authorize").click()
+            # The token request is asynchronous: logged in once "Logout" is offered.
+            await page.locator(".auth-btn-wrapper button", has_text="Logout").wait_for(
+                timeout=10_000
+            )
             await page.locator(".auth-btn-wrapper button.btn-done").click()
 
             operation = page.locator("#operations-users-me_api_users_me_get")
