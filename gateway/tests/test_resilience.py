@@ -98,7 +98,7 @@ async def test_the_circuit_opens_after_repeated_failures_and_closes_after_recove
         calls_while_open = _upstream_calls(spans, port) - calls_before
 
         async with serve_stand_in(port):
-            await asyncio.sleep(0.4)  # the recovery time passes: the next call is a probe
+            await asyncio.sleep(2.1)  # the recovery time passes: the next call is a probe
             probe = await http.get("/api/orders/echo", headers=auth)
             after = await http.get("/api/orders/echo", headers=auth)
 
