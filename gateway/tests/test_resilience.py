@@ -87,7 +87,7 @@ async def test_the_circuit_opens_after_repeated_failures_and_closes_after_recove
             orders_url=f"http://127.0.0.1:{port}",
             breaker_failure_threshold=2,
             # Long enough that the fast-fail request below surely comes while the circuit is open.
-        breaker_recovery_seconds=2.0,
+            breaker_recovery_seconds=2.0,
             retry_attempts=0,
         ) as url,
         httpx.AsyncClient(base_url=url) as http,
