@@ -19,7 +19,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from meshdev.api import UsersApi
 from meshdev.postgres import create_database, drop_database, sqlalchemy_url
@@ -43,6 +43,7 @@ class UpstreamControl:
         self.hits: list[str] = []
         self.next_event = asyncio.Event()
         self.open_streams = 0
+        self.client_close_codes: list[int] = []
 
 
 def create_upstream_app(control: UpstreamControl) -> FastAPI:
@@ -150,7 +151,11 @@ def create_upstream_app(control: UpstreamControl) -> FastAPI:
     async def websocket(socket: WebSocket) -> None:
         await socket.accept()
         while True:
-            text = await socket.receive_text()
+            try:
+                text = await socket.receive_text()
+            except WebSocketDisconnect as closed:
+                control.client_close_codes.append(closed.code)
+                return
             if text.startswith("close:"):
                 await socket.close(code=int(text.removeprefix("close:")), reason="asked to")
                 return
@@ -339,3 +344,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def client_close_codes(upstream_control: UpstreamControl) -> list[int]:
+    """Close codes the stand-in's WebSocket received from its client (the gateway)."""
+    return upstream_control.client_close_codes
