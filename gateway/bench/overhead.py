@@ -1,6 +1,7 @@
 """Gateway overhead, side by side with nginx, on the same users service (one run, one machine).
 
     uv run python gateway/bench/overhead.py [--seconds 10] [--connections 32] [--rate-limit off]
+        [--tracing]
 
 Starts a throw-away users database and the users service, the gateway (auth and rate limiting
 on) and nginx as a plain keep-alive reverse proxy, all with one worker, then drives the same
@@ -49,6 +50,7 @@ http {{
     upstream users {{ server 127.0.0.1:{users_port}; keepalive 64; }}
     server {{
         listen 127.0.0.1:{port};
+        location /v1/ {{ return 204; }}
         location / {{
             proxy_pass http://users;
             proxy_http_version 1.1;
@@ -128,6 +130,7 @@ async def main() -> None:
         help="serve `<package>.main:app` as the gateway (to compare variants of the hot path)",
     )
     parser.add_argument("--rate-limit", default="1000000/minute", help="'off' to switch it off")
+    parser.add_argument("--tracing", action="store_true", help="the gateway exports its spans")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
@@ -156,21 +159,6 @@ async def main() -> None:
         ).start()
         processes.append(users)
         users.wait_ready()
-        gateway = ServiceProcess(
-            args.gateway_package,
-            env={
-                **quiet,
-                "USERS_URL": users.url,
-                "ORDERS_URL": "",
-                "NOTIFICATIONS_URL": "",
-                "RATE_LIMIT_ENABLED": "false" if args.rate_limit == "off" else "true",
-                "RATE_LIMIT": "1/second" if args.rate_limit == "off" else args.rate_limit,
-            },
-            log_path=work / "gateway.log",
-        ).start()
-        processes.append(gateway)
-        gateway.wait_ready()
-
         nginx_port = free_port()
         (work / "nginx.conf").write_text(
             NGINX_CONF.format(dir=work, users_port=users.port, port=nginx_port)
@@ -187,6 +175,33 @@ async def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         await asyncio.sleep(0.5)
+
+        # With --tracing the gateway exports its spans over OTLP/HTTP to nginx, which
+        # discards them (`return 204`): the cost of tracing without a collector's.
+        tracing = (
+            {
+                "OTEL_SDK_DISABLED": "false",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{nginx_port}",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            }
+            if args.tracing
+            else {}
+        )
+        gateway = ServiceProcess(
+            args.gateway_package,
+            env={
+                **quiet,
+                "USERS_URL": users.url,
+                "ORDERS_URL": "",
+                "NOTIFICATIONS_URL": "",
+                "RATE_LIMIT_ENABLED": "false" if args.rate_limit == "off" else "true",
+                "RATE_LIMIT": "1/second" if args.rate_limit == "off" else args.rate_limit,
+                **tracing,
+            },
+            log_path=work / "gateway.log",
+        ).start()
+        processes.append(gateway)
+        gateway.wait_ready()
 
         async with httpx.AsyncClient(base_url=users.url) as client:
             token = await UsersApi(client).token("bench@example.com")

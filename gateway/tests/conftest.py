@@ -5,8 +5,12 @@ slow, huge, streaming, WebSocket echo), and gateways built with the settings eac
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
+import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -24,7 +28,7 @@ from mesh_gateway.main import create_app
 from mesh_gateway.settings import GatewaySettings
 from meshdev.api import UsersApi
 from meshdev.postgres import create_database, drop_database, sqlalchemy_url
-from meshdev.processes import ServiceProcess
+from meshdev.processes import ServiceProcess, free_port
 from meshdev.servers import serve
 from meshkit.migrations import upgrade_to_head
 from users_service.migrate import MIGRATIONS
@@ -39,6 +43,7 @@ class UpstreamControl:
         self.hits: list[str] = []
         self.next_event = asyncio.Event()
         self.open_streams = 0
+        self.client_close_codes: list[int] = []
 
 
 def create_upstream_app(control: UpstreamControl) -> FastAPI:
@@ -146,7 +151,11 @@ def create_upstream_app(control: UpstreamControl) -> FastAPI:
     async def websocket(socket: WebSocket) -> None:
         await socket.accept()
         while True:
-            text = await socket.receive_text()
+            try:
+                text = await socket.receive_text()
+            except WebSocketDisconnect as closed:
+                control.client_close_codes.append(closed.code)
+                return
             if text.startswith("close:"):
                 await socket.close(code=int(text.removeprefix("close:")), reason="asked to")
                 return
@@ -297,3 +306,47 @@ def serve_stand_in() -> Callable[[int], AbstractAsyncContextManager[str]]:
 def open_streams(upstream_control: UpstreamControl) -> Callable[[], int]:
     """How many event streams the stand-in is still producing."""
     return lambda: upstream_control.open_streams
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Redis on a free port (never the machine's shared one), gone after the run."""
+    port = free_port()
+    directory = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def client_close_codes(upstream_control: UpstreamControl) -> list[int]:
+    """Close codes the stand-in's WebSocket received from its client (the gateway)."""
+    return upstream_control.client_close_codes

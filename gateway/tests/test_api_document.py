@@ -6,6 +6,8 @@ import asyncio
 import shutil
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from openapi_spec_validator import validate
 
 from mesh_gateway.openapi import SECURITY_SCHEME, merge_documents
 from meshdev.api import PASSWORD, UsersApi
+from meshdev.processes import free_port
 
 # Debian's chromium, installed by `make browser` (a prerequisite of `make test`).
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -174,6 +177,10 @@ async def test_swagger_ui_authorize_logs_in_and_calls_a_protected_operation(
             await page.fill("#oauth_username", email)
             await page.fill("#oauth_password", PASSWORD)
             await page.locator(".auth-btn-wrapper button.authorize").click()
+            # The token request is asynchronous: logged in once "Logout" is offered.
+            await page.locator(".auth-btn-wrapper button", has_text="Logout").wait_for(
+                timeout=10_000
+            )
             await page.locator(".auth-btn-wrapper button.btn-done").click()
 
             operation = page.locator("#operations-users-me_api_users_me_get")
@@ -191,3 +198,29 @@ async def test_swagger_ui_authorize_logs_in_and_calls_a_protected_operation(
 
     assert status_text.startswith("200")
     assert email in body
+
+
+async def test_a_service_that_starts_later_joins_the_document(
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]],
+    serve_stand_in: Callable[[int], AbstractAsyncContextManager[str]],
+) -> None:
+    port = free_port()
+    async with (
+        start_gateway(orders_url=f"http://127.0.0.1:{port}") as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        before = (await http.get("/openapi.json")).json()
+        async with serve_stand_in(port):
+            after = await _merged_document(http)
+
+    assert not [p for p in before["paths"] if p.startswith("/api/orders")]
+    assert "/api/orders/echo" in after["paths"]
+
+
+async def test_docs_pages_load_their_assets_from_the_gateway(client: httpx.AsyncClient) -> None:
+    for page, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = await client.get(page)
+        assert html.status_code == 200
+        assert f"/docs-assets/{asset}" in html.text
+        assert "cdn." not in html.text
+        assert (await client.get(f"/docs-assets/{asset}")).status_code == 200

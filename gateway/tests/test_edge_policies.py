@@ -158,3 +158,24 @@ async def test_without_reachable_token_keys_protected_routes_are_503(
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert fresh_hits == []
+
+
+async def test_replicas_sharing_a_redis_storage_share_the_limit(
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]], token: str, redis_url: str
+) -> None:
+    settings = {
+        "rate_limit_enabled": True,
+        "rate_limit": "2/minute",
+        "rate_limit_storage_uri": redis_url,
+    }
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        start_gateway(**settings) as first_url,
+        start_gateway(**settings) as second_url,
+        httpx.AsyncClient() as http,
+    ):
+        first = [await http.get(f"{first_url}/api/orders/echo", headers=headers) for _ in range(2)]
+        third = await http.get(f"{second_url}/api/orders/echo", headers=headers)
+
+    assert [r.status_code for r in first] == [200, 200]
+    assert third.status_code == 429

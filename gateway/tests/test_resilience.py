@@ -87,7 +87,8 @@ async def test_the_circuit_opens_after_repeated_failures_and_closes_after_recove
         start_gateway(
             orders_url=f"http://127.0.0.1:{port}",
             breaker_failure_threshold=2,
-            breaker_recovery_seconds=0.3,
+            # Long enough that the fast-fail request below surely comes while the circuit is open.
+            breaker_recovery_seconds=2.0,
             retry_attempts=0,
         ) as url,
         httpx.AsyncClient(base_url=url) as http,
@@ -98,7 +99,7 @@ async def test_the_circuit_opens_after_repeated_failures_and_closes_after_recove
         calls_while_open = _upstream_calls(spans, port) - calls_before
 
         async with serve_stand_in(port):
-            await asyncio.sleep(0.4)  # the recovery time passes: the next call is a probe
+            await asyncio.sleep(2.1)  # the recovery time passes: the next call is a probe
             probe = await http.get("/api/orders/echo", headers=auth)
             after = await http.get("/api/orders/echo", headers=auth)
 

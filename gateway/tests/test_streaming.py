@@ -184,3 +184,19 @@ async def test_an_upstream_dying_mid_response_cuts_the_response_short(
         assert response.status_code == 200
         with pytest.raises(httpx.RemoteProtocolError):
             await response.aread()
+
+
+async def test_the_client_close_code_reaches_the_upstream(
+    gateway_url: str, token: str, client_close_codes: list[int]
+) -> None:
+    client_close_codes.clear()
+    async with connect(_ws_url(gateway_url, token), proxy=None) as socket:
+        await socket.send("hello")
+        await asyncio.wait_for(socket.recv(), timeout=10)
+        await socket.close(code=4002, reason="client leaves")
+
+    for _ in range(200):
+        if client_close_codes:
+            break
+        await asyncio.sleep(0.05)
+    assert client_close_codes == [4002]

@@ -144,7 +144,7 @@ class Gateway:
         await self.http(scope, receive, send, route)
 
 
-def _docs_router(api: FastAPI) -> APIRouter:
+def _docs_router() -> APIRouter:
     """Swagger UI and ReDoc from packaged assets: no CDN, so they work offline and under a CSP."""
     router = APIRouter(include_in_schema=False)
 
@@ -259,7 +259,7 @@ def create_app(settings: GatewaySettings | None = None) -> ASGIApp:
         for route in api.router.routes
         if getattr(route, "path", None) not in ("/docs", "/redoc")
     ]
-    api.include_router(_docs_router(api))
+    api.include_router(_docs_router())
     api.mount(ASSETS_PATH, StaticFiles(directory=OFFLINE_DOCS_ASSETS), name="docs-assets")
 
     def merged_openapi() -> dict[str, Any]:
