@@ -20,17 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from loadgen import LoadResult, Nginx, cpu_seconds, wrk
 
 from meshdev.api import UsersApi
-from meshdev.launcher import LocalMesh
 from meshdev.mesh import MESH
 from meshdev.processes import free_port
+from meshdev.stack import RunningMesh, running_mesh
 
 RESULTS = Path(__file__).parent / "results"
-RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 CONNECTIONS = 32
 
@@ -62,18 +59,6 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _key_file(directory: Path) -> Path:
-    path = directory / "jwt.pem"
-    path.write_bytes(
-        Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
-
-
 def measured(url: str, pid: int, **load: Any) -> dict[str, Any]:
     """A wrk run, with the CPU milliseconds per request of the process tree `pid`."""
     wrk(url, seconds=2, **load)  # warm-up: connections, caches, JWKS
@@ -91,7 +76,7 @@ async def token_for(base_url: str) -> str:
         return await UsersApi(client).token("bench@example.com")
 
 
-async def gateway_overhead(mesh: LocalMesh) -> dict[str, Any]:
+async def gateway_overhead(mesh: RunningMesh) -> dict[str, Any]:
     token = await token_for(mesh.url("users"))
     headers = {"Authorization": f"Bearer {token}"}
     users = mesh.processes["users"]
@@ -161,13 +146,11 @@ async def main() -> None:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-") as directory:
         workdir = Path(directory)
-        mesh = LocalMesh(
-            log_dir=workdir / "logs",
-            jwt_private_key_file=_key_file(workdir),
-            rabbitmq_url=RABBITMQ_URL,
+        async with running_mesh(
+            workdir,
+            names=[d.name for d in MESH],
             env={**BASE_ENV, "OTEL_SDK_DISABLED": "true"},
-        )
-        async with mesh:
+        ) as mesh:
             figures = {"gateway_overhead": await gateway_overhead(mesh)}
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

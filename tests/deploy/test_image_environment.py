@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -117,10 +118,16 @@ def container_env(
             url = make_url(sqlalchemy_url(database)).set(password="unused-trust-auth")
             env["DATABASE_URL"] = url.render_as_string(hide_password=False)
         if "RABBITMQ_URL" in env:
+            # Production settings refuse the guest account: a throw-away user and vhost.
             vhost = f"image_{secrets.token_hex(4)}"
+            password = secrets.token_urlsafe(16)
             _rabbitmqctl("add_vhost", vhost)
-            _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-            env["RABBITMQ_URL"] = RABBITMQ_URL.rstrip("/") + "/" + vhost
+            _rabbitmqctl("add_user", vhost, password)
+            _rabbitmqctl("set_permissions", "-p", vhost, vhost, ".*", ".*", ".*")
+            broker = urlsplit(RABBITMQ_URL)
+            env["RABBITMQ_URL"] = (
+                f"amqp://{vhost}:{password}@{broker.hostname}:{broker.port}/{vhost}"
+            )
         if "JWT_PRIVATE_KEY_FILE" in env:
             key = tmp_path / "signing-key.pem"
             key.write_bytes(
@@ -138,6 +145,7 @@ def container_env(
             asyncio.run(drop_database(database))
         if vhost is not None:
             _rabbitmqctl("delete_vhost", vhost)
+            _rabbitmqctl("delete_user", vhost)
 
 
 def test_the_image_migrates_and_serves_with_the_compose_environment(

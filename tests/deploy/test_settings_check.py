@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from meshdev.deployfiles import LocalDefaultError, local_only_settings, settings_from
 
 URL = "postgresql+asyncpg://users:s3cret@users-db-rw:5432/users"
+BROKER = "amqp://users:s3cret@rabbitmq:5672/"
 
 
 def test_settings_that_default_to_this_machine_are_found() -> None:
@@ -22,7 +23,11 @@ def test_a_setting_left_at_its_local_default_is_refused() -> None:
 
 
 def test_an_unsafe_value_is_refused_as_in_production() -> None:
-    env = {"DATABASE_URL": URL.replace("s3cret", "postgres"), "JWT_PRIVATE_KEY_FILE": "/k.pem"}
+    env = {
+        "DATABASE_URL": URL.replace("s3cret", "postgres"),
+        "JWT_PRIVATE_KEY_FILE": "/k.pem",
+        "RABBITMQ_URL": BROKER,
+    }
     # The model validator's UnsafeSettingsError reaches the caller inside pydantic's error.
     with pytest.raises(ValidationError, match="DATABASE_URL must carry a real password"):
         settings_from("users_service", env)
@@ -31,7 +36,9 @@ def test_an_unsafe_value_is_refused_as_in_production() -> None:
 def test_the_environment_is_restored_afterwards(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/x")
     monkeypatch.setenv("ENVIRONMENT", "test")
-    settings = settings_from("users_service", {"DATABASE_URL": URL, "JWT_PRIVATE_KEY_FILE": "/k"})
+    settings = settings_from(
+        "users_service", {"DATABASE_URL": URL, "JWT_PRIVATE_KEY_FILE": "/k", "RABBITMQ_URL": BROKER}
+    )
     assert settings.database_url == URL
     assert os.environ["DATABASE_URL"] == "postgresql+asyncpg://postgres@127.0.0.1:5432/x"
     assert os.environ["ENVIRONMENT"] == "test"

@@ -4,6 +4,7 @@ deployable under its production command on free ports, wired by `meshdev.mesh`."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
@@ -48,6 +49,13 @@ def write_signing_key(directory: Path) -> Path:
     return key_file
 
 
+def _via_port(url: str, port: int | None) -> str:
+    if port is None:
+        return url
+    scheme_and_user, _, _ = url.rpartition("@")
+    return f"{scheme_and_user}@127.0.0.1:{port}"
+
+
 def _migrate(deployable: Deployable, env: Mapping[str, str]) -> None:
     subprocess.run(
         [sys.executable, "-m", f"{deployable.package}.migrate"],
@@ -63,11 +71,13 @@ async def running_mesh(
     *,
     names: Sequence[str] = ("users", "orders", "notifications"),
     broker_port: int | None = None,
+    postgres_port: int | None = None,
     workers: int = 1,
     env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[RunningMesh]:
     """Starts `names` (in order, each ready before the next) and removes everything after.
-    `broker_port` points the services at another port (a fault proxy) for the broker."""
+    `broker_port` / `postgres_port` point the services at another port (a fault proxy) for the
+    broker / the database; throw-away databases and migrations always go direct."""
     deployables = [d for d in MESH if d.name in names]
     async with AsyncExitStack() as stack:
         vhost = await create_vhost("mesh_test")
@@ -77,12 +87,13 @@ async def running_mesh(
             if deployable.database is not None:
                 databases[deployable.name] = await create_database(f"{deployable.database}_test")
                 stack.push_async_callback(drop_database, databases[deployable.name])
+        direct_postgres = ADMIN_DSN.rpartition("/")[0].replace(
+            "postgresql://", "postgresql+asyncpg://", 1
+        )
         wiring = Wiring(
             ports={d.name: free_port() for d in MESH},
             databases=databases,
-            postgres_url=ADMIN_DSN.rpartition("/")[0].replace(
-                "postgresql://", "postgresql+asyncpg://", 1
-            ),
+            postgres_url=_via_port(direct_postgres, postgres_port),
             rabbitmq_url=amqp_url(vhost, port=broker_port),
             jwt_private_key_file=write_signing_key(directory),
             environment="test",
@@ -91,7 +102,12 @@ async def running_mesh(
         for deployable in deployables:
             process_env = {**wiring.env_for(deployable), **(env or {})}
             if deployable.database is not None:
-                await asyncio.to_thread(_migrate, deployable, process_env)
+                direct = dataclasses.replace(wiring, postgres_url=direct_postgres)
+                migrate_env = {
+                    **process_env,
+                    "DATABASE_URL": direct.env_for(deployable)["DATABASE_URL"],
+                }
+                await asyncio.to_thread(_migrate, deployable, migrate_env)
             process = ServiceProcess(
                 deployable.package,
                 env=process_env,
