@@ -104,7 +104,7 @@ def test_the_dashboard_covers_red_outbox_dlq_and_consumer_lag() -> None:
     for needed in (
         "http_server_request_duration_seconds_count",  # rate and errors
         "http_server_request_duration_seconds_bucket",  # duration
-        "mesh_outbox_pending",
+        "outbox_pending_messages",
         'queue=~".*\\\\.dlq"',
         "rabbitmq_queue_messages_ready",
     ):
