@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -22,7 +23,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline.core import _STATIC_PATH as OFFLINE_DOCS_ASSETS
-from opentelemetry import propagate, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -78,6 +79,10 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+# The semantic conventions' recommended boundaries for http.server.request.duration (seconds).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+
+
 class Gateway:
     """Dispatches by path: forwarded routes on the lean path, the rest to the FastAPI app."""
 
@@ -87,6 +92,14 @@ class Gateway:
         self.http: Forwarder | None = None
         self.websocket: WebSocketForwarder | None = None
         self._tracer = trace.get_tracer("mesh_gateway")
+        # FastAPI records request durations for its own routes only; forwarded requests are
+        # recorded here under the same semantic-convention name, so RED per route covers both.
+        self._duration = metrics.get_meter("mesh_gateway").create_histogram(
+            "http.server.request.duration",
+            unit="s",
+            description="Duration of HTTP server requests.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
         self._with_context = RequestContextMiddleware(self._forward)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -114,6 +127,7 @@ class Gateway:
             await send(message)
 
         client = scope.get("client")
+        started = time.perf_counter()
         with self._tracer.start_as_current_span(
             f"{method} {route.prefix}",
             context=propagate.extract(carrier) if carrier else None,
@@ -133,6 +147,16 @@ class Gateway:
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     span.set_status(StatusCode.ERROR)
+        if scope["type"] == "http":
+            attributes: dict[str, str | int] = {
+                "http.request.method": method,
+                "http.route": route.prefix,
+                "url.scheme": scope.get("scheme", "http"),
+                "http.response.status_code": status,
+            }
+            if status >= 500 or not status:
+                attributes["error.type"] = str(status or "incomplete")
+            self._duration.record(time.perf_counter() - started, attributes)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         route: Route = scope[_ROUTE_KEY]

@@ -21,6 +21,10 @@ from meshdev.postgres import ADMIN_DSN, create_database, drop_database
 from meshdev.processes import ServiceProcess, free_port
 from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
 
+# Several meshes run at once in a test session (and beside `make run`): small pools keep them all
+# well under PostgreSQL's default of 100 connections.
+SMALL_POOLS = {"DATABASE_POOL_SIZE": "3", "DATABASE_MAX_OVERFLOW": "5"}
+
 
 @dataclass
 class RunningMesh:
@@ -100,7 +104,7 @@ async def running_mesh(
         )
         mesh = RunningMesh(wiring=wiring, vhost=vhost)
         for deployable in deployables:
-            process_env = {**wiring.env_for(deployable), **(env or {})}
+            process_env = {**wiring.env_for(deployable), **SMALL_POOLS, **(env or {})}
             if deployable.database is not None:
                 direct = dataclasses.replace(wiring, postgres_url=direct_postgres)
                 migrate_env = {
