@@ -20,6 +20,10 @@ from meshdev.postgres import ADMIN_DSN, create_database, drop_database
 from meshdev.processes import ServiceProcess, free_port
 from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
 
+# The machine's PostgreSQL (100 connections) is shared by everyone's test runs: processes
+# under test keep few idle connections (overflow connections close after use).
+SMALL_POOLS = {"DATABASE_POOL_SIZE": "2", "DATABASE_MAX_OVERFLOW": "8"}
+
 
 @dataclass
 class RunningMesh:
@@ -89,7 +93,7 @@ async def running_mesh(
         )
         mesh = RunningMesh(wiring=wiring, vhost=vhost)
         for deployable in deployables:
-            process_env = {**wiring.env_for(deployable), **(env or {})}
+            process_env = {**wiring.env_for(deployable), **SMALL_POOLS, **(env or {})}
             if deployable.database is not None:
                 await asyncio.to_thread(_migrate, deployable, process_env)
             process = ServiceProcess(
