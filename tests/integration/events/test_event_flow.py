@@ -24,7 +24,8 @@ async def test_registration_order_and_cancel_each_make_exactly_one_notification(
     mesh: RunningMesh, http: httpx.AsyncClient
 ) -> None:
     customer = await Customer.register(mesh, http)
-    order = (await customer.place_order()).json()
+    placed = await customer.place_order()
+    order = placed.json()
     cancelled = await http.post(
         f"{mesh.url('orders')}/api/orders/{order['id']}/cancel", headers=customer.headers
     )
@@ -45,3 +46,22 @@ async def test_registration_order_and_cancel_each_make_exactly_one_notification(
 
 async def _all_sent(mesh: RunningMesh) -> bool:
     return await _pending_outbox_rows(mesh) == 0
+
+
+async def test_the_notification_of_an_order_continues_the_orders_trace(
+    mesh: RunningMesh, http: httpx.AsyncClient
+) -> None:
+    customer = await Customer.register(mesh, http)
+    placed = await customer.place_order()
+    [notification] = await customer.notifications_of("order.created", 1)
+
+    connection = await asyncpg.connect(mesh.database_url("notifications"))
+    try:
+        traceparent = await connection.fetchval(
+            "SELECT traceparent FROM outbox WHERE event->'data'->>'id' = $1",
+            notification["id"],
+        )
+    finally:
+        await connection.close()
+    # request -> outbox -> relay publish -> consumer -> notification's own outbox row
+    assert traceparent.split("-")[1] == placed.headers["x-trace-id"]

@@ -21,9 +21,9 @@ from meshdev.postgres import ADMIN_DSN, create_database, drop_database
 from meshdev.processes import ServiceProcess, free_port
 from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
 
-# Several meshes run at once in a test session (and beside `make run`): small pools keep them all
-# well under PostgreSQL's default of 100 connections.
-SMALL_POOLS = {"DATABASE_POOL_SIZE": "3", "DATABASE_MAX_OVERFLOW": "5"}
+# The machine's PostgreSQL (100 connections) is shared by everyone's test runs: processes
+# under test keep few idle connections (overflow connections close after use).
+SMALL_POOLS = {"DATABASE_POOL_SIZE": "2", "DATABASE_MAX_OVERFLOW": "8"}
 
 
 @dataclass

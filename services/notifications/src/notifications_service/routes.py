@@ -81,8 +81,11 @@ async def websocket_stream(
     verifier: TokenVerifier = websocket.app.state.token_verifier
     try:
         principal = await verifier.verify(access_token or "")
-    except (InvalidTokenError, ProblemError):
+    except InvalidTokenError:
         await websocket.close(code=POLICY_VIOLATION, reason="invalid access token")
+        return
+    except ProblemError:  # the keys to verify with cannot be fetched right now
+        await websocket.close(code=status.WS_1013_TRY_AGAIN_LATER, reason="try again later")
         return
     hub: PushHub = websocket.app.state.push_hub
     with hub.subscribe(principal.user_id) as queue:
