@@ -5,9 +5,9 @@ from __future__ import annotations
 import aio_pika
 import httpx
 from asgi_lifespan import LifespanManager
+
 from meshdev.customers import eventually
 from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
-
 from notifications_service.main import create_app
 from notifications_service.settings import NotificationsSettings
 
