@@ -6,25 +6,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshdev.postgres import create_database, drop_database
+from meshdev.stack import write_signing_key
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".test-artifacts"
 
 
 @pytest.fixture(scope="session")
 def jwt_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("keys") / "jwt.pem"
-    path.write_bytes(
-        Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
+    return write_signing_key(tmp_path_factory.mktemp("keys"))
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ async def test_users_under_gunicorn_register_login_me_and_stop_cleanly(
         exit_code = await asyncio.to_thread(process.stop)
 
     assert statuses == {200}
-    assert ready.json()["checks"] == ["database"]
+    assert ready.json()["checks"] == ["broker", "database"]
     assert exit_code == 0
     logs = process.logs()
     assert PASSWORD not in logs

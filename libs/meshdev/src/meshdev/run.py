@@ -16,12 +16,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from honcho.manager import Manager
 
 from meshdev.mesh import MESH, Wiring
 from meshdev.processes import production_command
+from meshdev.stack import write_signing_key
 
 ROOT = Path(__file__).resolve().parents[4]
 DEV_DIR = ROOT / ".dev"
@@ -71,14 +70,7 @@ async def create_missing_databases(names: list[str]) -> None:
 def ensure_dev_key() -> Path:
     key_file = DEV_DIR / "jwt-ed25519.pem"
     if not key_file.exists():
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        DEV_DIR.mkdir(exist_ok=True)
-        key_file.touch(mode=0o600)
-        key_file.write_bytes(pem)
+        write_signing_key(DEV_DIR)
         print(f"make run: generated a local signing key in {key_file.relative_to(ROOT)}")
     return key_file
 

@@ -42,7 +42,10 @@ class RunningMesh:
 
 
 def write_signing_key(directory: Path) -> Path:
+    """A fresh Ed25519 signing key for the users service, readable by its owner only."""
+    directory.mkdir(parents=True, exist_ok=True)
     key_file = directory / "jwt-ed25519.pem"
+    key_file.touch(mode=0o600)
     key_file.write_bytes(
         Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM,
