@@ -17,8 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
@@ -29,7 +27,9 @@ from mesh_gateway.settings import GatewaySettings
 from meshdev.api import UsersApi
 from meshdev.postgres import create_database, drop_database, sqlalchemy_url
 from meshdev.processes import ServiceProcess, free_port
+from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
 from meshdev.servers import serve
+from meshdev.stack import write_signing_key
 from meshkit.migrations import upgrade_to_head
 from users_service.migrate import MIGRATIONS
 
@@ -181,19 +181,15 @@ async def users_url(
 ) -> AsyncIterator[str]:
     """The real users service, started with the production command on a free port."""
     database = await create_database("gateway_users_test")
-    key_file = tmp_path_factory.mktemp("keys") / "jwt.pem"
-    key_file.write_bytes(
-        Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    # Users publishes user.registered: its exchanges live in a vhost of their own.
+    vhost = await create_vhost("gateway_users_test")
+    key_file = write_signing_key(tmp_path_factory.mktemp("keys"))
     process = ServiceProcess(
         "users_service",
         env={
             "ENVIRONMENT": "test",
             "DATABASE_URL": sqlalchemy_url(database),
+            "RABBITMQ_URL": amqp_url(vhost),
             "JWT_PRIVATE_KEY_FILE": str(key_file),
             "OTEL_SERVICE_NAME": "users",
             "OTEL_SDK_DISABLED": "true",
@@ -208,6 +204,7 @@ async def users_url(
     finally:
         process.stop()
         await drop_database(database)
+        await delete_vhost(vhost)
 
 
 @pytest.fixture(scope="session")

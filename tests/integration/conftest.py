@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from meshdev.postgres import create_database, drop_database
+from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
 from meshdev.stack import write_signing_key
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / ".test-artifacts"
@@ -16,6 +17,16 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / ".test-artifacts"
 @pytest.fixture(scope="session")
 def jwt_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_signing_key(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+async def rabbitmq_url() -> AsyncIterator[str]:
+    """A throw-away vhost: the machine's own broker is left as it was."""
+    vhost = await create_vhost("it")
+    try:
+        yield amqp_url(vhost)
+    finally:
+        await delete_vhost(vhost)
 
 
 @pytest.fixture

@@ -16,13 +16,14 @@ REQUESTS = 60
 
 
 async def test_spans_of_every_worker_arrive_and_none_are_lost_on_sigterm(
-    throwaway_database: str, jwt_key_file: Path, log_dir: Path
+    throwaway_database: str, jwt_key_file: Path, log_dir: Path, rabbitmq_url: str
 ) -> None:
     receiver = OtlpReceiver().start()
     process = ServiceProcess(
         "users_service",
         env={
             "ENVIRONMENT": "test",
+            "RABBITMQ_URL": rabbitmq_url,
             "DATABASE_URL": sqlalchemy_url(throwaway_database),
             "JWT_PRIVATE_KEY_FILE": str(jwt_key_file),
             **receiver.exporter_env(),

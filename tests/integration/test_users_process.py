@@ -13,11 +13,12 @@ from meshdev.postgres import sqlalchemy_url
 from meshdev.processes import ServiceProcess
 
 
-def _start_users(database: str, key_file: Path, log_dir: Path) -> ServiceProcess:
+def _start_users(database: str, key_file: Path, log_dir: Path, rabbitmq_url: str) -> ServiceProcess:
     process = ServiceProcess(
         "users_service",
         env={
             "ENVIRONMENT": "test",
+            "RABBITMQ_URL": rabbitmq_url,
             "OTEL_SERVICE_NAME": "users",
             "DATABASE_URL": sqlalchemy_url(database),
             "JWT_PRIVATE_KEY_FILE": str(key_file),
@@ -37,10 +38,10 @@ async def _migrate(database: str) -> None:
 
 
 async def test_users_under_gunicorn_register_login_me_and_stop_cleanly(
-    throwaway_database: str, jwt_key_file: Path, log_dir: Path
+    throwaway_database: str, jwt_key_file: Path, log_dir: Path, rabbitmq_url: str
 ) -> None:
     await _migrate(throwaway_database)
-    process = _start_users(throwaway_database, jwt_key_file, log_dir)
+    process = _start_users(throwaway_database, jwt_key_file, log_dir, rabbitmq_url)
     try:
         await asyncio.to_thread(process.wait_ready)
         async with httpx.AsyncClient(base_url=process.url) as client:
@@ -68,9 +69,9 @@ async def test_users_under_gunicorn_register_login_me_and_stop_cleanly(
 
 
 async def test_readiness_fails_while_the_database_is_missing(
-    jwt_key_file: Path, log_dir: Path
+    jwt_key_file: Path, log_dir: Path, rabbitmq_url: str
 ) -> None:
-    process = _start_users("no_such_database_here", jwt_key_file, log_dir)
+    process = _start_users("no_such_database_here", jwt_key_file, log_dir, rabbitmq_url)
     try:
         await asyncio.to_thread(process.wait_ready, path="/healthz")
         async with httpx.AsyncClient(base_url=process.url) as client:
