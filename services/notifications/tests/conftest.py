@@ -62,6 +62,9 @@ def settings(
 ) -> NotificationsSettings:
     return NotificationsSettings(
         environment="test",
+        # The machine's PostgreSQL is shared by everyone's test runs: keep few connections.
+        database_pool_size=2,
+        database_max_overflow=4,
         database_url=sqlalchemy_url(notifications_database),
         rabbitmq_url=amqp_url(vhost),
         jwks_url=f"{users_mesh.url('users')}/api/auth/jwks.json",

@@ -46,6 +46,9 @@ async def orders_database() -> AsyncIterator[str]:
 def settings(users_mesh: RunningMesh, orders_database: str) -> OrdersSettings:
     return OrdersSettings(
         environment="test",
+        # The machine's PostgreSQL is shared by everyone's test runs: keep few connections.
+        database_pool_size=2,
+        database_max_overflow=4,
         database_url=sqlalchemy_url(orders_database),
         rabbitmq_url=amqp_url(users_mesh.vhost),
         users_url=users_mesh.url("users"),
