@@ -278,7 +278,7 @@ async def run_all(workdir: Path) -> dict[str, Any]:
     return figures
 
 
-async def main() -> None:
+def main() -> None:
     started = time.monotonic()
     machine = _machine()
     # BENCH_LOG_DIR keeps the processes' logs (for looking into errors); a temporary one otherwise.
@@ -289,7 +289,7 @@ async def main() -> None:
             workdir.mkdir(parents=True, exist_ok=True)
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
-        figures = await run_all(workdir)
+        figures = asyncio.run(run_all(workdir))
     ratios, targets = ratios_and_targets(figures)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -319,4 +319,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
