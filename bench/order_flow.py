@@ -103,7 +103,12 @@ async def order_to_notification(
                 await asyncio.sleep(0.05)
         finally:
             listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            (outcome,) = await asyncio.gather(listener, return_exceptions=True)
+    stream_error = (
+        repr(outcome)
+        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError)
+        else None
+    )
 
     from_request = [
         (timings.notified[k] - v) * 1000 for k, v in timings.sent.items() if k in timings.notified
@@ -119,6 +124,7 @@ async def order_to_notification(
         "orders": count,
         "orders_created": len(timings.sent),
         "orders_failed": timings.failed,
+        "stream_error": stream_error,  # the SSE stream ended before the measurement did
         "notifications_seen": len(from_request),
         "notifications_missing": len(timings.sent) - len(from_request),
         "order_request_p50_ms": round(percentile(timings.request_ms, 0.5), 2),
