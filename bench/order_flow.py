@@ -28,6 +28,7 @@ class _Timings:
     notified: dict[str, float] = field(default_factory=dict)  # order id prefix -> SSE event
     request_ms: list[float] = field(default_factory=list)
     failed: int = 0
+    events_on_stream: int = 0  # every `data:` line, ours or not (tells a silent stream apart)
 
 
 def _order_prefix(message: str) -> str | None:
@@ -49,6 +50,7 @@ async def _listen(
             if not line.startswith("data:"):
                 continue
             arrived = time.perf_counter()
+            timings.events_on_stream += 1
             prefix = _order_prefix(json.loads(line[5:].strip()).get("message", ""))
             if prefix is not None:
                 timings.notified.setdefault(prefix, arrived)
@@ -125,6 +127,7 @@ async def order_to_notification(
         "orders_created": len(timings.sent),
         "orders_failed": timings.failed,
         "stream_error": stream_error,  # the SSE stream ended before the measurement did
+        "events_on_stream": timings.events_on_stream,
         "notifications_seen": len(from_request),
         "notifications_missing": len(timings.sent) - len(from_request),
         "order_request_p50_ms": round(percentile(timings.request_ms, 0.5), 2),
