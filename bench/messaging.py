@@ -129,3 +129,30 @@ async def purge_queue(rabbitmq_url: str, name: str) -> int:
         return int(purged.message_count or 0)
     finally:
         await connection.close()
+
+
+async def wait_until_quiet(
+    orders_dsn: str, notifications_dsn: str, *, within: float, poll: float = 0.5
+) -> dict[str, Any]:
+    """Waits (at most `within` s) until both outboxes are empty and the notifications count has
+    stopped growing: the events of an earlier load step are through, so they do not queue ahead
+    of the next step's."""
+    orders = await asyncpg.connect(orders_dsn)
+    notifications = await asyncpg.connect(notifications_dsn)
+    pending_sql = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+    started = time.perf_counter()
+    quiet = False
+    try:
+        previous = -1
+        for _ in range(int(within / poll)):
+            pending = await orders.fetchval(pending_sql) + await notifications.fetchval(pending_sql)
+            stored: int = await notifications.fetchval("SELECT count(*) FROM notifications")
+            if pending == 0 and stored == previous:
+                quiet = True
+                break
+            previous = stored
+            await asyncio.sleep(poll)
+    finally:
+        await orders.close()
+        await notifications.close()
+    return {"quiet": quiet, "waited_seconds": round(time.perf_counter() - started, 2)}

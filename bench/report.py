@@ -148,7 +148,10 @@ def markdown(report: Mapping[str, Any]) -> str:
         "",
         f"Order → notification on the SSE stream at {flow['offered_orders_per_second']} orders/s "
         f"for {setup['order_rate_seconds']} s ({flow['orders_created']} created, "
-        f"{flow['orders_failed']} failed, {flow['notifications_missing']} notifications missing): "
+        f"{flow['orders_failed']} failed, {flow['notifications_missing']} notifications missing, "
+        f"{flow['events_on_stream']} events on the stream; started after waiting "
+        f"{flow['before']['waited_seconds']} s for earlier events, "
+        f"quiet: {flow['before']['quiet']}): "
         f"p50 {flow['p50_ms']} ms, p99 {flow['p99_ms']} ms from sending the order; "
         f"p50 {flow['after_201_p50_ms']} ms, p99 {flow['after_201_p99_ms']} ms after its 201 "
         f"(the POST itself: p50 {flow['order_request_p50_ms']} ms, "
