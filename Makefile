@@ -47,7 +47,7 @@ bench-tools: ## Install wrk and nginx (Debian packages) for the benchmarks, if m
 	@command -v wrk >/dev/null && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; }
 
-bench: sync bench-tools ## Measure the mesh against nginx; writes bench/results/latest.{json,md}
+bench: sync bench-tools ## All benchmarks in one bounded run (≤ 4 min; docs/benchmarks.md); writes bench/results/latest.{json,md}
 	@cd bench && $(UV) run --locked python mesh_bench.py
 
 # ---- deployment: Dockerfile, compose, Kubernetes (docs/deployment.md) ----------------------------

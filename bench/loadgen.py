@@ -1,13 +1,18 @@
-"""Load generation and process accounting for the benchmarks: wrk, /proc CPU time, nginx."""
+"""The one place for the benchmarks' tools: wrk (run and parsed), /proc CPU accounting of a
+process tree, percentiles, and nginx (the reverse-proxy baseline, or a discarding OTLP sink)."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import textwrap
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +60,17 @@ def wrk(
     seconds: int = 10,
     threads: int = 2,
     headers: dict[str, str] | None = None,
-    script: str | None = None,
+    method: str = "GET",
+    body: str | None = None,
 ) -> LoadResult:
-    """Runs wrk (bounded by `seconds`) and parses its throughput and latency distribution."""
+    """Runs wrk (bounded by `seconds`) and parses its throughput and latency distribution.
+    Every answer that is not 2xx/3xx counts as an error."""
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
     for name, value in (headers or {}).items():
         command += ["-H", f"{name}: {value}"]
+    script = None
+    if method != "GET" or body is not None:
+        script = f"wrk.method = {_lua_string(method)}\nwrk.body = {_lua_string(body or '')}\n"
     with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
         if script:
             lua.write(script)
@@ -70,7 +80,9 @@ def wrk(
         output = subprocess.run(
             command, capture_output=True, text=True, check=True, timeout=seconds + 30
         ).stdout
-    percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)$", output, re.MULTILINE))
+    percentiles = dict(re.findall(r"^\s+(\d+)%\s+(\S+)\s*$", output, re.MULTILINE))
+    if "99" not in percentiles:
+        raise ValueError(f"wrk measured no latency distribution:\n{output}")
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
     socket_errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
@@ -84,6 +96,18 @@ def wrk(
         p99_ms=_duration_ms(percentiles["99"]),
         errors=errors,
     )
+
+
+def _lua_string(text: str) -> str:
+    return "[==[" + text + "]==]"
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (`fraction` in 0..1) of unsorted samples; NaN when empty."""
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def _children(pid: int) -> list[int]:
@@ -120,52 +144,72 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Nginx:
-    """nginx as a plain keep-alive reverse proxy in front of one upstream (the baseline)."""
+    """nginx with one worker: a plain keep-alive reverse proxy in front of `upstream` (the
+    baseline the gateway is compared with), or, without an upstream, an OTLP/HTTP sink that
+    answers every export with 204 and keeps nothing (tracing's cost without a collector's)."""
 
-    def __init__(self, *, listen_port: int, upstream: str) -> None:
+    def __init__(self, *, listen_port: int, upstream: str | None = None) -> None:
         self.port = listen_port
         self.upstream = upstream
         self.directory = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _locations(self) -> str:
+        if self.upstream is None:
+            return "location / { return 204; }"
+        return textwrap.dedent(
+            """\
+            location / {
+                proxy_pass http://backend;
+                proxy_http_version 1.1;
+                proxy_set_header Connection "";
+                proxy_set_header Host $host;
+                proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            }"""
+        )
+
+    def config(self) -> str:
+        upstream = (
+            f"upstream backend {{ server {self.upstream}; keepalive 64; }}" if self.upstream else ""
+        )
+        return textwrap.dedent(
+            f"""\
+            daemon off;
+            worker_processes 1;
+            pid {self.directory}/nginx.pid;
+            error_log {self.directory}/error.log warn;
+            events {{ worker_connections 1024; }}
+            http {{
+                access_log off;
+                client_max_body_size 64m;
+                client_body_temp_path {self.directory}/body;
+                proxy_temp_path {self.directory}/proxy;
+                fastcgi_temp_path {self.directory}/fastcgi;
+                uwsgi_temp_path {self.directory}/uwsgi;
+                scgi_temp_path {self.directory}/scgi;
+                {upstream}
+                server {{
+                    listen 127.0.0.1:{self.port};
+            {textwrap.indent(self._locations(), " " * 8)}
+                }}
+            }}
+            """
+        )
+
     def start(self) -> Nginx:
         config = self.directory / "nginx.conf"
-        config.write_text(
-            textwrap.dedent(
-                f"""\
-                daemon off;
-                worker_processes 1;
-                pid {self.directory}/nginx.pid;
-                error_log {self.directory}/error.log warn;
-                events {{ worker_connections 1024; }}
-                http {{
-                    access_log off;
-                    client_body_temp_path {self.directory}/body;
-                    proxy_temp_path {self.directory}/proxy;
-                    fastcgi_temp_path {self.directory}/fastcgi;
-                    uwsgi_temp_path {self.directory}/uwsgi;
-                    scgi_temp_path {self.directory}/scgi;
-                    upstream backend {{ server {self.upstream}; keepalive 64; }}
-                    server {{
-                        listen 127.0.0.1:{self.port};
-                        location / {{
-                            proxy_pass http://backend;
-                            proxy_http_version 1.1;
-                            proxy_set_header Connection "";
-                            proxy_set_header Host $host;
-                            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-                        }}
-                    }}
-                }}
-                """
-            )
-        )
+        config.write_text(self.config())
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         self.process = subprocess.Popen(
             [nginx, "-c", str(config), "-p", str(self.directory)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        _wait_listening(self.port, self.process)
         return self
 
     @property
@@ -178,3 +222,17 @@ class Nginx:
             self.process.terminate()
             self.process.wait(10)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"nginx exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            time.sleep(0.05)
+        else:
+            return
+    raise TimeoutError(f"nginx is not listening on {port} after {within}s")

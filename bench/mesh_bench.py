@@ -1,12 +1,19 @@
-"""`make bench`: what the mesh costs per request, side by side with nginx, in one run.
+"""`make bench`: what the mesh costs per request, side by side with nginx, in one bounded run.
 
-Absolute figures drift on a shared 2-core machine; the ratios between figures measured in the same
-run are what the README quotes. Every load loop is bounded in time and count.
+Two meshes are started in turn with the production command (one gunicorn worker per process),
+against throw-away databases and a throw-away RabbitMQ vhost: first with tracing off
+(`OTEL_SDK_DISABLED=true`) for every scenario, then with tracing on, exporting over OTLP/HTTP to
+a discarding nginx sink, for the throughput runs that the tracing ratio compares. Absolute
+figures drift on a shared 2-core machine; the ratios between figures of the same run are what
+the README quotes. Every load loop is bounded in time and count; the whole run takes about
+three minutes. Results: bench/results/latest.json and latest.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import csv
 import json
 import os
 import platform
@@ -14,32 +21,75 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from loadgen import LoadResult, Nginx, cpu_seconds, wrk
+from loadgen import Nginx, cpu_seconds, wrk
+from messaging import commit_to_publish, drain_and_consume, purge_queue, wait_until_quiet
+from order_flow import ORDER_BODY, order_to_notification
+from report import markdown, ratios_and_targets
 
 from meshdev.api import UsersApi
 from meshdev.mesh import MESH
 from meshdev.processes import free_port
 from meshdev.stack import RunningMesh, running_mesh
 
+ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
-SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+LOCUSTFILE = ROOT / "tests" / "load" / "locustfile.py"
+
+
+def _int_env(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+# Bounds of every loop (environment overrides for a quick try, e.g. BENCH_SECONDS=3).
+SECONDS = _int_env("BENCH_SECONDS", 8)  # per wrk figure, after a 2 s warm-up
+WARM_UP_SECONDS = 2
 CONNECTIONS = 32
+ORDER_RATE = 100  # orders/s for the notification latency
+ORDER_RATE_SECONDS = _int_env("BENCH_ORDER_RATE_SECONDS", 10)
+LOCUST_SECONDS = _int_env("BENCH_LOCUST_SECONDS", 10)
+LOCUST_USERS = 10
+OUTBOX_BACKLOG = _int_env("BENCH_OUTBOX_BACKLOG", 20_000)
+MESSAGING_WITHIN_SECONDS = 20  # the drain and the consumer stop being counted after this
+QUIET_SECONDS = 20  # at most, for the events of the order throughput run to be through
+LATENCY_SAMPLES = 200  # commit → publish, one event every 20 ms
 
 BASE_ENV = {
     "WEB_CONCURRENCY": "1",
     "LOG_LEVEL": "WARNING",
     # The gateway keeps auth and rate limiting on, with a limit the load stays under.
+    "RATE_LIMIT_ENABLED": "true",
     "RATE_LIMIT": "1000000/minute",
 }
+TRACING_OFF = {"OTEL_SDK_DISABLED": "true"}
+
+
+def tracing_on(sink: Nginx) -> dict[str, str]:
+    return {
+        "OTEL_SDK_DISABLED": "false",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+    }
+
+
+def _log(message: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
 
 
 def _machine() -> dict[str, Any]:
+    def version(command: list[str]) -> str:
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=10)
+        except FileNotFoundError:
+            return "missing"
+        return (done.stdout or done.stderr).strip().splitlines()[0]
+
     return {
         "cpus": os.cpu_count(),
         "cpu_model": next(
@@ -51,113 +101,223 @@ def _machine() -> dict[str, Any]:
             platform.processor(),
         ),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "kernel": platform.release(),
-        "nginx": subprocess.run(
-            ["nginx", "-v"], capture_output=True, text=True, check=False
-        ).stderr.strip(),
+        "nginx": version(["nginx", "-v"]),
+        "wrk": version(["wrk", "-v"]),
     }
 
 
-def measured(url: str, pid: int, **load: Any) -> dict[str, Any]:
-    """A wrk run, with the CPU milliseconds per request of the process tree `pid`."""
-    wrk(url, seconds=2, **load)  # warm-up: connections, caches, JWKS
-    before = cpu_seconds(pid)
-    result: LoadResult = wrk(url, seconds=SECONDS, **load)
-    spent = cpu_seconds(pid) - before
+def _pids(mesh: RunningMesh, *names: str) -> dict[str, int]:
+    pids = {}
+    for name in names:
+        process = mesh.processes[name].process
+        assert process is not None
+        pids[name] = process.pid
+    return pids
+
+
+def measured(url: str, pids: Mapping[str, int], **load: Any) -> dict[str, Any]:
+    """A wrk run after a warm-up, with the CPU milliseconds per request of each process tree."""
+    wrk(url, seconds=WARM_UP_SECONDS, connections=CONNECTIONS, **load)
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    result = wrk(url, seconds=SECONDS, connections=CONNECTIONS, **load)
+    requests = max(result.requests, 1)
     return {
         **result.as_dict(),
-        "cpu_ms_per_request": round(spent * 1000 / max(result.requests, 1), 3),
+        "cpu_ms_per_request": {
+            name: round((cpu_seconds(pid) - before[name]) * 1000 / requests, 3)
+            for name, pid in pids.items()
+        },
     }
 
 
-async def token_for(base_url: str) -> str:
-    async with httpx.AsyncClient(base_url=base_url) as client:
+async def customer_token(mesh: RunningMesh) -> str:
+    async with httpx.AsyncClient(base_url=mesh.url("users")) as client:
         return await UsersApi(client).token("bench@example.com")
 
 
-async def gateway_overhead(mesh: RunningMesh) -> dict[str, Any]:
-    token = await token_for(mesh.url("users"))
+async def gateway_overhead(mesh: RunningMesh, token: str, *, with_nginx: bool) -> dict[str, Any]:
+    """Scenario 1: the same authenticated GET direct, through the gateway, through nginx."""
     headers = {"Authorization": f"Bearer {token}"}
+    path = "/api/users/me"
     users = mesh.processes["users"]
-    assert users.process is not None
-    figures: dict[str, Any] = {
-        "direct": measured(f"{users.url}/api/users/me", users.process.pid, headers=headers)
-    }
-    nginx = Nginx(listen_port=free_port(), upstream=f"127.0.0.1:{users.port}").start()
-    try:
-        await asyncio.sleep(0.5)
-        figures["nginx"] = measured(
-            f"http://127.0.0.1:{nginx.port}/api/users/me", nginx.pid, headers=headers
-        )
-    finally:
-        nginx.stop()
-    if "gateway" in mesh.processes:
-        gateway = mesh.processes["gateway"]
-        assert gateway.process is not None
-        figures["gateway"] = measured(
-            f"{gateway.url}/api/users/me", gateway.process.pid, headers=headers
-        )
+    figures: dict[str, Any] = {}
+    if with_nginx:
+        _log("scenario 1: direct")
+        figures["direct"] = measured(users.url + path, _pids(mesh, "users"), headers=headers)
+        nginx = Nginx(listen_port=free_port(), upstream=f"127.0.0.1:{users.port}").start()
+        try:
+            _log("scenario 1: nginx")
+            figures["nginx"] = measured(
+                nginx.url + path, {**_pids(mesh, "users"), "nginx": nginx.pid}, headers=headers
+            )
+        finally:
+            nginx.stop()
+    _log("scenario 1: gateway")
+    figures["gateway"] = measured(
+        mesh.url("gateway") + path, _pids(mesh, "users", "gateway"), headers=headers
+    )
     return figures
 
 
-def _ratio(numerator: float, denominator: float) -> float | None:
-    return round(numerator / denominator, 3) if denominator else None
+def order_throughput(mesh: RunningMesh, token: str) -> dict[str, Any]:
+    """Scenario 2a: POST /api/orders through the gateway (users check, DB write, outbox)."""
+    _log("scenario 2: order throughput")
+    return measured(
+        mesh.url("gateway") + "/api/orders",
+        _pids(mesh, "gateway", "orders", "users", "notifications"),
+        method="POST",
+        body=json.dumps(ORDER_BODY),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
 
 
-def ratios(figures: Mapping[str, Any]) -> dict[str, Any]:
-    overhead = figures["gateway_overhead"]
-    result: dict[str, Any] = {}
-    if "gateway" in overhead:
-        result["gateway_vs_nginx_throughput"] = _ratio(
-            overhead["gateway"]["requests_per_second"], overhead["nginx"]["requests_per_second"]
-        )
-        result["gateway_cpu_vs_users_cpu_per_request"] = _ratio(
-            overhead["gateway"]["cpu_ms_per_request"], overhead["direct"]["cpu_ms_per_request"]
-        )
-    return result
+def locust_smoke(mesh: RunningMesh, directory: Path) -> dict[str, Any]:
+    """A short headless run of tests/load/locustfile.py: does realistic traffic pass?"""
+    _log("locust smoke")
+    prefix = directory / "locust"
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "--host", mesh.url("gateway"), "--users", str(LOCUST_USERS), "--spawn-rate", "5",
+        "--run-time", f"{LOCUST_SECONDS}s", "--stop-timeout", "2", "--only-summary",
+        "--loglevel", "WARNING", "--csv", str(prefix),
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=LOCUST_SECONDS + 40
+    )
+    stats = Path(f"{prefix}_stats.csv")
+    if not stats.exists():
+        return {"exit_code": done.returncode, "error": done.stderr[-2000:]}
+    with stats.open() as file:
+        total = next(row for row in csv.DictReader(file) if row["Name"] == "Aggregated")
+    return {
+        "seconds": LOCUST_SECONDS,
+        "users": LOCUST_USERS,
+        "requests": int(total["Request Count"]),
+        "failures": int(total["Failure Count"]),
+        "requests_per_second": round(float(total["Requests/s"]), 1),
+        "p50_ms": float(total["50%"]),
+        "p99_ms": float(total["99%"]),
+        "exit_code": done.returncode,
+    }
 
 
-def markdown(report: Mapping[str, Any]) -> str:
-    lines = [
-        f"# Benchmark — {report['date']}",
-        "",
-        f"Machine: {report['machine']['cpus']} CPUs ({report['machine']['cpu_model']}), "
-        f"{report['machine']['memory_gib']} GiB, Python {report['machine']['python']}; "
-        "one gunicorn worker per process; wrk, "
-        f"{CONNECTIONS} connections, {SECONDS} s per figure.",
-        "",
-        "## Gateway overhead: `GET /api/users/me`",
-        "",
-        "| path | req/s | p50 ms | p99 ms | proxy CPU ms/req | errors |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name, row in report["figures"]["gateway_overhead"].items():
-        lines.append(
-            f"| {name} | {row['requests_per_second']} | {row['p50_ms']} | {row['p99_ms']} | "
-            f"{row['cpu_ms_per_request']} | {row['errors']} |"
-        )
-    lines += ["", "## Ratios (same run)", "", "| ratio | value |", "|---|---:|"]
-    lines += [f"| {name} | {value} |" for name, value in report["ratios"].items()]
-    return "\n".join(lines) + "\n"
+@contextlib.contextmanager
+def _nginx_sink() -> Iterator[Nginx]:
+    sink = Nginx(listen_port=free_port()).start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
 
 
-async def main() -> None:
+async def restart_with(mesh: RunningMesh, env: Mapping[str, str]) -> None:
+    """Restarts every process with `env` added (same databases, vhost and ports): cheaper than a
+    second mesh. The gateway stops first and starts last, once its upstreams are ready."""
+    order = [d.name for d in MESH if d.name != "gateway"]
+    gateway = mesh.processes["gateway"]
+    await asyncio.to_thread(gateway.stop)
+    await asyncio.gather(*(asyncio.to_thread(mesh.processes[n].stop) for n in order))
+    for process in mesh.processes.values():
+        process.env.update(env)
+    for name in order:
+        mesh.processes[name].start()
+    await asyncio.gather(*(asyncio.to_thread(mesh.processes[n].wait_ready) for n in order))
+    gateway.start()
+    await asyncio.to_thread(gateway.wait_ready)
+
+
+async def tracing_off_figures(mesh: RunningMesh, workdir: Path, token: str) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "gateway_overhead": await gateway_overhead(mesh, token, with_nginx=True),
+        "order_throughput": order_throughput(mesh, token),
+    }
+    # The throughput run leaves the relays and the consumer a backlog of its orders' events;
+    # the paced orders' notifications would queue behind it and measure that backlog.
+    _log("waiting for the throughput run's events to be through")
+    settled = await wait_until_quiet(
+        mesh.database_url("orders"), mesh.database_url("notifications"), within=QUIET_SECONDS
+    )
+    _log(f"scenario 2: {ORDER_RATE} orders/s for {ORDER_RATE_SECONDS} s, SSE latency")
+    figures["order_to_notification"] = await order_to_notification(
+        mesh.url("gateway"), token, rate=ORDER_RATE, seconds=ORDER_RATE_SECONDS
+    )
+    figures["order_to_notification"]["before"] = settled
+    figures["locust_smoke"] = locust_smoke(mesh, workdir)
+    _log("scenario 4: commit → publish")
+    figures["commit_to_publish"] = await commit_to_publish(
+        mesh.database_url("orders"),
+        mesh.wiring.rabbitmq_url,
+        samples=LATENCY_SAMPLES,
+        interval=0.02,
+    )
+    _log(f"scenario 4: outbox drain of {OUTBOX_BACKLOG} events, consumer")
+    figures["outbox_drain"] = await drain_and_consume(
+        mesh.database_url("orders"),
+        mesh.database_url("notifications"),
+        backlog=OUTBOX_BACKLOG,
+        within=MESSAGING_WITHIN_SECONDS,
+    )
+    figures["outbox_drain"]["left_in_queue_and_purged"] = await purge_queue(
+        mesh.wiring.rabbitmq_url, "notifications"
+    )
+    return figures
+
+
+async def tracing_on_figures(mesh: RunningMesh, token: str) -> dict[str, Any]:
+    _log("scenario 3: tracing on")
+    overhead = await gateway_overhead(mesh, token, with_nginx=False)
+    return {"gateway_overhead": overhead, "order_throughput": order_throughput(mesh, token)}
+
+
+async def run_all(workdir: Path) -> dict[str, Any]:
+    names = [d.name for d in MESH]
+    _log("starting the mesh")
+    # The sink outlives the mesh, so the last spans leave at once on shutdown instead of retrying.
+    with _nginx_sink() as sink:
+        async with running_mesh(workdir, names=names, env={**BASE_ENV, **TRACING_OFF}) as mesh:
+            token = await customer_token(mesh)
+            figures = await tracing_off_figures(mesh, workdir, token)
+            _log("restarting the mesh with tracing on")
+            await restart_with(mesh, tracing_on(sink))
+            figures["tracing_on"] = await tracing_on_figures(mesh, token)
+    return figures
+
+
+def main() -> None:
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-") as directory:
-        workdir = Path(directory)
-        async with running_mesh(
-            workdir,
-            names=[d.name for d in MESH],
-            env={**BASE_ENV, "OTEL_SDK_DISABLED": "true"},
-        ) as mesh:
-            figures = {"gateway_overhead": await gateway_overhead(mesh)}
+    machine = _machine()
+    # BENCH_LOG_DIR keeps the processes' logs (for looking into errors); a temporary one otherwise.
+    keep = os.environ.get("BENCH_LOG_DIR")
+    with contextlib.ExitStack() as stack:
+        if keep:
+            workdir = Path(keep)
+            workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        figures = asyncio.run(run_all(workdir))
+    ratios, targets = ratios_and_targets(figures)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": _machine(),
-        "deployables": [d.name for d in MESH],
+        "machine": machine,
+        "setup": {
+            "deployables": [d.name for d in MESH],
+            "workers_per_process": 1,
+            "connections": CONNECTIONS,
+            "seconds_per_wrk_figure": SECONDS,
+            "warm_up_seconds": WARM_UP_SECONDS,
+            "order_rate_per_second": ORDER_RATE,
+            "order_rate_seconds": ORDER_RATE_SECONDS,
+            "outbox_backlog": OUTBOX_BACKLOG,
+            "commit_to_publish_samples": LATENCY_SAMPLES,
+            "locust_seconds": LOCUST_SECONDS,
+            "tracing_sink": "nginx answering 204 to every OTLP/HTTP export",
+        },
         "figures": figures,
-        "ratios": ratios(figures),
+        "ratios": ratios,
+        "targets": targets,
         "duration_seconds": round(time.monotonic() - started, 1),
     }
     RESULTS.mkdir(exist_ok=True)
@@ -167,4 +327,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from meshdev.deployfiles import settings_from
+from meshdev.deployfiles import compose_config, settings_from
 from meshdev.mesh import Deployable
 
 CONTAINER_TMP = "/tmp"  # noqa: S108 - a path inside the containers, not a file here
@@ -118,3 +118,17 @@ def test_application_containers_are_hardened(
         assert service["cap_drop"] == ["ALL"]
         assert CONTAINER_TMP in service["tmpfs"]
         assert service["user"] == "10001:10001"
+
+
+def test_the_loadgen_profile_runs_the_locustfile_against_the_gateway() -> None:
+    loadgen = _service(compose_config(profiles=("loadgen",)), "loadgen")
+    assert loadgen["image"].startswith("locustio/locust:")
+    mount = next(v for v in loadgen["volumes"] if v["target"] == "/mnt/locust")
+    assert Path(mount["source"]) == Path(__file__).resolve().parents[1] / "load"
+    assert loadgen["environment"]["LOCUST_LOCUSTFILE"] == "/mnt/locust/locustfile.py"
+    assert loadgen["environment"]["LOCUST_HOST"] == "http://gateway:8000"
+    assert loadgen["depends_on"]["gateway"]["condition"] == "service_healthy"
+
+
+def test_the_loadgen_runs_only_when_its_profile_is_asked_for(compose: dict[str, Any]) -> None:
+    assert "loadgen" not in compose["services"]

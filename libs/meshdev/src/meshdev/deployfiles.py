@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,14 +59,16 @@ def render(path: Path) -> list[Manifest]:
     return [doc for doc in yaml.safe_load_all(rendered) if doc]
 
 
-def compose_config() -> dict[str, Any]:
-    """The layered compose project as `docker compose config` resolves it (.env.example values)."""
+def compose_config(profiles: Sequence[str] = ()) -> dict[str, Any]:
+    """The layered compose project as `docker compose config` resolves it (.env.example values),
+    with the optional services of `profiles`."""
     binary = _tool(
         "DOCKER_COMPOSE_BIN", TOOLS / "venv" / "bin" / "docker-compose", "docker-compose"
     )
     files = [arg for name in COMPOSE_FILES for arg in ("-f", name)]
+    chosen = [arg for name in profiles for arg in ("--profile", name)]
     output = subprocess.run(
-        [binary, *files, "--env-file", ".env.example", "config", "--format", "json"],
+        [binary, *files, *chosen, "--env-file", ".env.example", "config", "--format", "json"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -147,7 +147,8 @@ class TokenVerifier:
         return Principal(user_id=user_id, token_id=str(claims["jti"]), claims=claims)
 
 
-def get_token_verifier(request: Request) -> TokenVerifier:
+async def get_token_verifier(request: Request) -> TokenVerifier:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a hand-off per request.
     verifier = getattr(request.app.state, "token_verifier", None)
     if not isinstance(verifier, TokenVerifier):
         raise RuntimeError("this service has no token verifier configured")

@@ -60,7 +60,8 @@ class Database:
         await self.engine.dispose()
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a hand-off per request.
     database = getattr(request.app.state, "database", None)
     if not isinstance(database, Database):
         raise RuntimeError("this service has no database configured")

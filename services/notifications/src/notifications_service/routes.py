@@ -21,7 +21,7 @@ from notifications_service.schemas import NotificationRead
 POLICY_VIOLATION = status.WS_1008_POLICY_VIOLATION
 
 
-def _hub(request: Request) -> PushHub:
+async def _hub(request: Request) -> PushHub:
     hub: PushHub = request.app.state.push_hub
     return hub
 

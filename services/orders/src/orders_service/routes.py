@@ -15,7 +15,7 @@ from orders_service.schemas import OrderCreate, OrderRead
 from orders_service.users import UsersClient
 
 
-def _users(request: Request) -> UsersClient:
+async def _users(request: Request) -> UsersClient:
     users: UsersClient = request.app.state.users
     return users
 

@@ -16,12 +16,12 @@ from users_service.schemas import AccessToken, UserCreate, UserRead
 from users_service.security import TokenIssuer
 
 
-def _issuer(request: Request) -> TokenIssuer:
+async def _issuer(request: Request) -> TokenIssuer:
     issuer: TokenIssuer = request.app.state.token_issuer
     return issuer
 
 
-def _limiter(request: Request) -> LoginLimiter:
+async def _limiter(request: Request) -> LoginLimiter:
     limiter: LoginLimiter = request.app.state.login_limiter
     return limiter
 

@@ -1,0 +1,158 @@
+"""Messaging in the running mesh: the orders process's outbox relay and the notifications
+process's consumer, fed by rows written straight into the orders outbox (as a committed order
+would write them), so only the messaging path is measured."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import aio_pika
+import asyncpg
+from loadgen import percentile
+
+from meshkit.messaging import CloudEvent
+
+INSERT = "INSERT INTO outbox (id, event_type, event) VALUES ($1, $2, $3::jsonb)"
+
+
+def _order_created() -> tuple[uuid.UUID, str, str]:
+    user_id = str(uuid.uuid4())
+    event = CloudEvent(
+        source="orders",
+        type="order.created",
+        subject=user_id,
+        data={"id": str(uuid.uuid4()), "user_id": user_id, "total_cents": 2500},
+    )
+    return event.id, event.type, json.dumps(event.model_dump(mode="json", exclude_none=True))
+
+
+async def commit_to_publish(
+    orders_dsn: str, rabbitmq_url: str, *, samples: int, interval: float
+) -> dict[str, Any]:
+    """One event per commit, `interval` s apart, with the relay otherwise idle: commit → the
+    message reaching a queue of our own (LISTEN/NOTIFY wakes the relay)."""
+    arrivals: dict[str, float] = {}
+    committed: dict[str, float] = {}
+    connection = await aio_pika.connect(rabbitmq_url)
+    database = await asyncpg.connect(orders_dsn)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind("mesh.events", "order.created")
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            arrivals[message.message_id or ""] = time.perf_counter()
+
+        consumer_tag = await queue.consume(on_message, no_ack=True)
+        for _ in range(samples):
+            event_id, event_type, event = _order_created()
+            await database.execute(INSERT, event_id, event_type, event)  # autocommit
+            committed[str(event_id)] = time.perf_counter()
+            await asyncio.sleep(interval)
+        for _ in range(150):  # at most 3 s for the last messages
+            if set(committed) <= set(arrivals):
+                break
+            await asyncio.sleep(0.02)
+        await queue.cancel(consumer_tag)
+        await queue.delete(if_unused=False, if_empty=False)
+    finally:
+        await database.close()
+        await connection.close()
+    latencies = [(arrivals[k] - v) * 1000 for k, v in committed.items() if k in arrivals]
+    return {
+        "samples": samples,
+        "received": len(latencies),
+        "p50_ms": round(percentile(latencies, 0.5), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "max_ms": round(max(latencies, default=float("nan")), 2),
+    }
+
+
+async def drain_and_consume(
+    orders_dsn: str, notifications_dsn: str, *, backlog: int, within: float
+) -> dict[str, Any]:
+    """Commits `backlog` events in one transaction, then times the relay emptying the outbox
+    and the consumer storing notifications (both stop counting after `within` s)."""
+    rows = [_order_created() for _ in range(backlog)]
+    orders = await asyncpg.connect(orders_dsn)
+    notifications = await asyncpg.connect(notifications_dsn)
+    pending_sql = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+    stored_sql = "SELECT count(*) FROM notifications"
+    try:
+        stored_before: int = await notifications.fetchval(stored_sql)
+        async with orders.transaction():
+            await orders.executemany(INSERT, rows)
+        committed = time.perf_counter()
+        deadline = committed + within
+        drained_at: float | None = None
+        stored = stored_before
+        while time.perf_counter() < deadline:
+            if drained_at is None and await orders.fetchval(pending_sql) == 0:
+                drained_at = time.perf_counter()
+            stored = await notifications.fetchval(stored_sql)
+            if stored - stored_before >= backlog:
+                break
+            await asyncio.sleep(0.1)
+        counted_until = time.perf_counter()
+        pending_left: int = await orders.fetchval(pending_sql)
+    finally:
+        await orders.close()
+        await notifications.close()
+    sent = backlog - pending_left
+    drain_seconds = (drained_at or counted_until) - committed
+    consumed = stored - stored_before
+    consume_seconds = counted_until - committed
+    return {
+        "backlog_events": backlog,
+        "events_published": sent,
+        "drained": drained_at is not None,
+        "drain_seconds": round(drain_seconds, 2),
+        "drain_events_per_second": round(sent / drain_seconds, 1),
+        "notifications_stored": consumed,
+        "consume_seconds": round(consume_seconds, 2),
+        # While the relay is still publishing, the consumer shares the two cores with it.
+        "notifications_per_second": round(consumed / consume_seconds, 1),
+    }
+
+
+async def purge_queue(rabbitmq_url: str, name: str) -> int:
+    """Drops what a bounded measurement left in a queue, so the next scenario starts quiet."""
+    connection = await aio_pika.connect(rabbitmq_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(name, ensure=True)
+        purged = await queue.purge()
+        return int(purged.message_count or 0)
+    finally:
+        await connection.close()
+
+
+async def wait_until_quiet(
+    orders_dsn: str, notifications_dsn: str, *, within: float, poll: float = 0.5
+) -> dict[str, Any]:
+    """Waits (at most `within` s) until both outboxes are empty and the notifications count has
+    stopped growing: the events of an earlier load step are through, so they do not queue ahead
+    of the next step's."""
+    orders = await asyncpg.connect(orders_dsn)
+    notifications = await asyncpg.connect(notifications_dsn)
+    pending_sql = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+    started = time.perf_counter()
+    quiet = False
+    try:
+        previous = -1
+        for _ in range(int(within / poll)):
+            pending = await orders.fetchval(pending_sql) + await notifications.fetchval(pending_sql)
+            stored: int = await notifications.fetchval("SELECT count(*) FROM notifications")
+            if pending == 0 and stored == previous:
+                quiet = True
+                break
+            previous = stored
+            await asyncio.sleep(poll)
+    finally:
+        await orders.close()
+        await notifications.close()
+    return {"quiet": quiet, "waited_seconds": round(time.perf_counter() - started, 2)}

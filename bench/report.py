@@ -1,0 +1,191 @@
+"""Ratios, targets (reported, never asserted) and the Markdown table of a benchmark run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    if not denominator or math.isnan(numerator) or math.isnan(denominator):
+        return None
+    return round(numerator / denominator, 3)
+
+
+def ratios_and_targets(
+    figures: Mapping[str, Any],
+) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
+    overhead = figures["gateway_overhead"]
+    gateway = overhead["gateway"]
+    traced = figures["tracing_on"]
+    ratios = {
+        "gateway_vs_nginx_throughput": _ratio(
+            gateway["requests_per_second"], overhead["nginx"]["requests_per_second"]
+        ),
+        "gateway_vs_direct_throughput": _ratio(
+            gateway["requests_per_second"], overhead["direct"]["requests_per_second"]
+        ),
+        # Both measured in the same wrk run through the gateway.
+        "gateway_cpu_vs_users_cpu_per_request": _ratio(
+            gateway["cpu_ms_per_request"]["gateway"], gateway["cpu_ms_per_request"]["users"]
+        ),
+        "nginx_cpu_vs_users_cpu_per_request": _ratio(
+            overhead["nginx"]["cpu_ms_per_request"]["nginx"],
+            overhead["nginx"]["cpu_ms_per_request"]["users"],
+        ),
+        "tracing_on_vs_off_gateway_throughput": _ratio(
+            traced["gateway_overhead"]["gateway"]["requests_per_second"],
+            gateway["requests_per_second"],
+        ),
+        "tracing_on_vs_off_order_throughput": _ratio(
+            traced["order_throughput"]["requests_per_second"],
+            figures["order_throughput"]["requests_per_second"],
+        ),
+    }
+
+    def target(name: str, value: float | None, limit: float, *, at_least: bool) -> dict[str, Any]:
+        passed = value is not None and (value >= limit if at_least else value <= limit)
+        bound = "≥" if at_least else "≤"
+        return {"target": name, "value": value, "limit": f"{bound} {limit}", "passed": passed}
+
+    notification = figures["order_to_notification"]
+    targets = [
+        target(
+            "gateway throughput ÷ nginx throughput (auth and rate limiting on)",
+            ratios["gateway_vs_nginx_throughput"],
+            0.7,
+            at_least=True,
+        ),
+        target(
+            "gateway CPU per request ÷ users CPU per request",
+            ratios["gateway_cpu_vs_users_cpu_per_request"],
+            1.0,
+            at_least=False,
+        ),
+        target(
+            "tracing on ÷ off, gateway throughput (1b)",
+            ratios["tracing_on_vs_off_gateway_throughput"],
+            0.85,
+            at_least=True,
+        ),
+        target(
+            "tracing on ÷ off, order throughput (2)",
+            ratios["tracing_on_vs_off_order_throughput"],
+            0.85,
+            at_least=True,
+        ),
+        target(
+            f"order → notification p99 ms at {notification['offered_orders_per_second']} orders/s",
+            None if notification["notifications_missing"] else notification["p99_ms"],
+            50,
+            at_least=False,
+        ),
+        target(
+            "outbox drain, events/s",
+            figures["outbox_drain"]["drain_events_per_second"]
+            if figures["outbox_drain"]["drained"]
+            else None,
+            1500,
+            at_least=True,
+        ),
+        target(
+            "commit → publish p99 ms",
+            figures["commit_to_publish"]["p99_ms"],
+            40,
+            at_least=False,
+        ),
+    ]
+    return ratios, targets
+
+
+def _cpu(row: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in row["cpu_ms_per_request"].items())
+
+
+def _load_row(name: str, row: Mapping[str, Any]) -> str:
+    return (
+        f"| {name} | {row['requests_per_second']} | {row['p50_ms']} | {row['p99_ms']} | "
+        f"{_cpu(row)} | {row['errors']} |"
+    )
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    machine, setup, figures = report["machine"], report["setup"], report["figures"]
+    load = "| run | req/s | p50 ms | p99 ms | CPU ms per request (process trees) | errors |"
+    lines = [
+        f"# Benchmark — {report['date']}",
+        "",
+        f"Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory_gib']} GiB, "
+        f"load average at start {machine['load_average_at_start']}, Python {machine['python']}, "
+        f"{machine['nginx']}, {machine['wrk']}. One gunicorn worker per process; wrk with "
+        f"{setup['connections']} connections, {setup['seconds_per_wrk_figure']} s per figure "
+        f"after a {setup['warm_up_seconds']} s warm-up; whole run {report['duration_seconds']} s. "
+        "Absolute figures drift on a shared machine; compare the ratios.",
+        "",
+        "## Targets",
+        "",
+        "| target | value | limit | result |",
+        "|---|---:|---:|---|",
+    ]
+    lines += [
+        f"| {t['target']} | {t['value']} | {t['limit']} | {'pass' if t['passed'] else 'MISS'} |"
+        for t in report["targets"]
+    ]
+    lines += ["", "## 1. Gateway overhead: authenticated `GET /api/users/me`", "", load]
+    lines.append("|---|---:|---:|---:|---|---:|")
+    for name, row in figures["gateway_overhead"].items():
+        lines.append(_load_row(f"{name}, tracing off", row))
+    lines.append(
+        _load_row("gateway, tracing on", figures["tracing_on"]["gateway_overhead"]["gateway"])
+    )
+    lines += ["", "## 2. Order path: `POST /api/orders` through the gateway", "", load]
+    lines.append("|---|---:|---:|---:|---|---:|")
+    lines.append(_load_row("tracing off", figures["order_throughput"]))
+    lines.append(_load_row("tracing on", figures["tracing_on"]["order_throughput"]))
+    flow = figures["order_to_notification"]
+    lines += [
+        "",
+        f"Order → notification on the SSE stream at {flow['offered_orders_per_second']} orders/s "
+        f"for {setup['order_rate_seconds']} s ({flow['orders_created']} created, "
+        f"{flow['orders_failed']} failed, {flow['notifications_missing']} notifications missing, "
+        f"{flow['events_on_stream']} events on the stream; started after waiting "
+        f"{flow['before']['waited_seconds']} s for earlier events, "
+        f"quiet: {flow['before']['quiet']}): "
+        f"p50 {flow['p50_ms']} ms, p99 {flow['p99_ms']} ms from sending the order; "
+        f"p50 {flow['after_201_p50_ms']} ms, p99 {flow['after_201_p99_ms']} ms after its 201 "
+        f"(the POST itself: p50 {flow['order_request_p50_ms']} ms, "
+        f"p99 {flow['order_request_p99_ms']} ms).",
+    ]
+    drain, publish = figures["outbox_drain"], figures["commit_to_publish"]
+    lines += [
+        "",
+        "## 4. Messaging",
+        "",
+        "| figure | value |",
+        "|---|---:|",
+        f"| outbox drain, {drain['backlog_events']} events committed at once (events/s) | "
+        f"{drain['drain_events_per_second']} |",
+        f"| drained within the bound | {drain['drained']} ({drain['drain_seconds']} s) |",
+        f"| commit → publish p50 / p99 / max ms ({publish['received']} of {publish['samples']}) | "
+        f"{publish['p50_ms']} / {publish['p99_ms']} / {publish['max_ms']} |",
+        f"| consumer: notifications stored per second | {drain['notifications_per_second']} |",
+        f"| notifications stored within the bound | {drain['notifications_stored']} "
+        f"({drain['consume_seconds']} s) |",
+    ]
+    smoke = figures["locust_smoke"]
+    lines += [
+        "",
+        "## Locust smoke (tests/load/locustfile.py, headless)",
+        "",
+        f"{smoke.get('users')} users for {smoke.get('seconds')} s: {smoke.get('requests')} "
+        f"requests, **{smoke.get('failures')} failures**, p50 {smoke.get('p50_ms')} ms, "
+        f"p99 {smoke.get('p99_ms')} ms (exit code {smoke.get('exit_code')}).",
+        "",
+        "## Ratios (same run)",
+        "",
+        "| ratio | value |",
+        "|---|---:|",
+    ]
+    lines += [f"| {name} | {value} |" for name, value in report["ratios"].items()]
+    return "\n".join(lines) + "\n"
