@@ -37,6 +37,17 @@ async def test_placed_order_is_returned_with_its_total(
     assert order["items"] == ORDER["items"]
 
 
+async def test_the_largest_order_the_contract_allows_is_accepted(
+    client: httpx.AsyncClient, alice: dict[str, str]
+) -> None:
+    item = {"sku": "gold", "quantity": 1000, "unit_price_cents": 10_000_000}
+
+    response = await client.post("/api/orders", json={"items": [item] * 100}, headers=alice)
+
+    assert response.status_code == 201
+    assert response.json()["total_cents"] == 100 * 1000 * 10_000_000
+
+
 async def test_order_and_its_event_are_stored_in_one_transaction(
     client: httpx.AsyncClient, alice: dict[str, str], orders_db: asyncpg.Connection
 ) -> None:
