@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -42,6 +44,35 @@ async def test_paths_outside_the_public_prefixes_are_404_problems(
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["instance"] == path
+    assert fresh_hits == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/users/../../internal/users/me",
+        "/api/users/%2e%2e/%2E%2E/internal/users/me",
+        "/api/users/..%2f..%2finternal/users/me",
+        "/api/orders/./../../internal/secret",
+        "/api/orders/..",
+    ],
+)
+async def test_dot_segments_never_escape_a_prefix(
+    gateway_url: str, auth: dict[str, str], fresh_hits: list[str], path: str
+) -> None:
+    # Sent raw: HTTP clients (httpx included) would remove the dot segments themselves.
+    host, port = gateway_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: gateway\r\n"
+        f"Authorization: {auth['Authorization']}\r\nConnection: close\r\n\r\n".encode()
+    )
+    answer = (await reader.read()).decode()
+    writer.close()
+    await writer.wait_closed()
+
+    assert answer.startswith("HTTP/1.1 404 ")
+    assert "content-type: application/problem+json" in answer.lower()
     assert fresh_hits == []
 
 

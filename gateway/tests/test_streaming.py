@@ -46,6 +46,17 @@ async def test_a_declared_body_over_the_limit_is_413_without_an_upstream_call(
     assert fresh_hits == []
 
 
+async def test_a_client_still_uploading_a_declared_oversized_body_reads_the_413(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """Several MiB are more than the sockets buffer: answering before the upload ends and
+    closing would reset the connection under the client (it would never see the 413)."""
+    for _ in range(3):
+        response = await client.post("/api/orders/echo", headers=auth, content=b"x" * (6 * MIB))
+
+        assert response.status_code == 413
+
+
 async def test_a_streamed_body_is_cut_off_at_the_limit_with_413(
     client: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:

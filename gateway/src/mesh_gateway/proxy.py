@@ -179,7 +179,7 @@ class Forwarder:
     async def __call__(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
         method: str = scope["method"]
         authorization = content_length = None
-        chunked = False
+        chunked = expects_continue = False
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
@@ -187,6 +187,8 @@ class Forwarder:
                 content_length = value
             elif name == b"transfer-encoding":
                 chunked = True
+            elif name == b"expect":
+                expects_continue = value.lower() == b"100-continue"
 
         # Edge authentication: no upstream sees a request without a valid token.
         client_key: str
@@ -232,6 +234,12 @@ class Forwarder:
         # A declared size over the limit is refused at once (the server has already rejected
         # a malformed Content-Length); a chunked body is counted while it streams.
         if content_length is not None and int(content_length) > self._body_limit:
+            # A client that is still uploading must be done before the answer and the close,
+            # or the close resets the connection under it and it never reads the 413. One
+            # that waits for `100 Continue` sends nothing more; one sending far more than
+            # the linger allowance is cut off either way.
+            if not expects_continue and int(content_length) <= self._body_limit + _LINGER_BYTES:
+                await _RequestBody(receive, self._body_limit).drain(_LINGER_BYTES)
             await self._too_large(scope, receive, send)
             return
 

@@ -38,6 +38,10 @@ class RouteTable:
         self._routes = sorted(routes, key=lambda route: len(route.prefix), reverse=True)
 
     def match(self, path: str) -> Route | None:
+        if _has_dot_segment(path):
+            # Upstream clients normalise dot segments (`/api/users/../../internal/x` becomes
+            # `/internal/x`), so such a path would escape its prefix: it is routed nowhere.
+            return None
         for route in self._routes:
             prefix = route.prefix
             if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
@@ -46,6 +50,11 @@ class RouteTable:
 
     def prefixes_of(self, upstream: str) -> tuple[str, ...]:
         return tuple(route.prefix for route in self._routes if route.upstream == upstream)
+
+
+def _has_dot_segment(path: str) -> bool:
+    """`.` or `..` as a segment of the (percent-decoded) path, `%2e%2e` and `..%2f` included."""
+    return any(segment in (".", "..") for segment in path.split("/"))
 
 
 def is_public(method: str, path: str) -> bool:

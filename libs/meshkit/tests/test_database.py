@@ -121,5 +121,8 @@ def test_cursor_round_trips() -> None:
 
 @pytest.mark.parametrize("garbage", ["", "!!!", "eyJ0IjogMX0", "bm90IGpzb24", "e30"])
 def test_malformed_cursor_is_a_422(garbage: str) -> None:
-    with pytest.raises(UnprocessableError):
+    with pytest.raises(UnprocessableError) as raised:
         Cursor.decode(garbage)
+
+    assert raised.value.errors is not None
+    assert [issue.loc for issue in raised.value.errors] == [["query", "cursor"]]

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 from meshkit.app import create_service_app, readiness_checks
-from meshkit.problems import ConflictError
+from meshkit.problems import ConflictError, UnprocessableError
 from meshkit.settings import ServiceSettings
 
 router = APIRouter(prefix="/api/things")
@@ -32,6 +32,11 @@ async def create_thing(thing: Thing) -> Thing:
 @router.get("/conflict")
 async def conflict() -> None:
     raise ConflictError("That thing already exists.")
+
+
+@router.get("/unacceptable")
+async def unacceptable() -> None:
+    raise UnprocessableError("Not this one.", loc=("query", "which"), error_type="not_this_one")
 
 
 @router.get("/crash")
@@ -108,6 +113,17 @@ async def test_problem_error_keeps_its_status_and_detail(client: httpx.AsyncClie
 
     assert body["detail"] == "That thing already exists."
     assert body["title"] == "Conflict"
+
+
+async def test_unprocessable_error_is_422_problem_with_its_issue(
+    client: httpx.AsyncClient,
+) -> None:
+    body = _assert_problem(await client.get("/api/things/unacceptable"), 422)
+
+    assert body["detail"] == "Not this one."
+    assert body["errors"] == [
+        {"loc": ["query", "which"], "msg": "Not this one.", "type": "not_this_one"}
+    ]
 
 
 async def test_unhandled_exception_is_500_problem_without_internals(

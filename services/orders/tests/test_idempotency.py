@@ -39,6 +39,13 @@ async def test_the_same_key_with_another_body_is_422(
 
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"] == [
+        {
+            "loc": ["header", "idempotency-key"],
+            "msg": "This Idempotency-Key was already used with a different request body.",
+            "type": "idempotency_key_reused",
+        }
+    ]
     assert await orders_db.fetchval("SELECT count(*) FROM orders") == 1
 
 

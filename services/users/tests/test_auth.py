@@ -200,3 +200,19 @@ async def test_login_form_fields_are_validated(client: httpx.AsyncClient) -> Non
 
     assert response.status_code == 422
     assert [e["loc"] for e in response.json()["errors"]] == [["body", "password"]]
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"username": "a\x00@example.com", "password": "whatever1"}, "username"),
+        ({"username": "a@example.com", "password": "what\x00ever"}, "password"),
+    ],
+)
+async def test_login_fields_that_cannot_be_stored_or_hashed_are_422(
+    client: httpx.AsyncClient, form: dict[str, str], field: str
+) -> None:
+    response = await client.post("/api/auth/token", data=form)
+
+    assert response.status_code == 422
+    assert [e["loc"] for e in response.json()["errors"]] == [["body", field]]

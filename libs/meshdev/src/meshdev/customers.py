@@ -36,10 +36,17 @@ async def eventually(
 
 
 class Customer:
-    """A registered user with a token, talking to the services directly."""
+    """A registered user with a token. Talks to the services directly, or, when registered
+    `via_gateway`, only to the gateway (every public path is served there unchanged)."""
 
     def __init__(
-        self, mesh: RunningMesh, http: httpx.AsyncClient, user: dict[str, str], token: str
+        self,
+        mesh: RunningMesh,
+        http: httpx.AsyncClient,
+        user: dict[str, str],
+        token: str,
+        *,
+        via_gateway: bool = False,
     ):
         self.mesh = mesh
         self.http = http
@@ -47,16 +54,29 @@ class Customer:
         self.id = user["id"]
         self.token = token
         self.headers = {"Authorization": f"Bearer {token}"}
+        self.via_gateway = via_gateway
 
     @classmethod
-    async def register(cls, mesh: RunningMesh, http: httpx.AsyncClient) -> Customer:
-        users = UsersApi(httpx.AsyncClient(base_url=mesh.url("users"), timeout=10))
+    async def register(
+        cls,
+        mesh: RunningMesh,
+        http: httpx.AsyncClient,
+        *,
+        via_gateway: bool = False,
+        email: str | None = None,
+    ) -> Customer:
+        base_url = mesh.url("gateway" if via_gateway else "users")
+        users = UsersApi(httpx.AsyncClient(base_url=base_url, timeout=10))
         async with users.client:
-            email = f"user-{secrets.token_hex(6)}@example.com"
+            email = email or f"user-{secrets.token_hex(6)}@example.com"
             user = await users.register(email)
             response = await users.login(email)
             assert response.status_code == 200, response.text
-            return cls(mesh, http, user, response.json()["access_token"])
+            return cls(mesh, http, user, response.json()["access_token"], via_gateway=via_gateway)
+
+    def url(self, service: str, path: str) -> str:
+        """`path` of `service` as this customer reaches it."""
+        return self.mesh.url("gateway" if self.via_gateway else service) + path
 
     async def place_order(
         self, body: dict[str, Any] | None = None, *, key: str | None = None
@@ -65,12 +85,25 @@ class Customer:
         if key is not None:
             headers["Idempotency-Key"] = key
         return await self.http.post(
-            f"{self.mesh.url('orders')}/api/orders", json=body or ORDER, headers=headers
+            self.url("orders", "/api/orders"), json=body or ORDER, headers=headers
+        )
+
+    async def cancel_order(self, order_id: str) -> httpx.Response:
+        return await self.http.post(
+            self.url("orders", f"/api/orders/{order_id}/cancel"), headers=self.headers
+        )
+
+    async def orders_page(self, *, limit: int = 20, cursor: str | None = None) -> httpx.Response:
+        params: dict[str, str | int] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        return await self.http.get(
+            self.url("orders", "/api/orders"), params=params, headers=self.headers
         )
 
     async def notifications(self) -> list[dict[str, Any]]:
         response = await self.http.get(
-            f"{self.mesh.url('notifications')}/api/notifications?limit=100", headers=self.headers
+            self.url("notifications", "/api/notifications?limit=100"), headers=self.headers
         )
         assert response.status_code == 200, response.text
         items: list[dict[str, Any]] = response.json()["items"]
@@ -86,12 +119,15 @@ class Customer:
         return await eventually(probe, within=within)
 
     def sse(self) -> AbstractAsyncContextManager[LiveStream]:
-        url = f"{self.mesh.url('notifications')}/api/notifications/stream"
+        url = self.url("notifications", "/api/notifications/stream")
         return sse_stream(self.http, url, self.headers)
 
+    def websocket_url(self) -> str:
+        base = self.url("notifications", "/api/notifications/ws").replace("http://", "ws://", 1)
+        return f"{base}?access_token={self.token}"
+
     def websocket(self) -> AbstractAsyncContextManager[LiveStream]:
-        base = self.mesh.url("notifications").replace("http://", "ws://", 1)
-        return websocket_stream(f"{base}/api/notifications/ws?access_token={self.token}")
+        return websocket_stream(self.websocket_url())
 
 
 class LiveStream:

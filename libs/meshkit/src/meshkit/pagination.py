@@ -54,7 +54,9 @@ class Cursor:
             return cls(created_at=created_at, id=uuid.UUID(data["i"]))
         except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise UnprocessableError(
-                "The cursor is not valid; use a `next_cursor` as given."
+                "The cursor is not valid; use a `next_cursor` as given.",
+                loc=("query", "cursor"),
+                error_type="cursor_invalid",
             ) from exc
 
 

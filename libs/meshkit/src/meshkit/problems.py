@@ -51,6 +51,7 @@ class ProblemError(Exception):
     status: int = 500
     title: str | None = None
     type: str = "about:blank"
+    errors: list[ValidationIssue] | None = None
 
     def __init__(
         self,
@@ -78,7 +79,16 @@ class ConflictError(ProblemError):
 
 
 class UnprocessableError(ProblemError):
+    """422 for input that is well-formed but not acceptable; like every 422 of the contract it
+    carries `errors`, here the one issue at `loc`."""
+
     status = 422
+
+    def __init__(
+        self, detail: str, *, loc: Sequence[str | int] = (), error_type: str = "value_error"
+    ) -> None:
+        super().__init__(detail)
+        self.errors = [ValidationIssue(loc=list(loc), msg=detail, type=error_type)]
 
 
 class UnauthorizedError(ProblemError):
@@ -156,6 +166,7 @@ async def _handle_problem_error(request: Request, exc: Exception) -> JSONRespons
         title=exc.title,
         type_=exc.type,
         headers=exc.headers,
+        errors=exc.errors,
     )
 
 

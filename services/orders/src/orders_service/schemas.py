@@ -7,13 +7,14 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from meshkit.fields import StorableStr
 from orders_service.models import OrderStatus
 
 
 class OrderItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sku: str = Field(min_length=1, max_length=64)
+    sku: StorableStr = Field(min_length=1, max_length=64)
     quantity: int = Field(ge=1, le=1000)
     unit_price_cents: int = Field(ge=0, le=10_000_000)
 

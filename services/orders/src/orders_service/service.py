@@ -66,7 +66,9 @@ async def place_order(
 def _replay(existing: Order, fingerprint: str | None) -> Order:
     if existing.request_hash != fingerprint:
         raise UnprocessableError(
-            "This Idempotency-Key was already used with a different request body."
+            "This Idempotency-Key was already used with a different request body.",
+            loc=("header", "idempotency-key"),
+            error_type="idempotency_key_reused",
         )
     return existing
 

@@ -10,6 +10,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from meshkit.auth import CurrentPrincipal
 from meshkit.db import SessionDep
+from meshkit.fields import StorableStr
 from users_service import service
 from users_service.login_limits import LoginLimiter
 from users_service.schemas import AccessToken, UserCreate, UserRead
@@ -59,8 +60,8 @@ class _PasswordForm(OAuth2PasswordRequestForm):
 
     def __init__(
         self,
-        username: Annotated[str, Form(min_length=1, max_length=320)],
-        password: Annotated[str, Form(min_length=1, max_length=128)],
+        username: Annotated[StorableStr, Form(min_length=1, max_length=320)],
+        password: Annotated[StorableStr, Form(min_length=1, max_length=128)],
     ) -> None:
         super().__init__(username=username, password=password)
 

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field
 
+from meshkit.fields import StorableStr
+
 
 def _lower(value: str) -> str:
     return value.lower()
@@ -17,8 +19,8 @@ class UserCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     email: Annotated[EmailStr, AfterValidator(_lower)] = Field(max_length=320)
-    password: str = Field(min_length=8, max_length=128)
-    name: str = Field(min_length=1, max_length=100)
+    password: StorableStr = Field(min_length=8, max_length=128)
+    name: StorableStr = Field(min_length=1, max_length=100)
 
 
 class UserRead(BaseModel):

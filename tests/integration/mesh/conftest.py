@@ -1,0 +1,96 @@
+"""The whole mesh under its production commands, tested only from outside through the gateway.
+
+One mesh per session (per xdist worker): throw-away databases and vhost, every process on a free
+port. Every response a test receives is checked for leaks (password hashes, stack traces, SQL).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from meshdev.customers import Customer
+from meshdev.stack import RunningMesh, running_mesh
+
+ARTIFACTS = Path(__file__).resolve().parents[3] / ".test-artifacts"
+
+# The gateway's own rate limit stays on (its headers are part of every answer) but high enough
+# that the suite and the fuzzer never meet it; the login limit of users keeps its default.
+MESH_ENV = {"RATE_LIMIT": "2000/second;200000/minute", "LOG_LEVEL": "INFO"}
+
+LEAKS = re.compile(
+    r"\$argon2|\$2[aby]\$|password_hash"  # password hashes
+    r"|Traceback \(most recent call last\)|File \"/"  # stack traces
+    r"|\b(?:SELECT|INSERT INTO|UPDATE|DELETE FROM)\b.+\b(?:FROM|VALUES|SET|WHERE)\b"  # SQL
+    r"|sqlalchemy|asyncpg|psycopg",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def assert_no_leak(body: str, where: str) -> None:
+    found = LEAKS.search(body)
+    assert found is None, f"{where} leaks {found.group(0)!r}: {body[:500]}"
+
+
+async def _check_response(response: httpx.Response) -> None:
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        return  # a live stream; its events are checked by the tests that read them
+    body = (await response.aread()).decode(errors="replace")
+    assert_no_leak(body, f"{response.request.method} {response.request.url.path}")
+    assert "x-request-id" in response.headers
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers.get("x-trace-id", ""))
+
+
+def client_address() -> str:
+    """A client address of its own (TEST-NET-2), so per-address limits of one test (failed
+    logins) never reach another: the suite is a trusted proxy (127.0.0.1) to the gateway."""
+    return f"198.51.100.{secrets.randbelow(254) + 1}"
+
+
+@pytest.fixture(scope="session")
+async def mesh(
+    tmp_path_factory: pytest.TempPathFactory, worker_id: str
+) -> AsyncIterator[RunningMesh]:
+    directory = ARTIFACTS / "logs" / f"mesh-{worker_id}"
+    directory.mkdir(parents=True, exist_ok=True)
+    for old_log in directory.glob("*.log"):
+        old_log.unlink()
+    async with running_mesh(
+        directory, names=("users", "orders", "notifications", "gateway"), env=MESH_ENV
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def gateway(mesh: RunningMesh) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the gateway only; every response it receives is checked for leaks."""
+    async with httpx.AsyncClient(
+        base_url=mesh.url("gateway"),
+        timeout=15,
+        headers={"X-Forwarded-For": client_address()},
+        event_hooks={"response": [_check_response]},
+    ) as client:
+        yield client
+
+
+NewCustomer = Callable[[], Awaitable[Customer]]
+
+
+@pytest.fixture
+def new_customer(mesh: RunningMesh, gateway: httpx.AsyncClient) -> NewCustomer:
+    """Registers a customer who talks to the gateway only."""
+
+    async def register() -> Customer:
+        return await Customer.register(mesh, gateway, via_gateway=True)
+
+    return register
+
+
+@pytest.fixture
+async def customer(new_customer: NewCustomer) -> Customer:
+    return await new_customer()
