@@ -36,7 +36,8 @@ async def eventually(
 
 
 class Customer:
-    """A registered user with a token, talking to the services directly."""
+    """A registered user with a token, talking to the mesh through the gateway when it runs,
+    else to the services directly."""
 
     def __init__(
         self, mesh: RunningMesh, http: httpx.AsyncClient, user: dict[str, str], token: str
@@ -50,7 +51,7 @@ class Customer:
 
     @classmethod
     async def register(cls, mesh: RunningMesh, http: httpx.AsyncClient) -> Customer:
-        users = UsersApi(httpx.AsyncClient(base_url=mesh.url("users"), timeout=10))
+        users = UsersApi(httpx.AsyncClient(base_url=mesh.public_url("users"), timeout=10))
         async with users.client:
             email = f"user-{secrets.token_hex(6)}@example.com"
             user = await users.register(email)
@@ -65,12 +66,13 @@ class Customer:
         if key is not None:
             headers["Idempotency-Key"] = key
         return await self.http.post(
-            f"{self.mesh.url('orders')}/api/orders", json=body or ORDER, headers=headers
+            f"{self.mesh.public_url('orders')}/api/orders", json=body or ORDER, headers=headers
         )
 
     async def notifications(self) -> list[dict[str, Any]]:
         response = await self.http.get(
-            f"{self.mesh.url('notifications')}/api/notifications?limit=100", headers=self.headers
+            f"{self.mesh.public_url('notifications')}/api/notifications?limit=100",
+            headers=self.headers,
         )
         assert response.status_code == 200, response.text
         items: list[dict[str, Any]] = response.json()["items"]
@@ -86,11 +88,11 @@ class Customer:
         return await eventually(probe, within=within)
 
     def sse(self) -> AbstractAsyncContextManager[LiveStream]:
-        url = f"{self.mesh.url('notifications')}/api/notifications/stream"
+        url = f"{self.mesh.public_url('notifications')}/api/notifications/stream"
         return sse_stream(self.http, url, self.headers)
 
     def websocket(self) -> AbstractAsyncContextManager[LiveStream]:
-        base = self.mesh.url("notifications").replace("http://", "ws://", 1)
+        base = self.mesh.public_url("notifications").replace("http://", "ws://", 1)
         return websocket_stream(f"{base}/api/notifications/ws?access_token={self.token}")
 
 
