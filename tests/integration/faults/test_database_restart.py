@@ -42,6 +42,10 @@ async def _place_steadily(customer: Customer, attempts: list[Attempt], stop: asy
         await asyncio.sleep(0.05)
 
 
+async def _at_least(attempts: list[Attempt], count: int) -> bool:
+    return len(attempts) >= count
+
+
 async def _readiness(mesh: RunningMesh, http: httpx.AsyncClient) -> dict[str, httpx.Response]:
     return {name: await http.get(f"{mesh.url(name)}/readyz") for name in SERVICES}
 
@@ -54,7 +58,7 @@ async def test_a_database_restart_is_503_while_it_lasts_and_leaves_no_half_writt
     stop = asyncio.Event()
     load = [asyncio.create_task(_place_steadily(c, attempts, stop)) for c in customers]
     try:
-        await eventually(lambda: asyncio.sleep(0, len(attempts) >= 10))
+        await eventually(lambda: _at_least(attempts, 10))
         await database_link.cut()
 
         async def all_unready() -> dict[str, httpx.Response] | None:
@@ -78,7 +82,7 @@ async def test_a_database_restart_is_503_while_it_lasts_and_leaves_no_half_writt
                 headers=customers[0].headers,
             ),
         ]
-        await eventually(lambda: asyncio.sleep(0, len(attempts) >= during + 8))
+        await eventually(lambda: _at_least(attempts, during + 8))
 
         await database_link.restore()
 
@@ -88,7 +92,7 @@ async def test_a_database_restart_is_503_while_it_lasts_and_leaves_no_half_writt
 
         await eventually(all_ready, within=30)
         after = len(attempts)
-        await eventually(lambda: asyncio.sleep(0, len(attempts) >= after + 8))
+        await eventually(lambda: _at_least(attempts, after + 8))
     finally:
         stop.set()
         await asyncio.gather(*load)

@@ -33,7 +33,8 @@ async def test_notifications_killed_mid_stream_process_every_event_once_after_re
     # Read the database directly meanwhile: asking through the gateway while notifications
     # is down would (rightly) open its circuit.
     async def streaming() -> bool:
-        return await mesh.fetchval("notifications", PROCESSED, user_ids) >= 10
+        processed: int = await mesh.fetchval("notifications", PROCESSED, user_ids)
+        return processed >= 10
 
     await eventually(streaming, every=0.02)
     notifications = mesh.processes["notifications"]
