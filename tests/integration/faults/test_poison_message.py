@@ -26,6 +26,7 @@ from meshdev.customers import Customer, eventually
 from meshdev.processes import ServiceProcess
 from meshdev.rabbitmq import amqp_url
 from meshdev.stack import RunningMesh
+from notifications_service.dlq import DeadLetter, list_dead_letters
 
 RULE = "ck_notifications_message_short"
 # Retries come quickly here, so the poison reaches the DLQ within seconds (default: ~30 s).
@@ -95,11 +96,12 @@ async def test_a_poison_event_is_dead_lettered_and_replayed_once_the_cause_is_fi
         order_id,
     )
 
-    async def dead_lettered() -> list[dict[str, object]] | None:
-        letters = [json.loads(line) for line in (await _dlq(mesh, "list")).splitlines()]
-        return letters or None
+    async def dead_lettered() -> list[DeadLetter] | None:
+        # Waiting in-process; the operator's own look at the DLQ follows below.
+        return await list_dead_letters(amqp_url(mesh.vhost), "notifications") or None
 
-    letters = await eventually(dead_lettered, within=30, every=0.5)
+    await eventually(dead_lettered, within=30, every=0.2)
+    letters = [json.loads(line) for line in (await _dlq(mesh, "list")).splitlines()]
     assert [(d["message_id"], d["reason"]) for d in letters] == [(event_id, "delivery_limit")]
     # The queue is not blocked: a new customer is still welcomed meanwhile.
     bob = await Customer.register(mesh, http)
