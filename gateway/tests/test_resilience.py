@@ -10,6 +10,7 @@ import httpx
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from mesh_gateway.proxy import _classify
 from meshdev.processes import free_port
 
 
@@ -123,3 +124,12 @@ async def test_readiness_names_the_upstream_that_is_down(
     assert response.status_code == 503
     assert "notifications" in response.json()["detail"]
     assert "orders" not in response.json()["detail"]
+
+
+def test_an_upstream_dropping_the_connection_before_the_answer_is_a_503_to_retry() -> None:
+    """A stopping upstream closes kept-alive connections; a request caught by that was never
+    taken, so the client is told to retry (503), not that the answer went wrong (502/504)."""
+    request = httpx.Request("POST", "http://orders.test/api/orders")
+    failure = _classify(httpx.WriteError("connection reset", request=request), "orders")
+
+    assert (failure.status, failure.retryable, failure.upstream_fault) == (503, True, True)

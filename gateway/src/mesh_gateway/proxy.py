@@ -128,6 +128,9 @@ class _Failure:
 def _classify(exc: httpx.HTTPError, upstream: str) -> _Failure:
     if isinstance(exc, httpx.ConnectError):
         return _Failure(503, f"The {upstream} service is unavailable.", retryable=True)
+    if isinstance(exc, httpx.WriteError):
+        # The upstream closed the connection before taking the request (it is stopping).
+        return _Failure(503, f"The {upstream} service is unavailable.", retryable=True)
     if isinstance(exc, httpx.ConnectTimeout):
         return _Failure(504, f"The {upstream} service did not accept a connection in time.", True)
     if isinstance(exc, httpx.PoolTimeout):

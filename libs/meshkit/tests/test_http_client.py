@@ -41,6 +41,31 @@ async def test_a_server_closing_without_answer_is_a_protocol_error(
         await server.wait_closed()
 
 
+async def test_a_server_dropping_the_connection_while_the_body_is_sent_is_a_write_error(
+    client: httpx.AsyncClient,
+) -> None:
+    """What a gateway meets when an upstream stops: the request never fully arrived (so no
+    timeout, and not an answer gone wrong)."""
+
+    async def drop_during_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.abort()
+
+    server = await asyncio.start_server(drop_during_body, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(httpx.WriteError):
+            await client.post(f"http://127.0.0.1:{port}/", content=_chunks(32 * 1024 * 1024))
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _chunks(size: int) -> AsyncIterator[bytes]:
+    for _ in range(size // 65536):
+        yield b"x" * 65536
+
+
 async def test_a_silent_server_is_a_read_timeout(client: httpx.AsyncClient) -> None:
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # until the client gives up

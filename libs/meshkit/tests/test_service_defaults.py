@@ -11,8 +11,11 @@ from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, FastAPI
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
 
+from meshdev.processes import free_port
 from meshkit.app import create_service_app, readiness_checks
+from meshkit.db import Database
 from meshkit.problems import ConflictError, UnprocessableError
 from meshkit.settings import ServiceSettings
 
@@ -42,6 +45,21 @@ async def unacceptable() -> None:
 @router.get("/crash")
 async def crash() -> None:
     raise RuntimeError("SELECT secret FROM credentials WHERE password_hash = '$argon2id$'")
+
+
+@router.get("/unreachable-database")
+async def unreachable_database() -> None:
+    # Nothing listens on this port: what a request meets while PostgreSQL restarts.
+    database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/things")
+    try:
+        await database.ping()
+    finally:
+        await database.dispose()
+
+
+@router.get("/wrong-statement")
+async def wrong_statement() -> None:
+    raise sa_exc.ProgrammingError("SELEC 1", {}, Exception("syntax error at or near SELEC"))
 
 
 async def _broken_dependency() -> None:
@@ -136,6 +154,25 @@ async def test_unhandled_exception_is_500_problem_without_internals(
     assert "argon2" not in response.text
     assert "Traceback" not in response.text
     assert response.headers["x-request-id"]
+
+
+async def test_an_unreachable_database_is_503_problem_with_retry_after(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/api/things/unreachable-database")
+
+    body = _assert_problem(response, 503)
+    assert response.headers["retry-after"] == "1"
+    assert "database is unavailable" in str(body["detail"])
+
+
+async def test_a_failing_statement_is_still_a_500_problem_without_sql(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/api/things/wrong-statement")
+
+    _assert_problem(response, 500)
+    assert "SELEC" not in response.text
 
 
 async def test_request_id_is_echoed_when_sane_and_generated_otherwise(

@@ -86,7 +86,7 @@ def new_customer(mesh: RunningMesh, gateway: httpx.AsyncClient) -> NewCustomer:
     """Registers a customer who talks to the gateway only."""
 
     async def register() -> Customer:
-        return await Customer.register(mesh, gateway, via_gateway=True)
+        return await Customer.register(mesh, gateway)
 
     return register
 

@@ -46,7 +46,7 @@ NOT_FUZZED = ("/api/notifications/stream",)
 @pytest.fixture(scope="module")
 async def fuzz_customer(mesh: RunningMesh) -> Customer:
     async with httpx.AsyncClient(timeout=15) as http:
-        return await Customer.register(mesh, http, via_gateway=True)
+        return await Customer.register(mesh, http)
 
 
 def test_generated_requests_get_documented_answers_and_never_a_5xx(

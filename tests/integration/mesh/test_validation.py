@@ -179,4 +179,4 @@ async def test_nothing_invalid_was_stored(
 async def validation_customer(mesh: Any) -> Customer:
     """One customer for the whole table (registration costs an argon2 hash)."""
     async with httpx.AsyncClient(timeout=15) as http:
-        return await Customer.register(mesh, http, via_gateway=True)
+        return await Customer.register(mesh, http)

@@ -36,8 +36,8 @@ async def eventually(
 
 
 class Customer:
-    """A registered user with a token. Talks to the services directly, or, when registered
-    `via_gateway`, only to the gateway (every public path is served there unchanged)."""
+    """A registered user with a token, talking to the mesh through the gateway when it runs
+    (every public path is served there unchanged), else to the services directly."""
 
     def __init__(
         self,
@@ -45,8 +45,6 @@ class Customer:
         http: httpx.AsyncClient,
         user: dict[str, str],
         token: str,
-        *,
-        via_gateway: bool = False,
     ):
         self.mesh = mesh
         self.http = http
@@ -54,7 +52,6 @@ class Customer:
         self.id = user["id"]
         self.token = token
         self.headers = {"Authorization": f"Bearer {token}"}
-        self.via_gateway = via_gateway
 
     @classmethod
     async def register(
@@ -62,21 +59,19 @@ class Customer:
         mesh: RunningMesh,
         http: httpx.AsyncClient,
         *,
-        via_gateway: bool = False,
         email: str | None = None,
     ) -> Customer:
-        base_url = mesh.url("gateway" if via_gateway else "users")
-        users = UsersApi(httpx.AsyncClient(base_url=base_url, timeout=10))
+        users = UsersApi(httpx.AsyncClient(base_url=mesh.public_url("users"), timeout=10))
         async with users.client:
             email = email or f"user-{secrets.token_hex(6)}@example.com"
             user = await users.register(email)
             response = await users.login(email)
             assert response.status_code == 200, response.text
-            return cls(mesh, http, user, response.json()["access_token"], via_gateway=via_gateway)
+            return cls(mesh, http, user, response.json()["access_token"])
 
     def url(self, service: str, path: str) -> str:
         """`path` of `service` as this customer reaches it."""
-        return self.mesh.url("gateway" if self.via_gateway else service) + path
+        return self.mesh.public_url(service) + path
 
     async def place_order(
         self, body: dict[str, Any] | None = None, *, key: str | None = None

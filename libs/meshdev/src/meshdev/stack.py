@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -35,10 +37,26 @@ class RunningMesh:
     def url(self, name: str) -> str:
         return self.wiring.url(name)
 
+    def public_url(self, name: str) -> str:
+        """Where clients reach `name`'s public API: through the gateway when it runs."""
+        return self.url("gateway") if "gateway" in self.processes else self.url(name)
+
     def database_url(self, name: str) -> str:
-        """asyncpg DSN of a deployable's database."""
-        base = self.wiring.postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-        return f"{base}/{self.wiring.databases[name]}"
+        """asyncpg DSN of a deployable's database, direct (never through a fault proxy), for
+        tests that look at the data as an operator would."""
+        return f"{ADMIN_DSN.rpartition('/')[0]}/{self.wiring.databases[name]}"
+
+    async def fetch(self, name: str, sql: str, *args: object) -> list[asyncpg.Record]:
+        """Rows of a query on a deployable's database (direct), as an operator would run it."""
+        connection = await asyncpg.connect(self.database_url(name))
+        try:
+            return list(await connection.fetch(sql, *args))
+        finally:
+            await connection.close()
+
+    async def fetchval(self, name: str, sql: str, *args: object) -> Any:
+        rows = await self.fetch(name, sql, *args)
+        return rows[0][0]
 
 
 def write_signing_key(directory: Path) -> Path:
@@ -122,7 +140,9 @@ async def running_mesh(
                 port=wiring.ports[deployable.name],
                 workers=workers,
             )
-            stack.callback(process.stop)
+            # In a thread: a fault proxy serving on this event loop must keep forwarding the
+            # service's goodbyes (AMQP close, consumer cancels), or its graceful stop stalls.
+            stack.push_async_callback(asyncio.to_thread, process.stop)
             process.start()
             mesh.processes[deployable.name] = process
             await asyncio.to_thread(process.wait_ready)

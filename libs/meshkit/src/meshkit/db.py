@@ -9,6 +9,7 @@ from typing import Annotated
 import sqlalchemy.ext.asyncio as sa_asyncio
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from meshkit.telemetry import untraced
@@ -20,6 +21,25 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# SQLSTATEs that mean "the server cannot serve you right now", not "your statement is wrong":
+# connection exceptions (class 08), shutdown / starting up (57P01-57P03), too many connections.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """True for errors caused by the database being unreachable (down, restarting, full) rather
+    than by the request: they are answered 503, so clients retry instead of seeing a 500."""
+    if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection became free in time
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", ""))
+        return sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES
+    # asyncpg raises plain OSErrors (refused, reset, timed out) while connecting.
+    return isinstance(exc, OSError)
 
 
 def new_metadata() -> MetaData:

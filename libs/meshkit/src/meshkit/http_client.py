@@ -29,6 +29,10 @@ def _precise_error(exc: httpx.TransportError, request: httpx.Request) -> httpx.T
         return httpx.ConnectError(str(cause), request=request)
     if isinstance(cause, aiohttp.ServerDisconnectedError):
         return httpx.RemoteProtocolError(str(cause), request=request)
+    if isinstance(cause, aiohttp.ClientOSError):
+        # Reset or broken pipe before any answer: the server dropped the connection while the
+        # request was being sent (e.g. it is stopping and closed a kept-alive connection).
+        return httpx.WriteError(str(cause), request=request)
     return exc
 
 

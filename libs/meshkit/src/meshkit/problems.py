@@ -16,8 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from pydantic import BaseModel, Field
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from meshkit.db import is_database_unavailable
 from meshkit.logging import trace_id_var
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -198,10 +200,26 @@ async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _handle_dependency_error(request: Request, exc: Exception) -> JSONResponse:
+    if not is_database_unavailable(exc):
+        return await _handle_unexpected(request, exc)
+    logger.warning(
+        "database unavailable while serving %s %s: %r", request.method, request.url.path, exc
+    )
+    return problem_response(
+        request,
+        status=503,
+        detail="The service's database is unavailable; try again shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _handle_problem_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
+    for unavailable in (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError):
+        app.add_exception_handler(unavailable, _handle_dependency_error)
     app.add_exception_handler(Exception, _handle_unexpected)
 
 

@@ -1,0 +1,108 @@
+"""SIGTERM to the orders service under a steady stream of orders through the gateway: every
+request orders had accepted completes (gunicorn and uvicorn drain them before the worker
+exits), so no client sees a 5xx for any of those; requests arriving once it stopped taking new
+ones are answered by the gateway with a 503 problem and `Retry-After` (they never reached
+orders, so retrying is safe), and every order confirmed with 201 is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+
+from meshdev.customers import ORDER, Customer, eventually
+from meshdev.stack import RunningMesh
+
+SHUTDOWN_COMPLETE = "Application shutdown complete"
+CUSTOMERS = 4
+IN_FLIGHT = 2  # requests each customer keeps going
+
+
+@dataclass
+class Attempt:
+    request_id: str
+    started: float
+    finished: float
+    response: httpx.Response
+
+
+async def _place_steadily(
+    mesh: RunningMesh,
+    http: httpx.AsyncClient,
+    customer: Customer,
+    attempts: list[Attempt],
+    stop: asyncio.Event,
+) -> None:
+    url = f"{mesh.public_url('orders')}/api/orders"
+    while not stop.is_set():
+        request_id = uuid.uuid4().hex
+        headers = {**customer.headers, "X-Request-ID": request_id}
+        started = time.monotonic()
+        response = await http.post(url, json=ORDER, headers=headers)
+        attempts.append(Attempt(request_id, started, time.monotonic(), response))
+
+
+async def _at_least(attempts: list[Attempt], count: int) -> bool:
+    return len(attempts) >= count
+
+
+def _handled_by(logs: str) -> set[str]:
+    """Request ids of the orders requests a service's access log says it answered."""
+    handled = set()
+    for line in logs.splitlines():
+        if '"meshkit.access"' in line and "POST /api/orders" in line:
+            handled.add(json.loads(line)["request_id"])
+    return handled
+
+
+async def test_sigterm_under_load_completes_every_request_it_had_accepted(
+    mesh: RunningMesh, http: httpx.AsyncClient
+) -> None:
+    customers = await asyncio.gather(*(Customer.register(mesh, http) for _ in range(CUSTOMERS)))
+    orders = mesh.processes["orders"]
+    shutdowns_before = orders.logs().count(SHUTDOWN_COMPLETE)
+    attempts: list[Attempt] = []
+    stop = asyncio.Event()
+    load = [
+        asyncio.create_task(_place_steadily(mesh, http, c, attempts, stop))
+        for c in customers
+        for _ in range(IN_FLIGHT)
+    ]
+    try:
+        await eventually(lambda: _at_least(attempts, 40))  # steady load first
+        signalled = time.monotonic()
+        orders.signal(signal.SIGTERM)
+        assert orders.process is not None
+        exit_code = await asyncio.to_thread(orders.process.wait, 30)
+        stopped = time.monotonic()
+        await asyncio.sleep(0.5)  # and a little load against the stopped service
+    finally:
+        stop.set()
+        await asyncio.gather(*load)
+
+    assert exit_code == 0
+    # The worker finished its lifespan shutdown itself; gunicorn did not kill it at the deadline.
+    assert orders.logs().count(SHUTDOWN_COMPLETE) == shutdowns_before + 1
+    handled = _handled_by(orders.logs())
+    accepted = [a for a in attempts if a.request_id in handled]
+    assert {a.response.status_code for a in accepted} == {201}
+    drained = [a for a in accepted if a.started < signalled < a.finished]
+    assert drained, "no request was in flight at the signal"
+    for attempt in attempts:
+        if attempt.request_id not in handled:  # refused by the gateway: never reached orders
+            response = attempt.response
+            assert response.status_code == 503, response.text
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["retry-after"]
+    assert any(a.started > stopped for a in attempts)
+
+    confirmed = [a.response.json()["id"] for a in accepted]
+    stored = await mesh.fetchval(
+        "orders", "SELECT count(*) FROM orders WHERE id = ANY($1::uuid[])", confirmed
+    )
+    assert stored == len(confirmed)
