@@ -36,7 +36,7 @@ from mesh_gateway.ratelimit import ClientRateLimiter
 from mesh_gateway.routing import Route, RouteTable
 from mesh_gateway.settings import GatewaySettings
 from mesh_gateway.websocket import WebSocketForwarder
-from meshkit.app import create_service_app, readiness_checks
+from meshkit.app import create_service_app, lazy_app, readiness_checks
 from meshkit.auth import TokenVerifier
 from meshkit.http_client import create_http_client
 from meshkit.middleware import RequestContextMiddleware
@@ -319,10 +319,5 @@ def create_app(settings: GatewaySettings | None = None) -> ASGIApp:
     return app
 
 
-def __getattr__(name: str) -> ASGIApp:
-    # `app` is built on first access, i.e. in each gunicorn worker, not at import by tools.
-    if name == "app":
-        application = create_app()
-        globals()["app"] = application
-        return application
-    raise AttributeError(name)
+# Served as `mesh_gateway.main:app`; built in each gunicorn worker on first access.
+__getattr__ = lazy_app(create_app)

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from meshkit.app import create_service_app, readiness_checks
+from meshkit.app import create_service_app, lazy_app, readiness_checks
 from meshkit.db import Database
 from meshkit.messaging import (
     Broker,
@@ -143,10 +143,5 @@ def _log_failure(task: asyncio.Task[None]) -> None:
         logger.error("could not start consuming", exc_info=task.exception())
 
 
-def __getattr__(name: str) -> FastAPI:
-    # `app` is built on first access, i.e. in each gunicorn worker, not at import by tools.
-    if name == "app":
-        application = create_app()
-        globals()["app"] = application
-        return application
-    raise AttributeError(name)
+# Served as `<package>.main:app`; built in each gunicorn worker on first access.
+__getattr__ = lazy_app(create_app)

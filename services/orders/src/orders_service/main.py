@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from meshkit.app import create_service_app
+from meshkit.app import create_service_app, lazy_app
 from meshkit.http_client import create_http_client
 from meshkit.messaging import broker_lifespan, relay_lifespan
 from orders_service.models import outbox
@@ -49,10 +49,5 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
     )
 
 
-def __getattr__(name: str) -> FastAPI:
-    # `app` is built on first access, i.e. in each gunicorn worker, not at import by tools.
-    if name == "app":
-        application = create_app()
-        globals()["app"] = application
-        return application
-    raise AttributeError(name)
+# Served as `<package>.main:app`; built in each gunicorn worker on first access.
+__getattr__ = lazy_app(create_app)

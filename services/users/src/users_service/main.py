@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 
-from meshkit.app import create_service_app
+from meshkit.app import create_service_app, lazy_app
 from meshkit.auth import StaticKeySource, TokenVerifier
 from meshkit.messaging import broker_lifespan, relay_lifespan
 from users_service.login_limits import LoginLimiter
@@ -70,10 +70,5 @@ def create_app(settings: UsersSettings | None = None) -> FastAPI:
     )
 
 
-def __getattr__(name: str) -> FastAPI:
-    # `app` is built on first access, i.e. in each gunicorn worker, not at import by tools.
-    if name == "app":
-        application = create_app()
-        globals()["app"] = application
-        return application
-    raise AttributeError(name)
+# Served as `<package>.main:app`; built in each gunicorn worker on first access.
+__getattr__ = lazy_app(create_app)
