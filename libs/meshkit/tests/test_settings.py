@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+from meshkit.migrations import migrate_from_environment
 from meshkit.settings import ServiceSettings
 
 
@@ -30,3 +33,10 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
     assert settings.environment == "production"
     assert settings.database_url == "postgresql+asyncpg://app:s3cret-value@db/s"
+
+
+def test_migration_command_refuses_to_run_without_a_database_url(tmp_path: Path) -> None:
+    settings = ServiceSettings(service_name="s", environment="test", database_url=None)
+
+    with pytest.raises(SystemExit, match="DATABASE_URL is not set"):
+        migrate_from_environment(settings, tmp_path)

@@ -11,6 +11,8 @@ from sqlalchemy import MetaData, pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from meshkit.settings import ServiceSettings
+
 
 def alembic_config(script_location: Path, database_url: str) -> Config:
     config = Config()
@@ -27,6 +29,14 @@ def alembic_config(script_location: Path, database_url: str) -> Config:
 def upgrade_to_head(script_location: Path, database_url: str) -> None:
     """What Kubernetes' migration Job and `make run` execute."""
     command.upgrade(alembic_config(script_location, database_url), "head")
+
+
+def migrate_from_environment(settings: ServiceSettings, script_location: Path) -> None:
+    """The body of every `python -m <service>.migrate`: the database named by the service's
+    settings (DATABASE_URL) brought to the latest revision."""
+    if settings.database_url is None:
+        raise SystemExit("DATABASE_URL is not set")
+    upgrade_to_head(script_location, settings.database_url)
 
 
 def run_env(target_metadata: MetaData) -> None:

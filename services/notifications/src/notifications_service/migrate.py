@@ -2,17 +2,14 @@
 
 from pathlib import Path
 
-from meshkit.migrations import upgrade_to_head
+from meshkit.migrations import migrate_from_environment
 from notifications_service.settings import NotificationsSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def main() -> None:
-    settings = NotificationsSettings()
-    if settings.database_url is None:
-        raise SystemExit("DATABASE_URL is not set")
-    upgrade_to_head(MIGRATIONS, settings.database_url)
+    migrate_from_environment(NotificationsSettings(), MIGRATIONS)
 
 
 if __name__ == "__main__":
