@@ -1,19 +1,23 @@
-"""The engine, the session's transaction ownership, database spans and keyset pagination."""
+"""The engine, the session's transaction ownership, read-only sessions, recovery from connections
+the server dropped, database spans and keyset pagination."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from sqlalchemy import DateTime, select
+from sqlalchemy import DateTime, select, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from meshdev.postgres import create_database, drop_database, sqlalchemy_url
-from meshkit.db import Database, new_metadata
+from meshdev.postgres import ADMIN_DSN, create_database, drop_database, sqlalchemy_url
+from meshkit.db import Database, ReadOnlySessionError, is_database_unavailable, new_metadata
 from meshkit.pagination import Cursor, PageParams, build_page, paginate_newest_first
 from meshkit.problems import UnprocessableError
 
@@ -58,6 +62,75 @@ async def test_transaction_commits_on_success_and_rolls_back_on_error(database: 
     async with database.transaction() as session:
         assert await session.get(Item, kept) is not None
         assert await session.get(Item, lost) is None
+
+
+CURRENT_TRANSACTION = text("SELECT pg_current_xact_id()::text")
+
+
+async def test_reading_sends_each_statement_alone_and_a_transaction_groups_them(
+    database: Database,
+) -> None:
+    async with database.reading() as session:
+        first = await session.scalar(CURRENT_TRANSACTION)
+        second = await session.scalar(CURRENT_TRANSACTION)
+    assert first != second  # no BEGIN: each statement was its own transaction
+
+    async with database.transaction() as session:
+        first = await session.scalar(CURRENT_TRANSACTION)
+        second = await session.scalar(CURRENT_TRANSACTION)
+    assert first == second
+
+
+async def test_reading_refuses_orm_writes(database: Database) -> None:
+    item = uuid.uuid4()
+    async with database.reading() as session:
+        session.add(Item(id=item, created_at=datetime.now(UTC)))
+        with pytest.raises(ReadOnlySessionError):
+            await session.flush()
+
+    async with database.reading() as session:
+        assert await session.get(Item, item) is None
+
+
+async def _terminate_connections_to(database_name: str) -> int:
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        terminated: int = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database_name,
+        )
+        return terminated
+    finally:
+        await admin.close()
+
+
+async def test_connections_the_server_dropped_fail_one_request_then_the_pool_recovers() -> None:
+    """Without pre-ping: the first use of a dead pooled connection fails with an error answered
+    503 (`is_database_unavailable`); SQLAlchemy then drops every older pooled connection, so
+    the requests after it succeed."""
+    name = await create_database("meshkit_test")
+    database = Database(sqlalchemy_url(name), pool_size=3, max_overflow=0)
+    try:
+
+        async def hold_a_connection() -> None:
+            async with database.transaction() as session:
+                await session.execute(text("SELECT pg_sleep(0.05)"))
+
+        await asyncio.gather(*(hold_a_connection() for _ in range(3)))  # three pooled
+        assert await _terminate_connections_to(name) == 3
+
+        async with database.reading() as session:
+            with pytest.raises(sa_exc.DBAPIError) as failed:
+                await session.execute(text("SELECT 1"))
+        assert is_database_unavailable(failed.value)
+
+        for _ in range(3):
+            async with database.reading() as session:
+                assert await session.scalar(text("SELECT 1")) == 1
+    finally:
+        await database.dispose()
+        await drop_database(name)
 
 
 async def test_queries_make_database_client_spans_on_sqlalchemy_2_1(

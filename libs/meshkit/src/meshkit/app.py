@@ -81,6 +81,7 @@ def create_service_app(
                     str(settings.database_url),
                     pool_size=settings.database_pool_size,
                     max_overflow=settings.database_max_overflow,
+                    pre_ping=settings.database_pool_pre_ping,
                 )
                 stack.push_async_callback(database.dispose)
                 app.state.database = database

@@ -1,4 +1,5 @@
-"""One async SQLAlchemy engine per process; a request-scoped session that owns the transaction."""
+"""One async SQLAlchemy engine per process; a request-scoped session that owns the transaction,
+and a lighter one for handlers that only read."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Annotated
 
 import sqlalchemy.ext.asyncio as sa_asyncio
 from fastapi import Depends, Request
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from meshkit.telemetry import untraced
 
@@ -47,27 +49,68 @@ def new_metadata() -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION)
 
 
+class ReadOnlySessionError(RuntimeError):
+    """A read-only session was asked to write."""
+
+
+class _ReadOnlySession(Session):
+    """The synchronous session behind `Database.reading()`."""
+
+
+@event.listens_for(_ReadOnlySession, "before_flush")
+def _refuse_flush(session: Session, flush_context: object, instances: object) -> None:
+    raise ReadOnlySessionError("this session only reads; use SessionDep to write")
+
+
 class Database:
-    """The engine and session factory of one process; created and disposed by the lifespan."""
+    """The engine and session factories of one process; created and disposed by the lifespan.
+
+    `pre_ping` is off by default: SQLAlchemy's asyncpg ping is three round trips (BEGIN, an
+    empty query, ROLLBACK) at every checkout — as many as a whole read. Without it a connection
+    that died with the server fails its request once; SQLAlchemy then invalidates every pooled
+    connection older than the failure, and that request is answered 503 with Retry-After
+    (`is_database_unavailable`), so clients retry (docs/benchmarks.md).
+    """
 
     def __init__(
-        self, url: str, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        max_overflow: int = 10,
+        pre_ping: bool = False,
+        echo: bool = False,
     ) -> None:
         # Looked up on the module at call time so OpenTelemetry's engine hook applies.
         self.engine: AsyncEngine = sa_asyncio.create_async_engine(
             url,
             pool_size=pool_size,
             max_overflow=max_overflow,
-            pool_pre_ping=True,
+            pool_pre_ping=pre_ping,
             pool_recycle=1800,
             echo=echo,
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Autocommit connections from the same pool: a read of one statement is sent alone,
+        # without BEGIN and COMMIT around it (asyncpg's adapter sets the mode without a query).
+        self.read_sessions = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+            expire_on_commit=False,
+            sync_session_class=_ReadOnlySession,
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session whose work is committed on success and rolled back on any error."""
         async with self.sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncSession]:
+        """A session without a transaction, for handlers that only read: each statement sees
+        its own snapshot, so use it where one statement answers the request. ORM writes are
+        refused (`ReadOnlySessionError`)."""
+        async with self.read_sessions() as session:
             yield session
 
     async def ping(self) -> None:
@@ -96,5 +139,14 @@ async def get_session(
         yield session
 
 
+async def get_read_session(
+    database: Annotated[Database, Depends(get_database)],
+) -> AsyncIterator[AsyncSession]:
+    async with database.reading() as session:
+        yield session
+
+
 # scope="function": commit before the response is sent, so a failed commit is never answered 2xx.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+# For handlers that answer with one SELECT: no BEGIN/COMMIT round trips.
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

@@ -45,6 +45,10 @@ class ServiceSettings(BaseSettings):
     )
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_max_overflow: int = Field(default=10, ge=0, le=200)
+    database_pool_pre_ping: bool = Field(
+        default=False,
+        description="Test every pooled connection before use (three round trips per checkout).",
+    )
 
     jwks_url: str | None = Field(
         default=None, description="Where the users service publishes its public keys."

@@ -20,12 +20,24 @@ async def add_notification(
     """Inserts the notification of an event; None if that event already has one (the unique
     constraint on `event_id` decides, so concurrent redeliveries cannot both insert)."""
     result = await session.execute(
-        insert(Notification)
-        .values(id=uuid.uuid4(), user_id=user_id, type=type_, message=message, event_id=event_id)
-        .on_conflict_do_nothing(index_elements=[Notification.event_id])
-        .returning(Notification)
+        _INSERT_NOTIFICATION,
+        {
+            "id": uuid.uuid4(),
+            "user_id": user_id,
+            "type": type_,
+            "message": message,
+            "event_id": event_id,
+        },
     )
     return result.scalar_one_or_none()
+
+
+# Built once, values as parameters: the statement's cache key is computed once, not per event.
+_INSERT_NOTIFICATION = (
+    insert(Notification)
+    .on_conflict_do_nothing(index_elements=[Notification.event_id])
+    .returning(Notification)
+)
 
 
 async def list_notifications(

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, WebSocket, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from meshkit.auth import CurrentPrincipal, InvalidTokenError, TokenVerifier
-from meshkit.db import SessionDep
+from meshkit.db import ReadSessionDep, SessionDep
 from meshkit.pagination import Page, PageParamsDep
 from meshkit.problems import ProblemError
 from notifications_service import service
@@ -40,7 +40,7 @@ notifications = APIRouter(prefix="/api/notifications", tags=["notifications"])
 
 @notifications.get("", response_model=Page[NotificationRead])
 async def list_notifications(
-    principal: CurrentPrincipal, session: SessionDep, params: PageParamsDep
+    principal: CurrentPrincipal, session: ReadSessionDep, params: PageParamsDep
 ) -> Page[NotificationRead]:
     """The caller's notifications, newest first."""
     return await service.list_notifications(

@@ -55,15 +55,15 @@ async def add_order(
         idempotency_key=idempotency_key,
         request_hash=request_hash,
     )
+    session.add(order)
     try:
-        async with session.begin_nested():
-            session.add(order)
-            await session.flush()
+        # No savepoint: a duplicate key ends the request (409) and its whole transaction.
+        # The INSERT returns the server-side defaults (created_at, updated_at), so no refresh.
+        await session.flush()
     except IntegrityError as exc:
         if "uq_orders_user_id_idempotency_key" in str(exc.orig):
             raise IdempotencyKeyTakenError(idempotency_key) from exc
         raise
-    await session.refresh(order)
     return order
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, status
 
 from meshkit.auth import CurrentPrincipal
-from meshkit.db import SessionDep
+from meshkit.db import ReadSessionDep, SessionDep
 from meshkit.pagination import Page, PageParamsDep
 from orders_service import service
 from orders_service.schemas import OrderCreate, OrderRead
@@ -53,14 +53,16 @@ async def place_order(
 
 @orders.get("", response_model=Page[OrderRead])
 async def list_orders(
-    principal: CurrentPrincipal, session: SessionDep, params: PageParamsDep
+    principal: CurrentPrincipal, session: ReadSessionDep, params: PageParamsDep
 ) -> Page[OrderRead]:
     """The caller's orders, newest first."""
     return await service.list_orders(session=session, user_id=principal.user_id, params=params)
 
 
 @orders.get("/{order_id}", response_model=OrderRead)
-async def get_order(order_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep) -> Any:
+async def get_order(
+    order_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSessionDep
+) -> Any:
     """One of the caller's orders; anyone else's is 404."""
     return await service.get_order(session=session, order_id=order_id, user_id=principal.user_id)
 

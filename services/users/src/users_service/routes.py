@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Form, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from meshkit.auth import CurrentPrincipal
-from meshkit.db import SessionDep
+from meshkit.db import ReadSessionDep, SessionDep
 from meshkit.fields import StorableStr
 from users_service import service
 from users_service.login_limits import LoginLimiter
@@ -42,13 +42,13 @@ async def register(data: UserCreate, session: SessionDep) -> Any:
 
 
 @users.get("/me", response_model=UserRead)
-async def me(principal: CurrentPrincipal, session: SessionDep) -> Any:
+async def me(principal: CurrentPrincipal, session: ReadSessionDep) -> Any:
     """The caller's own account."""
     return await service.get_user(session=session, user_id=principal.user_id)
 
 
 @users.get("/{user_id}", response_model=UserRead)
-async def get_user(user_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep) -> Any:
+async def get_user(user_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSessionDep) -> Any:
     """A user by id: only the caller's own id is visible; any other id is 404."""
     return await service.get_visible_user(
         session=session, user_id=user_id, caller_id=principal.user_id
@@ -93,7 +93,7 @@ async def jwks(issuer: IssuerDep) -> dict[str, Any]:
 
 
 @internal.get("/{user_id}", response_model=UserRead)
-async def get_user_internal(user_id: uuid.UUID, session: SessionDep) -> Any:
+async def get_user_internal(user_id: uuid.UUID, session: ReadSessionDep) -> Any:
     """For other services: does this user exist? Not routed by the gateway."""
     return await service.get_user(session=session, user_id=user_id)
 

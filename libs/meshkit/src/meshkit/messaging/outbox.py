@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.sql.dml import Insert
 
 from meshkit.messaging.broker import Broker, BrokerUnavailableError, backoff_delay
 from meshkit.messaging.events import EVENTS_EXCHANGE, CloudEvent, to_message
@@ -107,14 +109,22 @@ async def add_event(session: AsyncSession, table: Table, event: CloudEvent) -> N
     so the relay's publish (and everything after it) joins the trace of this request."""
     carrier = trace_carrier()
     await session.execute(
-        insert(table).values(
-            id=event.id,
-            event_type=event.type,
-            event=event.model_dump(mode="json", exclude_none=True),
-            traceparent=carrier.get("traceparent"),
-            tracestate=carrier.get("tracestate") or None,
-        )
+        _insert_into(table),
+        {
+            "id": event.id,
+            "event_type": event.type,
+            "event": event.model_dump(mode="json", exclude_none=True),
+            "traceparent": carrier.get("traceparent"),
+            "tracestate": carrier.get("tracestate") or None,
+        },
     )
+
+
+@functools.cache
+def _insert_into(table: Table) -> Insert:
+    # One statement object per table, values as parameters: SQLAlchemy computes its cache key
+    # once, where `.values(...)` builds and hashes a new statement for every event.
+    return insert(table)
 
 
 @dataclass(frozen=True, slots=True)
