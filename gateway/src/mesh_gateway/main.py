@@ -29,7 +29,6 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mesh_gateway.breaker import CircuitBreaker
-from mesh_gateway.edge_auth import EdgeAuthenticator
 from mesh_gateway.openapi import MergedApiDocument
 from mesh_gateway.proxy import Forwarder, Upstream
 from mesh_gateway.ratelimit import ClientRateLimiter
@@ -208,7 +207,6 @@ def create_app(settings: GatewaySettings | None = None) -> ASGIApp:
         verifier = getattr(app.state, "token_verifier", None)
         if not isinstance(verifier, TokenVerifier):
             raise RuntimeError("the gateway needs JWKS_URL (or USERS_URL) to verify tokens")
-        authenticator = EdgeAuthenticator(verifier)
         rate_limiter = (
             ClientRateLimiter(
                 limits=settings.rate_limit,
@@ -240,7 +238,7 @@ def create_app(settings: GatewaySettings | None = None) -> ASGIApp:
                 readiness_checks(app)[name] = upstreams[name].ready
             gateway.http = Forwarder(
                 upstreams=upstreams,
-                authenticator=authenticator,
+                verifier=verifier,
                 rate_limiter=rate_limiter,
                 body_limit=settings.body_limit_bytes,
                 retry_attempts=settings.retry_attempts,
@@ -253,7 +251,7 @@ def create_app(settings: GatewaySettings | None = None) -> ASGIApp:
             )
             gateway.websocket = WebSocketForwarder(
                 upstreams=upstreams,
-                authenticator=authenticator,
+                verifier=verifier,
                 rate_limiter=rate_limiter,
                 open_timeout=settings.upstream_connect_timeout + settings.upstream_read_timeout,
             )

@@ -18,10 +18,10 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from mesh_gateway.breaker import CircuitBreaker
-from mesh_gateway.edge_auth import EdgeAuthenticator, bearer_token
+from mesh_gateway.edge_auth import bearer_token
 from mesh_gateway.ratelimit import ClientRateLimiter
 from mesh_gateway.routing import Route, is_public
-from meshkit.auth import InvalidTokenError
+from meshkit.auth import InvalidTokenError, TokenVerifier
 from meshkit.logging import request_id_var
 from meshkit.problems import ServiceUnavailableError, problem_response
 
@@ -164,7 +164,7 @@ class Forwarder:
         self,
         *,
         upstreams: Mapping[str, Upstream],
-        authenticator: EdgeAuthenticator,
+        verifier: TokenVerifier,
         rate_limiter: ClientRateLimiter | None,
         body_limit: int,
         retry_attempts: int,
@@ -172,7 +172,7 @@ class Forwarder:
         stream_timeout: httpx.Timeout,
     ) -> None:
         self._upstreams = upstreams
-        self._authenticator = authenticator
+        self._verifier = verifier
         self._rate_limiter = rate_limiter
         self._body_limit = body_limit
         self._retry_attempts = retry_attempts
@@ -204,7 +204,7 @@ class Forwarder:
                 await self._unauthorized(scope, receive, send, "An access token is required.")
                 return
             try:
-                principal = await self._authenticator.principal(token)
+                principal = await self._verifier.verify(token)
             except InvalidTokenError as exc:
                 logger.info("rejected token: %s", exc)
                 await self._unauthorized(

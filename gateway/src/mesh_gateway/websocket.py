@@ -18,11 +18,10 @@ from starlette.types import Message, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from mesh_gateway.edge_auth import EdgeAuthenticator
 from mesh_gateway.proxy import Upstream
 from mesh_gateway.ratelimit import ClientRateLimiter
 from mesh_gateway.routing import Route
-from meshkit.auth import InvalidTokenError
+from meshkit.auth import InvalidTokenError, TokenVerifier
 from meshkit.logging import request_id_var
 from meshkit.problems import ProblemError
 
@@ -41,12 +40,12 @@ class WebSocketForwarder:
         self,
         *,
         upstreams: Mapping[str, Upstream],
-        authenticator: EdgeAuthenticator,
+        verifier: TokenVerifier,
         rate_limiter: ClientRateLimiter | None,
         open_timeout: float,
     ) -> None:
         self._upstreams = upstreams
-        self._authenticator = authenticator
+        self._verifier = verifier
         self._rate_limiter = rate_limiter
         self._open_timeout = open_timeout
 
@@ -57,7 +56,7 @@ class WebSocketForwarder:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         token = (query.get("access_token") or [""])[0]
         try:
-            principal = await self._authenticator.principal(token)
+            principal = await self._verifier.verify(token)
         except (InvalidTokenError, ProblemError) as exc:
             logger.info("websocket refused: %s", exc)
             await self._accept_and_close(send, POLICY_VIOLATION, "invalid or missing access token")

@@ -11,6 +11,7 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jwt import PyJWK
 from jwt.algorithms import OKPAlgorithm
 
 from meshkit.auth import InvalidTokenError, JwksKeySource, TokenVerifier
@@ -121,3 +122,58 @@ async def test_cached_keys_keep_working_while_jwks_is_unreachable(server: KeySer
     await verifier.verify(server.token(kid))
     with pytest.raises(InvalidTokenError):
         await verifier.verify(server.token(kid, aud="another-audience"))
+
+
+class CountingKeys:
+    """A key source that counts lookups: one lookup per signature actually checked."""
+
+    def __init__(self, server: KeyServer) -> None:
+        self.lookups = 0
+        self._keys = {
+            kid: PyJWK.from_dict(
+                {**json.loads(OKPAlgorithm.to_jwk(key.public_key())), "kid": kid},
+                algorithm="EdDSA",
+            )
+            for kid, key in server.keys.items()
+        }
+
+    async def key(self, kid: str) -> PyJWK | None:
+        self.lookups += 1
+        return self._keys.get(kid)
+
+
+async def test_a_verified_token_is_remembered_not_verified_again(server: KeyServer) -> None:
+    kid = server.add_key()
+    keys = CountingKeys(server)
+    verifier = TokenVerifier(keys, issuer="mesh-users", audience="mesh")
+    token = server.token(kid)
+
+    first = await verifier.verify(token)
+    second = await verifier.verify(token)
+
+    assert first == second
+    assert keys.lookups == 1
+
+
+async def test_a_remembered_token_is_refused_once_expired(server: KeyServer) -> None:
+    # Expired two seconds ago: the 5 s leeway accepts it once; remembering it does not.
+    kid = server.add_key()
+    verifier = TokenVerifier(CountingKeys(server), issuer="mesh-users", audience="mesh")
+    token = server.token(kid, exp=int(time.time()) - 2)
+    await verifier.verify(token)
+
+    with pytest.raises(InvalidTokenError):
+        await verifier.verify(token)
+
+
+async def test_remembered_tokens_are_bounded(server: KeyServer) -> None:
+    kid = server.add_key()
+    keys = CountingKeys(server)
+    verifier = TokenVerifier(keys, issuer="mesh-users", audience="mesh", remember=2)
+    tokens = [server.token(kid) for _ in range(3)]
+    for token in tokens:
+        await verifier.verify(token)
+
+    await verifier.verify(tokens[0])  # forgotten when the third one did not fit
+
+    assert keys.lookups == 4

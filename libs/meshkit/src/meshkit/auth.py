@@ -114,13 +114,42 @@ class JwksKeySource:
 
 
 class TokenVerifier:
-    def __init__(self, keys: KeySource, *, issuer: str, audience: str, leeway: float = 5.0) -> None:
+    """Checks issuer, audience, expiry and signature; a verified token is remembered until its
+    `exp` (at most `remember` tokens), because a client sends the same token many times and the
+    signature check is the costliest step of an authenticated request. A remembered token is
+    refused the moment its `exp` passes."""
+
+    def __init__(
+        self,
+        keys: KeySource,
+        *,
+        issuer: str,
+        audience: str,
+        leeway: float = 5.0,
+        remember: int = 10_000,
+    ) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
+        self._remember = remember
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     async def verify(self, token: str) -> Principal:
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            principal, expires_at = remembered
+            if time.time() < expires_at:
+                return principal
+            del self._verified[token]
+            raise InvalidTokenError("token expired")
+        principal = await self._verify_signed(token)
+        if len(self._verified) >= self._remember:
+            self._verified.clear()  # cheap and bounded; the next requests verify again
+        self._verified[token] = (principal, float(principal.claims["exp"]))
+        return principal
+
+    async def _verify_signed(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

@@ -18,7 +18,11 @@ class NotificationsSettings(MessagingSettings):
     delivery_limit: int = Field(
         default=5, ge=1, le=100, description="Deliveries before a failing message is dead-lettered."
     )
-    consumer_prefetch: int = Field(default=32, ge=1, le=1000)
+    # Each unacked message is handled concurrently and holds a pooled database connection:
+    # more in flight than DATABASE_POOL_SIZE opens and closes overflow connections per message.
+    consumer_prefetch: int = Field(
+        default=8, ge=1, le=1000, description="Unacked messages per channel, handled at once."
+    )
     retry_delay_seconds: float = Field(
         default=0.5, ge=0, le=60, description="First pause before a failed message is requeued."
     )
