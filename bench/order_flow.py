@@ -75,10 +75,19 @@ async def _order(session: aiohttp.ClientSession, url: str, timings: _Timings) ->
 
 
 async def order_to_notification(
-    gateway_url: str, token: str, *, rate: float, seconds: float, grace: float = 5.0
+    gateway_url: str,
+    token: str,
+    *,
+    rate: float,
+    seconds: float,
+    warm_up: float = 2.0,
+    grace: float = 5.0,
 ) -> dict[str, Any]:
-    """Posts `rate` orders/s for `seconds` and waits at most `grace` s for the stragglers."""
+    """Posts `rate` orders/s for `warm_up` + `seconds` without a pause, measures the orders of
+    the last `seconds` (the first ones pay for new connections, like every other figure's
+    warm-up), and waits at most `grace` s for the stragglers."""
     timings = _Timings()
+    warming = _Timings()  # the warm-up's orders: sent alike, never counted
     headers = {"Authorization": f"Bearer {token}"}
     connector = aiohttp.TCPConnector(limit=256)
     timeout = aiohttp.ClientTimeout(total=10)
@@ -89,14 +98,18 @@ async def order_to_notification(
         )
         try:
             await asyncio.wait_for(ready.wait(), 10)
+            warm_up_count = int(rate * warm_up)
             count = int(rate * seconds)
-            start = time.perf_counter()
+            begin = start = time.perf_counter()
             orders = []
-            for index in range(count):
-                delay = start + index / rate - time.perf_counter()
+            for index in range(warm_up_count + count):
+                delay = begin + index / rate - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                orders.append(asyncio.create_task(_order(s, f"{gateway_url}/api/orders", timings)))
+                if index == warm_up_count:
+                    start = time.perf_counter()
+                into = warming if index < warm_up_count else timings
+                orders.append(asyncio.create_task(_order(s, f"{gateway_url}/api/orders", into)))
             offered_seconds = time.perf_counter() - start
             await asyncio.wait(orders, timeout=grace + 10)
             for _ in range(int(grace / 0.05)):
@@ -122,6 +135,8 @@ async def order_to_notification(
     ]
     return {
         "offered_orders_per_second": rate,
+        "warm_up_seconds": warm_up,
+        "warm_up_orders_failed": warming.failed,
         "achieved_orders_per_second": round(count / offered_seconds, 1),
         "orders": count,
         "orders_created": len(timings.sent),

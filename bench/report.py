@@ -147,7 +147,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines += [
         "",
         f"Order → notification on the SSE stream at {flow['offered_orders_per_second']} orders/s "
-        f"for {setup['order_rate_seconds']} s ({flow['orders_created']} created, "
+        f"for {setup['order_rate_seconds']} s after {flow['warm_up_seconds']} s at the same rate "
+        f"not counted ({flow['orders_created']} created, "
         f"{flow['orders_failed']} failed, {flow['notifications_missing']} notifications missing, "
         f"{flow['events_on_stream']} events on the stream; started after waiting "
         f"{flow['before']['waited_seconds']} s for earlier events, "

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from meshdev.processes import free_port
 from meshkit.http_client import create_http_client
@@ -99,3 +100,34 @@ async def test_urls_are_sent_exactly_as_encoded(client: httpx.AsyncClient) -> No
         server.close()
         await server.wait_closed()
     assert seen == [b"GET /a%2Fb?cursor=x%2By%2Fz%3D&q=%41 HTTP/1.1"]
+
+
+async def _request_headers(client: httpx.AsyncClient) -> bytes:
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append((await reader.readuntil(b"\r\n\r\n")).lower())
+        writer.write(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await client.get(f"http://127.0.0.1:{port}/")
+    finally:
+        server.close()
+        await server.wait_closed()
+    return seen[0]
+
+
+@pytest.mark.parametrize(("disabled", "traced"), [("false", True), ("true", False)])
+async def test_clients_are_traced_unless_the_sdk_is_disabled(
+    disabled: str, traced: bool, monkeypatch: pytest.MonkeyPatch, spans: InMemorySpanExporter
+) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", disabled)
+    async with create_http_client(connect_retries=0) as client:
+        headers = await _request_headers(client)
+
+    assert (b"traceparent:" in headers) is traced
+    assert bool(spans.get_finished_spans()) is traced
