@@ -133,6 +133,12 @@ async def order_to_notification(
         for k, v in timings.answered.items()
         if k in timings.notified
     ]
+    by_second: dict[int, list[float]] = {}
+    for key, sent in timings.sent.items():
+        if key in timings.notified:
+            by_second.setdefault(int(sent - start), []).append(
+                (timings.notified[key] - sent) * 1000
+            )
     return {
         "offered_orders_per_second": rate,
         "warm_up_seconds": warm_up,
@@ -153,4 +159,6 @@ async def order_to_notification(
         # From the moment the 201 is received (the asynchronous part alone).
         "after_201_p50_ms": round(percentile(from_answer, 0.5), 2),
         "after_201_p99_ms": round(percentile(from_answer, 0.99), 2),
+        # Slowest order → notification of each second: a stall shows as one bad second.
+        "max_ms_by_second": [round(max(by_second[s]), 1) for s in sorted(by_second)],
     }
