@@ -146,6 +146,17 @@ async def test_queries_make_database_client_spans_on_sqlalchemy_2_1(
     assert "SELECT" in str(attributes.get("db.query.text", attributes.get("db.statement")))
 
 
+async def test_pool_checkouts_make_no_connect_spans(
+    database: Database, spans: InMemorySpanExporter
+) -> None:
+    async with database.transaction() as session:
+        await session.execute(select(Item).limit(1))
+
+    names = [s.name for s in spans.get_finished_spans()]
+    assert names
+    assert "connect" not in names
+
+
 async def test_readiness_ping_makes_no_spans(
     database: Database, spans: InMemorySpanExporter
 ) -> None:

@@ -16,12 +16,13 @@ import httpx
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.instrumentation.utils import suppress_instrumentation, unwrap
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from sqlalchemy.engine import Engine
 
 logger = logging.getLogger("meshkit.telemetry")
 
@@ -96,6 +97,10 @@ def configure_telemetry(
     # SQLAlchemy's instrumentation declares sqlalchemy<2.1 and would silently skip itself on
     # 2.1; its engine hooks work on 2.1, which the database span test proves.
     SQLAlchemyInstrumentor().instrument(skip_dep_check=True, enable_commenter=False)
+    # Its `connect` span marks every pool checkout (a quarter of an order's spans), tells a
+    # reader nothing the statement spans do not, and cost ~6% of a service's CPU under load.
+    # The pool's connection metrics stay.
+    unwrap(Engine, "connect")
 
 
 def shutdown_telemetry() -> None:
