@@ -65,7 +65,7 @@ BASE_ENV = {
     # Pools sized for the load (32 connections): a pool smaller than the concurrency opens and
     # closes overflow connections as the load wavers, and each new connection pays for TLS
     # negotiation and prepares its statements again (2 + 8, the test meshes' pools: 135
-    # orders/s; 10 + 10, the defaults: 150; 20 + 0: 210). 3 × 20 fit the shared PostgreSQL.
+    # orders/s; 10 + 10, the defaults: 150; 20 + 0: 210). 3 x 20 fit the shared PostgreSQL.
     "DATABASE_POOL_SIZE": "20",
     "DATABASE_MAX_OVERFLOW": "0",
     # The gateway keeps auth and rate limiting on, with a limit the load stays under.
