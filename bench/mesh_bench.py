@@ -50,7 +50,8 @@ def _int_env(name: str, default: int) -> int:
 SECONDS = _int_env("BENCH_SECONDS", 8)  # per wrk figure, after a 2 s warm-up
 WARM_UP_SECONDS = 2
 CONNECTIONS = 32
-ORDER_RATE = 100  # orders/s for the notification latency
+ORDER_RATE = 100  # orders/s for the notification latency (the target's rate)
+HALF_ORDER_RATE = 50  # and at half of it, where the path is not near saturation
 ORDER_RATE_SECONDS = _int_env("BENCH_ORDER_RATE_SECONDS", 10)
 LOCUST_SECONDS = _int_env("BENCH_LOCUST_SECONDS", 10)
 LOCUST_USERS = 10
@@ -251,6 +252,14 @@ async def tracing_off_figures(mesh: RunningMesh, workdir: Path, token: str) -> d
         mesh.url("gateway"), token, rate=ORDER_RATE, seconds=ORDER_RATE_SECONDS
     )
     figures["order_to_notification"]["before"] = settled
+    settled = await wait_until_quiet(
+        mesh.database_url("orders"), mesh.database_url("notifications"), within=QUIET_SECONDS
+    )
+    _log(f"scenario 2: {HALF_ORDER_RATE} orders/s for {ORDER_RATE_SECONDS} s, SSE latency")
+    figures["order_to_notification_half_rate"] = await order_to_notification(
+        mesh.url("gateway"), token, rate=HALF_ORDER_RATE, seconds=ORDER_RATE_SECONDS
+    )
+    figures["order_to_notification_half_rate"]["before"] = settled
     figures["locust_smoke"] = locust_smoke(mesh, workdir)
     _log("scenario 4: commit → publish")
     figures["commit_to_publish"] = await commit_to_publish(
