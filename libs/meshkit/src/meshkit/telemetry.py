@@ -103,6 +103,11 @@ def configure_telemetry(
     unwrap(Engine, "connect")
 
 
+def tracing_enabled() -> bool:
+    """True once this process records spans (`configure_telemetry` ran, SDK not disabled)."""
+    return "tracer" in _state
+
+
 def shutdown_telemetry() -> None:
     """Flush and stop exporters; safe to call more than once."""
     for key in ("tracer", "meter"):

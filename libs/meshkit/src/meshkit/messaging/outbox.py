@@ -52,7 +52,7 @@ from meshkit.messaging.broker import Broker, BrokerUnavailableError, backoff_del
 from meshkit.messaging.events import EVENTS_EXCHANGE, CloudEvent, to_message
 from meshkit.messaging.metrics import sent_messages, watch_backlog
 from meshkit.messaging.tracing import context_from, publish_span, trace_carrier
-from meshkit.telemetry import untraced
+from meshkit.telemetry import tracing_enabled, untraced
 
 logger = logging.getLogger("meshkit.messaging.outbox")
 
@@ -263,30 +263,43 @@ class OutboxRelay:
 
     async def _publish(self, exchange: aio_pika.abc.AbstractExchange, row: Row[Any]) -> None:
         event = CloudEvent.model_validate(row.event)
-        parent = context_from({"traceparent": row.traceparent, "tracestate": row.tracestate})
+        stored = {"traceparent": row.traceparent, "tracestate": row.tracestate}
+        if not tracing_enabled():
+            # No span to make here (a no-op one cost ~9% of the relay's CPU): the stored context
+            # travels on unchanged, so services downstream that do trace stay in the trace.
+            headers = {key: value for key, value in stored.items() if value}
+            await self._send(exchange, event, headers)
+            return
         with publish_span(
             exchange=EVENTS_EXCHANGE,
             routing_key=event.type,
             message_id=str(event.id),
-            parent=parent,
+            parent=context_from(stored),
         ):
-            message = to_message(event, trace_headers=trace_carrier())
-            attributes = {
-                "messaging.system": "rabbitmq",
-                "messaging.destination.name": EVENTS_EXCHANGE,
-                "messaging.rabbitmq.destination.routing_key": event.type,
-            }
-            try:
-                await exchange.publish(
-                    message,
-                    routing_key=event.type,
-                    mandatory=True,
-                    timeout=self._settings.publish_timeout,
-                )
-            except Exception as exc:
-                sent_messages.add(1, {**attributes, "error.type": type(exc).__name__})
-                raise
-            sent_messages.add(1, attributes)
+            await self._send(exchange, event, trace_carrier())
+
+    async def _send(
+        self,
+        exchange: aio_pika.abc.AbstractExchange,
+        event: CloudEvent,
+        trace_headers: dict[str, str],
+    ) -> None:
+        attributes = {
+            "messaging.system": "rabbitmq",
+            "messaging.destination.name": EVENTS_EXCHANGE,
+            "messaging.rabbitmq.destination.routing_key": event.type,
+        }
+        try:
+            await exchange.publish(
+                to_message(event, trace_headers=trace_headers),
+                routing_key=event.type,
+                mandatory=True,
+                timeout=self._settings.publish_timeout,
+            )
+        except Exception as exc:
+            sent_messages.add(1, {**attributes, "error.type": type(exc).__name__})
+            raise
+        sent_messages.add(1, attributes)
 
     async def _postpone(self, connection: Any, row: Row[Any], error: BaseException) -> None:
         """A refused or unroutable event waits (growing delays) instead of blocking the batch."""
