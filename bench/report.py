@@ -19,6 +19,7 @@ def ratios_and_targets(
     overhead = figures["gateway_overhead"]
     gateway = overhead["gateway"]
     traced = figures["tracing_on"]
+    sampled = figures["tracing_sampled"]
     ratios = {
         "gateway_vs_nginx_throughput": _ratio(
             gateway["requests_per_second"], overhead["nginx"]["requests_per_second"]
@@ -40,6 +41,14 @@ def ratios_and_targets(
         ),
         "tracing_on_vs_off_order_throughput": _ratio(
             traced["order_throughput"]["requests_per_second"],
+            figures["order_throughput"]["requests_per_second"],
+        ),
+        "tracing_sampled_vs_off_gateway_throughput": _ratio(
+            sampled["gateway_overhead"]["gateway"]["requests_per_second"],
+            gateway["requests_per_second"],
+        ),
+        "tracing_sampled_vs_off_order_throughput": _ratio(
+            sampled["order_throughput"]["requests_per_second"],
             figures["order_throughput"]["requests_per_second"],
         ),
     }
@@ -153,13 +162,18 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines.append("|---|---:|---:|---:|---|---:|")
     for name, row in figures["gateway_overhead"].items():
         lines.append(_load_row(f"{name}, tracing off", row))
+    sampled = f"tracing on, {setup['tracing_sampled_sampler']}"
     lines.append(
         _load_row("gateway, tracing on", figures["tracing_on"]["gateway_overhead"]["gateway"])
+    )
+    lines.append(
+        _load_row(f"gateway, {sampled}", figures["tracing_sampled"]["gateway_overhead"]["gateway"])
     )
     lines += ["", "## 2. Order path: `POST /api/orders` through the gateway", "", load]
     lines.append("|---|---:|---:|---:|---|---:|")
     lines.append(_load_row("tracing off", figures["order_throughput"]))
     lines.append(_load_row("tracing on", figures["tracing_on"]["order_throughput"]))
+    lines.append(_load_row(sampled, figures["tracing_sampled"]["order_throughput"]))
     for key in ("order_to_notification", "order_to_notification_half_rate"):
         lines += ["", _flow_sentence(figures[key], setup)]
     drain, publish = figures["outbox_drain"], figures["commit_to_publish"]
