@@ -338,6 +338,19 @@ def test_production_is_highly_available(clusters: dict[str, Cluster]) -> None:
             assert image.startswith("registry.example.com/mesh/"), image
 
 
+def test_production_samples_traces_at_the_edge_and_dev_keeps_all(
+    clusters: dict[str, Cluster],
+) -> None:
+    for cluster in _prod_overlays(clusters):
+        for deployment in _app_deployments(cluster):
+            env = container_env(_container(deployment), cluster)
+            assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio", cluster.name
+            assert 0 < float(env["OTEL_TRACES_SAMPLER_ARG"]) < 1, cluster.name
+    for deployment in _app_deployments(clusters["dev"]):
+        env = container_env(_container(deployment), clusters["dev"])
+        assert env["OTEL_TRACES_SAMPLER"] == "parentbased_always_on"
+
+
 def test_prod_runs_replicated_operator_clusters(
     clusters: dict[str, Cluster], migrating: Deployable
 ) -> None:
