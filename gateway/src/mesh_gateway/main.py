@@ -38,6 +38,7 @@ from mesh_gateway.websocket import WebSocketForwarder
 from meshkit.app import create_service_app, lazy_app, readiness_checks
 from meshkit.auth import TokenVerifier
 from meshkit.http_client import create_http_client
+from meshkit.instrumentation import DURATION_BUCKETS
 from meshkit.middleware import RequestContextMiddleware
 
 TITLE = "Mesh API"
@@ -76,10 +77,6 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-# The semantic conventions' recommended boundaries for http.server.request.duration (seconds).
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 
 class Gateway:

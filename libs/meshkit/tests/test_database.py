@@ -7,11 +7,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from sqlalchemy import DateTime, select, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -20,6 +23,8 @@ from meshdev.postgres import ADMIN_DSN, create_database, drop_database, sqlalche
 from meshkit.db import Database, ReadOnlySessionError, is_database_unavailable, new_metadata
 from meshkit.pagination import Cursor, PageParams, build_page, paginate_newest_first
 from meshkit.problems import UnprocessableError
+
+TRACER = trace.get_tracer("tests")
 
 
 class Base(DeclarativeBase):
@@ -133,28 +138,85 @@ async def test_connections_the_server_dropped_fail_one_request_then_the_pool_rec
         await drop_database(name)
 
 
-async def test_queries_make_database_client_spans_on_sqlalchemy_2_1(
+def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    return [
+        point
+        for resource in (data.resource_metrics if data else [])
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+async def test_statements_of_a_request_are_client_spans_below_it(
     database: Database, spans: InMemorySpanExporter
 ) -> None:
-    async with database.transaction() as session:
-        await session.execute(select(Item).limit(1))
+    with TRACER.start_as_current_span("request") as request:
+        async with database.transaction() as session:
+            await session.execute(select(Item).limit(1))
 
     db_spans = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
-    assert db_spans, "SQLAlchemy instrumentation produced no spans"
-    attributes = db_spans[-1].attributes or {}
-    assert attributes.get("db.system.name", attributes.get("db.system")) == "postgresql"
-    assert "SELECT" in str(attributes.get("db.query.text", attributes.get("db.statement")))
+    select_span = next(s for s in db_spans if s.name == "SELECT")
+    assert select_span.parent is not None
+    assert select_span.parent.span_id == request.get_span_context().span_id
+    attributes = dict(select_span.attributes or {})
+    assert attributes["db.system.name"] == "postgresql"
+    assert attributes["db.namespace"] == database.engine.url.database
+    assert attributes["db.operation.name"] == "SELECT"
+    assert str(attributes["db.query.text"]).startswith("SELECT items.id")
+    assert attributes["server.port"] == database.engine.url.port
+    assert "connect" not in {s.name for s in spans.get_finished_spans()}
 
 
-async def test_pool_checkouts_make_no_connect_spans(
+async def test_a_failing_statement_is_an_error_span_with_its_sqlstate(
     database: Database, spans: InMemorySpanExporter
 ) -> None:
-    async with database.transaction() as session:
-        await session.execute(select(Item).limit(1))
+    with TRACER.start_as_current_span("request"), pytest.raises(sa_exc.DBAPIError):
+        async with database.reading() as session:
+            await session.execute(text("SELECT 1 / 0"))
 
-    names = [s.name for s in spans.get_finished_spans()]
-    assert names
-    assert "connect" not in names
+    (failed,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert failed.status.status_code is StatusCode.ERROR
+    assert (failed.attributes or {})["db.response.status_code"] == "22012"  # division_by_zero
+    assert "error.type" in (failed.attributes or {})
+
+
+async def test_statements_outside_a_sampled_request_make_no_spans(
+    database: Database, spans: InMemorySpanExporter
+) -> None:
+    async with database.reading() as session:  # no request at all (startup, housekeeping)
+        await session.execute(select(Item).limit(1))
+    sampled_out = NonRecordingSpan(
+        SpanContext(trace_id=1, span_id=2, is_remote=True, trace_flags=TraceFlags(0))
+    )
+    with trace.use_span(sampled_out):
+        async with database.reading() as session:
+            await session.execute(select(Item).limit(1))
+
+    assert spans.get_finished_spans() == ()
+
+
+async def test_pool_usage_is_a_gauge_read_when_metrics_are_collected(
+    database: Database, metric_reader: InMemoryMetricReader
+) -> None:
+    def usage() -> dict[str, int]:
+        name = database.engine.url.render_as_string(hide_password=True)
+        return {
+            str(p.attributes["state"]): int(p.value)
+            for p in _points(metric_reader, "db.client.connections.usage")
+            if p.attributes.get("pool.name") == name
+        }
+
+    async with database.reading() as session:
+        await session.execute(text("SELECT 1"))
+        holding = usage()
+    released = usage()
+
+    assert holding["used"] == 1
+    assert released["used"] == 0
+    assert released["idle"] == holding["idle"] + 1
 
 
 async def test_readiness_ping_makes_no_spans(

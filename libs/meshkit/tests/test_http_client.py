@@ -1,16 +1,24 @@
-"""The shared HTTP client reports connection failures precisely, so callers can pick 503 vs 504."""
+"""The shared HTTP client reports connection failures precisely, so callers can pick 503 vs 504,
+and traces every call."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 
 from meshdev.processes import free_port
 from meshkit.http_client import create_http_client
+
+TRACER = trace.get_tracer("tests")
 
 
 @pytest.fixture
@@ -102,23 +110,43 @@ async def test_urls_are_sent_exactly_as_encoded(client: httpx.AsyncClient) -> No
     assert seen == [b"GET /a%2Fb?cursor=x%2By%2Fz%3D&q=%41 HTTP/1.1"]
 
 
-async def _request_headers(client: httpx.AsyncClient) -> bytes:
+async def _request_headers(client: httpx.AsyncClient, status: int = 204) -> bytes:
     seen: list[bytes] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         seen.append((await reader.readuntil(b"\r\n\r\n")).lower())
-        writer.write(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+        head = f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        writer.write(head.encode())
         await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        await client.get(f"http://127.0.0.1:{port}/")
+        await client.get(f"http://127.0.0.1:{port}/path?access_token=secret")
     finally:
         server.close()
         await server.wait_closed()
     return seen[0]
+
+
+def _traceparent(headers: bytes) -> str:
+    match = re.search(rb"^traceparent: (\S+)\r$", headers, re.MULTILINE)
+    assert match is not None, headers
+    return match.group(1).decode()
+
+
+def _durations(reader: InMemoryMetricReader, port_seen: Callable[[Any], bool]) -> list[Any]:
+    data = reader.get_metrics_data()
+    return [
+        point
+        for resource in (data.resource_metrics if data else [])
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "http.client.request.duration"
+        for point in metric.data.data_points
+        if port_seen(point)
+    ]
 
 
 @pytest.mark.parametrize(("disabled", "traced"), [("false", True), ("true", False)])
@@ -127,7 +155,64 @@ async def test_clients_are_traced_unless_the_sdk_is_disabled(
 ) -> None:
     monkeypatch.setenv("OTEL_SDK_DISABLED", disabled)
     async with create_http_client(connect_retries=0) as client:
-        headers = await _request_headers(client)
+        with TRACER.start_as_current_span("request"):
+            headers = await _request_headers(client)
 
     assert (b"traceparent:" in headers) is traced
-    assert bool(spans.get_finished_spans()) is traced
+    client_spans = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert bool(client_spans) is traced
+
+
+async def test_a_call_is_a_client_span_whose_id_the_callee_receives(
+    spans: InMemorySpanExporter, metric_reader: InMemoryMetricReader
+) -> None:
+    async with create_http_client(connect_retries=0) as client:
+        with TRACER.start_as_current_span("request") as request:
+            headers = await _request_headers(client)
+
+    (call,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert call.name == "GET"
+    assert call.parent is not None
+    assert call.parent.span_id == request.get_span_context().span_id
+    _, trace_id, parent_id, flags = _traceparent(headers).split("-")
+    assert int(trace_id, 16) == call.context.trace_id
+    assert int(parent_id, 16) == call.context.span_id
+    assert int(flags, 16) & 0x01  # sampled
+    attributes = dict(call.attributes or {})
+    assert attributes["http.request.method"] == "GET"
+    assert attributes["http.response.status_code"] == 204
+    assert "secret" not in str(attributes["url.full"])  # credentials in URLs are redacted
+    port = attributes["server.port"]
+    measured = _durations(metric_reader, lambda p: p.attributes.get("server.port") == port)
+    assert [p.count for p in measured] == [1]
+    assert measured[0].attributes["http.response.status_code"] == 204
+
+
+async def test_an_error_answer_or_a_failed_call_is_an_error_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    async with create_http_client(connect_retries=0) as client:
+        with TRACER.start_as_current_span("request"):
+            await _request_headers(client, status=503)
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://127.0.0.1:{free_port()}/")
+
+    answered, refused = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert answered.status.status_code is StatusCode.ERROR
+    assert (answered.attributes or {})["error.type"] == "503"
+    assert refused.status.status_code is StatusCode.ERROR
+    assert (refused.attributes or {})["error.type"] == "ConnectError"
+
+
+async def test_a_sampled_out_request_passes_its_decision_on_without_a_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    sampled_out = NonRecordingSpan(
+        SpanContext(trace_id=0xABC, span_id=0xDEF, is_remote=True, trace_flags=TraceFlags(0))
+    )
+    async with create_http_client(connect_retries=0) as client:
+        with trace.use_span(sampled_out):
+            headers = await _request_headers(client)
+
+    assert _traceparent(headers) == f"00-{0xABC:032x}-{0xDEF:016x}-00"
+    assert spans.get_finished_spans() == ()

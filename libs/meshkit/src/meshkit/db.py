@@ -7,14 +7,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-import sqlalchemy.ext.asyncio as sa_asyncio
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session
 
-from meshkit.telemetry import untraced
+from meshkit.instrumentation import instrument_engine
+from meshkit.telemetry import tracing_enabled, untraced
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -81,8 +86,7 @@ class Database:
         pre_ping: bool = False,
         echo: bool = False,
     ) -> None:
-        # Looked up on the module at call time so OpenTelemetry's engine hook applies.
-        self.engine: AsyncEngine = sa_asyncio.create_async_engine(
+        self.engine: AsyncEngine = create_async_engine(
             url,
             pool_size=pool_size,
             max_overflow=max_overflow,
@@ -90,6 +94,8 @@ class Database:
             pool_recycle=1800,
             echo=echo,
         )
+        if tracing_enabled():
+            instrument_engine(self.engine.sync_engine)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # Autocommit connections from the same pool: a read of one statement is sent alone,
         # without BEGIN and COMMIT around it (asyncpg's adapter sets the mode without a query).

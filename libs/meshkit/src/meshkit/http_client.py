@@ -15,7 +15,8 @@ import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 
-from meshkit.telemetry import instrument_http_client
+from meshkit.instrumentation import TracedTransport
+from meshkit.telemetry import tracing_enabled
 
 
 def _precise_error(exc: httpx.TransportError, request: httpx.Request) -> httpx.TransportError:
@@ -128,10 +129,13 @@ def create_http_client(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
     )
-    client = httpx.AsyncClient(
+    outer: httpx.AsyncBaseTransport = ConnectRetryTransport(transport, retries=connect_retries)
+    if tracing_enabled():
+        # Outermost: one span per request, however many connection attempts it took.
+        outer = TracedTransport(outer)
+    return httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout),
         headers=headers,
-        transport=ConnectRetryTransport(transport, retries=connect_retries),
+        transport=outer,
     )
-    return instrument_http_client(client)

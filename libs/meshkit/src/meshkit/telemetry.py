@@ -12,17 +12,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx
 from opentelemetry import metrics, trace
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-from opentelemetry.instrumentation.utils import suppress_instrumentation, unwrap
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from sqlalchemy.engine import Engine
 
 logger = logging.getLogger("meshkit.telemetry")
 
@@ -65,7 +61,9 @@ def configure_telemetry(
     span_processors: tuple[SpanProcessor, ...] = (),
     metric_readers: tuple[MetricReader, ...] = (),
 ) -> None:
-    """Install the global tracer and meter providers (once per process) and library hooks."""
+    """Install the global tracer and meter providers (once per process). SQL and outgoing HTTP
+    calls are traced by `meshkit.instrumentation`, hooked in by `Database` and
+    `create_http_client` when this process traces."""
     # New, stable semantic conventions for HTTP and database spans and metrics.
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
     if "tracer" in _state or _truthy("OTEL_SDK_DISABLED"):
@@ -94,18 +92,11 @@ def configure_telemetry(
     _state["tracer"] = tracer_provider
     _state["meter"] = meter_provider
 
-    # SQLAlchemy's instrumentation declares sqlalchemy<2.1 and would silently skip itself on
-    # 2.1; its engine hooks work on 2.1, which the database span test proves.
-    SQLAlchemyInstrumentor().instrument(skip_dep_check=True, enable_commenter=False)
-    # Its `connect` span marks every pool checkout (a quarter of an order's spans), tells a
-    # reader nothing the statement spans do not, and cost ~6% of a service's CPU under load.
-    # The pool's connection metrics stay.
-    unwrap(Engine, "connect")
-
 
 def tracing_enabled() -> bool:
-    """True once this process records spans (`configure_telemetry` ran, SDK not disabled)."""
-    return "tracer" in _state
+    """True while this process records spans: `configure_telemetry` installed the providers
+    and `OTEL_SDK_DISABLED` is not set (since)."""
+    return "tracer" in _state and not _truthy("OTEL_SDK_DISABLED")
 
 
 def shutdown_telemetry() -> None:
@@ -118,14 +109,6 @@ def shutdown_telemetry() -> None:
             provider.shutdown()
         except Exception:  # pragma: no cover - exporter failures must not block a stop
             logger.exception("telemetry shutdown failed")
-
-
-def instrument_http_client(client: httpx.AsyncClient) -> httpx.AsyncClient:
-    """Client spans and `traceparent` injection for one client, whatever its transport; none
-    with `OTEL_SDK_DISABLED=true` (no-op spans still cost a tenth of a millisecond per call)."""
-    if not _truthy("OTEL_SDK_DISABLED"):
-        HTTPXClientInstrumentor.instrument_client(client)
-    return client
 
 
 @contextmanager

@@ -1,0 +1,218 @@
+"""Spans and metrics for the two calls every request makes: SQL statements and outgoing HTTP.
+
+A traced request pays about the same here as with the contrib packages
+(opentelemetry-instrumentation-sqlalchemy and -httpx): the cost is the span. A request that the
+sampler dropped does not: the contrib packages still build attributes, start a non-recording
+span and record four pool-usage measurements per checkout, which cost the mesh a tenth of its
+throughput at one trace in ten (docs/benchmarks.md, "What tracing costs"). These make the same
+spans (stable semantic conventions) from attributes computed once per engine, nothing at all
+below a span that does not record (only `traceparent` passes the decision on), and read the
+pool's usage when metrics are collected.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.instrumentation.utils import (
+    is_http_instrumentation_enabled,
+    is_instrumentation_enabled,
+)
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import SpanKind, StatusCode
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.engine.interfaces import ExceptionContext
+
+from meshkit.logging import redact
+
+# The semantic conventions' recommended boundaries for HTTP request durations (seconds).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+
+_SPAN_KEY = "_meshkit_span"
+
+
+class _StatementTracer:
+    """A CLIENT span per statement, from SQLAlchemy's cursor events."""
+
+    def __init__(self, engine: Engine) -> None:
+        url = engine.url
+        self._tracer = trace.get_tracer("meshkit.db")
+        self._attributes: dict[str, str | int] = {
+            "db.system.name": "postgresql",
+            "db.namespace": url.database or "",
+            "server.address": url.host or "localhost",
+            "server.port": url.port or 5432,
+        }
+
+    def before(
+        self,
+        connection: Any,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        if context is None or not is_instrumentation_enabled():
+            return
+        if not trace.get_current_span().is_recording():
+            # The request was sampled out (or runs outside any span): a child would be dropped
+            # too, so none is made.
+            return
+        # Statements are parameterised ($1, $2 …): the text carries no values.
+        operation = statement.split(None, 1)[0].upper() if statement.strip() else "postgresql"
+        setattr(
+            context,
+            _SPAN_KEY,
+            self._tracer.start_span(
+                operation,
+                kind=SpanKind.CLIENT,
+                attributes={
+                    **self._attributes,
+                    "db.operation.name": operation,
+                    "db.query.text": statement,
+                },
+            ),
+        )
+
+    @staticmethod
+    def after(
+        connection: Any,
+        cursor: Any,
+        statement: str,
+        parameters: Any,
+        context: Any,
+        executemany: bool,
+    ) -> None:
+        span = getattr(context, _SPAN_KEY, None)
+        if span is not None:
+            span.end()
+            setattr(context, _SPAN_KEY, None)
+
+    @staticmethod
+    def failed(exception_context: ExceptionContext) -> None:
+        span = getattr(exception_context.execution_context, _SPAN_KEY, None)
+        if span is None:
+            return
+        error = exception_context.original_exception
+        span.set_attribute("error.type", type(error).__qualname__)
+        sqlstate = getattr(error, "sqlstate", None)
+        if sqlstate:
+            span.set_attribute("db.response.status_code", str(sqlstate))
+        # The message may quote row values: the type and SQLSTATE say enough.
+        span.set_status(StatusCode.ERROR, type(error).__qualname__)
+        span.end()
+        setattr(exception_context.execution_context, _SPAN_KEY, None)
+
+
+_traced_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_pool_gauge: list[object] = []  # the one observable instrument, created with the first engine
+
+
+def _pool_usage(options: CallbackOptions) -> Iterable[Observation]:
+    for engine in list(_traced_engines):
+        pool: Any = engine.pool
+        if not hasattr(pool, "checkedout"):
+            continue  # a pool that keeps no connections (NullPool) has nothing to report
+        name = engine.url.render_as_string(hide_password=True)
+        yield Observation(pool.checkedout(), {"pool.name": name, "state": "used"})
+        yield Observation(pool.checkedin(), {"pool.name": name, "state": "idle"})
+
+
+def instrument_engine(engine: Engine) -> None:
+    """SQL spans for every statement of `engine` and its pool's usage as a gauge."""
+    if engine in _traced_engines:
+        return
+    if not _pool_gauge:
+        # Read at collection time: nothing is recorded per checkout.
+        _pool_gauge.append(
+            metrics.get_meter("meshkit.db").create_observable_up_down_counter(
+                "db.client.connections.usage",
+                callbacks=[_pool_usage],
+                unit="{connection}",
+                description="Connections of the pool by state (idle, used).",
+            )
+        )
+    statements = _StatementTracer(engine)
+    event.listen(engine, "before_cursor_execute", statements.before)
+    event.listen(engine, "after_cursor_execute", statements.after)
+    event.listen(engine, "handle_error", statements.failed)
+    _traced_engines.add(engine)
+
+
+class TracedTransport(httpx.AsyncBaseTransport):
+    """A CLIENT span and an `http.client.request.duration` measurement per request, and the
+    span's `traceparent` on the request, around another transport. The span ends when the
+    answer's headers arrive (a streamed body may go on for much longer)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+        self._tracer = trace.get_tracer("meshkit.http_client")
+        self._duration = metrics.get_meter("meshkit.http_client").create_histogram(
+            "http.client.request.duration",
+            unit="s",
+            description="Duration of HTTP client requests.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not is_http_instrumentation_enabled():
+            return await self._inner.handle_async_request(request)
+        url = request.url
+        method = request.method
+        attributes: dict[str, str | int] = {
+            "http.request.method": method,
+            "server.address": url.host,
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+        }
+        if not trace.get_current_span().is_recording():
+            # Sampled out, or outside any request: no span, but the callee learns the sampling
+            # decision from `traceparent`.
+            propagate.inject(request.headers)
+            return await self._measured(request, attributes, None)
+        with self._tracer.start_as_current_span(
+            method,
+            kind=SpanKind.CLIENT,
+            attributes={**attributes, "url.full": redact(str(url))},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            propagate.inject(request.headers)
+            return await self._measured(request, attributes, span)
+
+    async def _measured(
+        self,
+        request: httpx.Request,
+        attributes: dict[str, str | int],
+        span: trace.Span | None,
+    ) -> httpx.Response:
+        started = time.perf_counter()
+        try:
+            response = await self._inner.handle_async_request(request)
+        except Exception as exc:
+            error = attributes["error.type"] = type(exc).__qualname__
+            if span is not None:
+                span.set_attribute("error.type", error)
+                span.set_status(StatusCode.ERROR, error)
+            self._duration.record(time.perf_counter() - started, attributes)
+            raise
+        status = response.status_code
+        attributes["http.response.status_code"] = status
+        if status >= 400:
+            attributes["error.type"] = str(status)
+        if span is not None:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 400:
+                span.set_attribute("error.type", attributes["error.type"])
+                span.set_status(StatusCode.ERROR)
+        self._duration.record(time.perf_counter() - started, attributes)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
