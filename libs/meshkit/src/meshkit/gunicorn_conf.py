@@ -9,6 +9,7 @@ KEEPALIVE (seconds, default 75: longer than any proxy's idle timeout in front of
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -31,6 +32,18 @@ proc_name = os.environ.get("OTEL_SERVICE_NAME")
 # The runtime control socket defaults to one path per user: several masters on one machine
 # would fight over it, and a read-only root filesystem has no place for it.
 control_socket_disable = True
+
+
+def post_worker_init(worker: Any) -> None:
+    """Keep what the worker imported and built at start-up out of every later collection.
+
+    The app, its routes, schemas and ORM metadata are tens of thousands of long-lived objects;
+    each full collection walked them all, 60-100 ms with the event loop stopped, which showed as
+    one slow second in ten in the order → notification latency (docs/benchmarks.md). Garbage of
+    the start-up is collected first, so none of it is frozen.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def worker_exit(server: Any, worker: Any) -> None:
