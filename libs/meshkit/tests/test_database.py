@@ -7,7 +7,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import pytest
@@ -20,6 +19,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from meshdev.postgres import ADMIN_DSN, create_database, drop_database, sqlalchemy_url
+from meshdev.pytest_plugin import metric_points
 from meshkit.db import Database, ReadOnlySessionError, is_database_unavailable, new_metadata
 from meshkit.pagination import Cursor, PageParams, build_page, paginate_newest_first
 from meshkit.problems import UnprocessableError
@@ -138,18 +138,6 @@ async def test_connections_the_server_dropped_fail_one_request_then_the_pool_rec
         await drop_database(name)
 
 
-def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
-    data = reader.get_metrics_data()
-    return [
-        point
-        for resource in (data.resource_metrics if data else [])
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if metric.name == name
-        for point in metric.data.data_points
-    ]
-
-
 async def test_statements_of_a_request_are_client_spans_below_it(
     database: Database, spans: InMemorySpanExporter
 ) -> None:
@@ -205,7 +193,7 @@ async def test_pool_usage_is_a_gauge_read_when_metrics_are_collected(
         name = database.engine.url.render_as_string(hide_password=True)
         return {
             str(p.attributes["state"]): int(p.value)
-            for p in _points(metric_reader, "db.client.connections.usage")
+            for p in metric_points(metric_reader, "db.client.connections.usage")
             if p.attributes.get("pool.name") == name
         }
 

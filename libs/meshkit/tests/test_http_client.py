@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -16,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 
 from meshdev.processes import free_port
+from meshdev.pytest_plugin import metric_points
 from meshkit.http_client import create_http_client
 
 TRACER = trace.get_tracer("tests")
@@ -136,19 +136,6 @@ def _traceparent(headers: bytes) -> str:
     return match.group(1).decode()
 
 
-def _durations(reader: InMemoryMetricReader, port_seen: Callable[[Any], bool]) -> list[Any]:
-    data = reader.get_metrics_data()
-    return [
-        point
-        for resource in (data.resource_metrics if data else [])
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if metric.name == "http.client.request.duration"
-        for point in metric.data.data_points
-        if port_seen(point)
-    ]
-
-
 @pytest.mark.parametrize(("disabled", "traced"), [("false", True), ("true", False)])
 async def test_clients_are_traced_unless_the_sdk_is_disabled(
     disabled: str, traced: bool, monkeypatch: pytest.MonkeyPatch, spans: InMemorySpanExporter
@@ -183,7 +170,11 @@ async def test_a_call_is_a_client_span_whose_id_the_callee_receives(
     assert attributes["http.response.status_code"] == 204
     assert "secret" not in str(attributes["url.full"])  # credentials in URLs are redacted
     port = attributes["server.port"]
-    measured = _durations(metric_reader, lambda p: p.attributes.get("server.port") == port)
+    measured = [
+        p
+        for p in metric_points(metric_reader, "http.client.request.duration")
+        if p.attributes.get("server.port") == port
+    ]
     assert [p.count for p in measured] == [1]
     assert measured[0].attributes["http.response.status_code"] == 204
 

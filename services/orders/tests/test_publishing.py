@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aio_pika
 import asyncpg
@@ -16,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from meshdev.customers import eventually
+from meshdev.pytest_plugin import metric_points
 from meshdev.rabbitmq import amqp_url
 from meshdev.stack import RunningMesh
 from meshkit.messaging import EVENTS_EXCHANGE
@@ -124,18 +124,6 @@ async def test_an_unroutable_event_stays_pending_until_a_queue_is_bound(
     await eventually(all_sent)
 
 
-def _points(reader: InMemoryMetricReader, name: str) -> list[Any]:
-    data = reader.get_metrics_data()
-    return [
-        point
-        for resource in (data.resource_metrics if data else [])
-        for scope in resource.scope_metrics
-        for metric in scope.metrics
-        if metric.name == name
-        for point in metric.data.data_points
-    ]
-
-
 async def test_published_events_and_the_backlog_are_measured(
     client: httpx.AsyncClient,
     alice: dict[str, str],
@@ -147,11 +135,11 @@ async def test_published_events_and_the_backlog_are_measured(
 
     sent = [
         p
-        for p in _points(metric_reader, "messaging.client.sent.messages")
+        for p in metric_points(metric_reader, "messaging.client.sent.messages")
         if p.attributes.get("messaging.rabbitmq.destination.routing_key") == "order.created"
         and "error.type" not in p.attributes
     ]
     assert sum(p.value for p in sent) >= 1
-    backlog = _points(metric_reader, "outbox.pending.messages")
+    backlog = metric_points(metric_reader, "outbox.pending.messages")
     assert backlog
     assert {p.attributes["outbox.table"] for p in backlog} == {"outbox"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -33,6 +35,19 @@ def spans() -> InMemorySpanExporter:
 def metric_reader() -> InMemoryMetricReader:
     """Every metric of the test process; `collect()` reads the current values."""
     return METRICS
+
+
+def metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    """The current data points of the instrument `name`, from every resource and scope."""
+    data = reader.get_metrics_data()
+    return [
+        point
+        for resource in (data.resource_metrics if data else [])
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
 
 
 _EXERCISED: dict[str, int] = {}
