@@ -66,7 +66,8 @@ class _StatementTracer:
             # too, so none is made.
             return
         # Statements are parameterised ($1, $2 …): the text carries no values.
-        operation = statement.split(None, 1)[0].upper() if statement.strip() else "postgresql"
+        words = statement.split(None, 1)
+        operation = words[0].upper() if words else "postgresql"
         setattr(
             context,
             _SPAN_KEY,

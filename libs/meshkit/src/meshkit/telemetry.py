@@ -95,7 +95,7 @@ def configure_telemetry(
 
 def tracing_enabled() -> bool:
     """True while this process records spans: `configure_telemetry` installed the providers
-    and `OTEL_SDK_DISABLED` is not set (since)."""
+    and `OTEL_SDK_DISABLED` is not set (read at each call: tests switch it per test)."""
     return "tracer" in _state and not _truthy("OTEL_SDK_DISABLED")
 
 
