@@ -1,14 +1,14 @@
 """`make bench`: what the mesh costs per request, side by side with nginx, in one bounded run.
 
-One mesh is started with the production command (one gunicorn worker per process), against
-throw-away databases and a throw-away RabbitMQ vhost, with tracing off
-(`OTEL_SDK_DISABLED=true`) for every scenario; then restarted in place with every request
-traced, exporting over OTLP/HTTP to a discarding nginx sink, for the throughput runs that the
-tracing ratio compares; and once more with one trace in ten sampled at the gateway, to show what
-head sampling saves. Absolute figures drift on a shared 2-core machine; the ratios between
-figures of the same run are what the README quotes. Every load loop is bounded in time and
-count; the whole run takes about three minutes. Results: bench/results/latest.json and
-latest.md.
+A mesh is started with the production command (one gunicorn worker per process), against
+throw-away databases and a throw-away RabbitMQ vhost, with tracing off (`OTEL_SDK_DISABLED=true`).
+For the tracing ratio a second mesh runs beside it with every request traced, exporting over
+OTLP/HTTP to a discarding nginx sink, plus a second gateway in front of the traced services that
+samples one trace in ten (head sampling, the production setting). Figures that are compared are
+measured in interleaved windows (A B C C B A): this machine's speed drifts by tens of percent
+within minutes, and interleaving makes the compared figures see the same drift. Every load loop
+is bounded in time and count; the whole run takes about three and a half minutes. Results:
+bench/results/latest.json and latest.md.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from report import markdown, ratios_and_targets
 
 from meshdev.api import UsersApi
 from meshdev.mesh import MESH
-from meshdev.processes import free_port
+from meshdev.processes import ServiceProcess, free_port
 from meshdev.stack import RunningMesh, running_mesh
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,8 +50,10 @@ def _int_env(name: str, default: int) -> int:
 
 
 # Bounds of every loop (environment overrides for a quick try, e.g. BENCH_SECONDS=3).
-SECONDS = _int_env("BENCH_SECONDS", 8)  # per wrk figure, after a 2 s warm-up
-WARM_UP_SECONDS = 2
+SECONDS = _int_env("BENCH_SECONDS", 8)  # per wrk figure, in windows of SECONDS / ROUNDS
+ROUNDS = 2  # A B C, then C B A
+WINDOW_SECONDS = max(1, SECONDS // ROUNDS)
+WARM_UP_SECONDS = 1  # before every window: wrk opens new connections each time
 CONNECTIONS = 32
 ORDER_RATE = 100  # orders/s for the notification latency (the target's rate)
 HALF_ORDER_RATE = 50  # and at half of it, where the path is not near saturation
@@ -65,11 +68,12 @@ LATENCY_SAMPLES = 200  # commit → publish, one event every 20 ms
 BASE_ENV = {
     "WEB_CONCURRENCY": "1",
     "LOG_LEVEL": "WARNING",
-    # Pools sized for the load (32 connections): a pool smaller than the concurrency opens and
-    # closes overflow connections as the load wavers, and each new connection pays for TLS
-    # negotiation and prepares its statements again (2 + 8, the test meshes' pools: 135
-    # orders/s; 10 + 10, the defaults: 150; 20 + 0: 210). 3 x 20 fit the shared PostgreSQL.
-    "DATABASE_POOL_SIZE": "20",
+    # Fixed pools, no overflow: overflow connections open and close as the load wavers, and each
+    # new connection prepares its statements again (2 + 8, the test meshes' pools: 135
+    # orders/s; 10 + 10, the defaults: 150; 20 + 0: 210). 2 meshes x 3 services x 12 fit the
+    # shared PostgreSQL's 100 connections; 12 against 20 cost a few percent of orders/s at
+    # most (docs/benchmarks.md).
+    "DATABASE_POOL_SIZE": "12",
     "DATABASE_MAX_OVERFLOW": "0",
     # The gateway keeps auth and rate limiting on, with a limit the load stays under.
     "RATE_LIMIT_ENABLED": "true",
@@ -140,18 +144,53 @@ def _pids(mesh: RunningMesh, *names: str) -> dict[str, int]:
     return pids
 
 
-def measured(url: str, pids: Mapping[str, int], **load: Any) -> dict[str, Any]:
-    """A wrk run after a warm-up, with the CPU milliseconds per request of each process tree."""
-    wrk(url, seconds=WARM_UP_SECONDS, connections=CONNECTIONS, **load)
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    result = wrk(url, seconds=SECONDS, connections=CONNECTIONS, **load)
-    requests = max(result.requests, 1)
+@dataclass(frozen=True)
+class Target:
+    """What one figure loads (`url`, with wrk's `load` options), whose CPU it counts (`pids`),
+    and what to wait for after each of its windows (`settle`: the events an order run leaves)."""
+
+    url: str
+    pids: Mapping[str, int]
+    load: Mapping[str, Any]
+    settle: Callable[[], Awaitable[object]] | None = None
+
+
+async def interleaved(targets: Mapping[str, Target]) -> dict[str, dict[str, Any]]:
+    """Figures of `targets` measured in alternating wrk windows, in the order A B C C B A, so
+    that a slow minute of the machine falls on every figure alike; each window follows a short
+    warm-up. A figure's req/s and latencies are the means of its windows, its CPU per request
+    is the CPU of its windows over their requests."""
+    names = list(targets)
+    order = [name for r in range(ROUNDS) for name in (names if r % 2 == 0 else names[::-1])]
+    windows: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {n: [] for n in names}
+    for name in order:
+        target = targets[name]
+        wrk(target.url, seconds=WARM_UP_SECONDS, connections=CONNECTIONS, **target.load)
+        before = {process: cpu_seconds(pid) for process, pid in target.pids.items()}
+        result = wrk(target.url, seconds=WINDOW_SECONDS, connections=CONNECTIONS, **target.load)
+        cpu = {process: cpu_seconds(pid) - before[process] for process, pid in target.pids.items()}
+        windows[name].append((result.as_dict(), cpu))
+        if target.settle is not None:
+            await target.settle()
+    return {name: _combined(windows[name]) for name in names}
+
+
+def _combined(windows: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, Any]:
+    def mean(key: str) -> float:
+        return round(sum(result[key] for result, _ in windows) / len(windows), 2)
+
+    requests = max(sum(result["requests"] for result, _ in windows), 1)
     return {
-        **result.as_dict(),
+        "requests_per_second": round(mean("requests_per_second"), 1),
+        "requests": requests,
+        "p50_ms": mean("p50_ms"),
+        "p99_ms": mean("p99_ms"),
+        "errors": sum(result["errors"] for result, _ in windows),
         "cpu_ms_per_request": {
-            name: round((cpu_seconds(pid) - before[name]) * 1000 / requests, 3)
-            for name, pid in pids.items()
+            process: round(sum(cpu[process] for _, cpu in windows) * 1000 / requests, 3)
+            for process in windows[0][1]
         },
+        "windows_requests_per_second": [result["requests_per_second"] for result, _ in windows],
     }
 
 
@@ -160,40 +199,89 @@ async def customer_token(mesh: RunningMesh) -> str:
         return await UsersApi(client).token("bench@example.com")
 
 
-async def gateway_overhead(mesh: RunningMesh, token: str, *, with_nginx: bool) -> dict[str, Any]:
-    """Scenario 1: the same authenticated GET direct, through the gateway, through nginx."""
-    headers = {"Authorization": f"Bearer {token}"}
-    path = "/api/users/me"
+USERS_ME = "/api/users/me"
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _gateway_get(mesh: RunningMesh, token: str, gateway: ServiceProcess | None = None) -> Target:
+    gateway = gateway or mesh.processes["gateway"]
+    assert gateway.process is not None
+    return Target(
+        gateway.url + USERS_ME,
+        {**_pids(mesh, "users"), "gateway": gateway.process.pid},
+        {"headers": _bearer(token)},
+    )
+
+
+def _order_post(mesh: RunningMesh, token: str, gateway: ServiceProcess | None = None) -> Target:
+    gateway = gateway or mesh.processes["gateway"]
+    assert gateway.process is not None
+
+    async def settle() -> None:
+        # The run leaves the relay and the consumer a backlog of its orders' events; left
+        # alone, it would be worked off during the next window, on another figure's CPU.
+        await wait_until_quiet(
+            mesh.database_url("orders"), mesh.database_url("notifications"), within=QUIET_SECONDS
+        )
+
+    return Target(
+        gateway.url + "/api/orders",
+        {"gateway": gateway.process.pid, **_pids(mesh, "orders", "users", "notifications")},
+        {
+            "method": "POST",
+            "body": json.dumps(ORDER_BODY),
+            "headers": {**_bearer(token), "Content-Type": "application/json"},
+        },
+        settle,
+    )
+
+
+async def gateway_overhead(mesh: RunningMesh, token: str) -> dict[str, Any]:
+    """Scenario 1: the same authenticated GET direct, through nginx, through the gateway."""
     users = mesh.processes["users"]
-    figures: dict[str, Any] = {}
-    if with_nginx:
-        _log("scenario 1: direct")
-        figures["direct"] = measured(users.url + path, _pids(mesh, "users"), headers=headers)
-        nginx = Nginx(listen_port=free_port(), upstream=f"127.0.0.1:{users.port}").start()
-        try:
-            _log("scenario 1: nginx")
-            figures["nginx"] = measured(
-                nginx.url + path, {**_pids(mesh, "users"), "nginx": nginx.pid}, headers=headers
-            )
-        finally:
-            nginx.stop()
-    _log("scenario 1: gateway")
-    figures["gateway"] = measured(
-        mesh.url("gateway") + path, _pids(mesh, "users", "gateway"), headers=headers
-    )
-    return figures
+    nginx = Nginx(listen_port=free_port(), upstream=f"127.0.0.1:{users.port}").start()
+    load = {"headers": _bearer(token)}
+    try:
+        _log("scenario 1: direct, nginx, gateway (interleaved)")
+        return await interleaved(
+            {
+                "direct": Target(users.url + USERS_ME, _pids(mesh, "users"), load),
+                "nginx": Target(
+                    nginx.url + USERS_ME, {**_pids(mesh, "users"), "nginx": nginx.pid}, load
+                ),
+                "gateway": _gateway_get(mesh, token),
+            }
+        )
+    finally:
+        nginx.stop()
 
 
-def order_throughput(mesh: RunningMesh, token: str) -> dict[str, Any]:
-    """Scenario 2a: POST /api/orders through the gateway (users check, DB write, outbox)."""
-    _log("scenario 2: order throughput")
-    return measured(
-        mesh.url("gateway") + "/api/orders",
-        _pids(mesh, "gateway", "orders", "users", "notifications"),
-        method="POST",
-        body=json.dumps(ORDER_BODY),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+async def tracing_overhead(
+    off: RunningMesh, traced: RunningMesh, sampled_gateway: ServiceProcess, tokens: dict[str, str]
+) -> dict[str, Any]:
+    """Scenarios 3 and 2a: GET /api/users/me and POST /api/orders (users check, DB write,
+    outbox) through a gateway, with tracing off, on, and on with head sampling; each users
+    service signs its own tokens."""
+    _log("scenario 3: GET through the gateway, tracing off / on / sampled (interleaved)")
+    gets = await interleaved(
+        {
+            "off": _gateway_get(off, tokens["off"]),
+            "on": _gateway_get(traced, tokens["traced"]),
+            "sampled": _gateway_get(traced, tokens["traced"], sampled_gateway),
+        }
     )
+    _log("scenarios 2 and 3: POST /api/orders, tracing off / on / sampled (interleaved)")
+    posts = await interleaved(
+        {
+            "off": _order_post(off, tokens["off"]),
+            "on": _order_post(traced, tokens["traced"]),
+            "sampled": _order_post(traced, tokens["traced"], sampled_gateway),
+        }
+    )
+    return {"gateway": gets, "orders": posts}
 
 
 def locust_smoke(mesh: RunningMesh, directory: Path) -> dict[str, Any]:
@@ -235,54 +323,35 @@ def _nginx_sink() -> Iterator[Nginx]:
         sink.stop()
 
 
-async def restart_with(mesh: RunningMesh, env: Mapping[str, str]) -> None:
-    """Restarts every process with `env` added (same databases, vhost and ports): cheaper than a
-    second mesh. The gateway stops first and starts last, once its upstreams are ready."""
-    order = [d.name for d in MESH if d.name != "gateway"]
+@contextlib.asynccontextmanager
+async def second_gateway(
+    mesh: RunningMesh, env: Mapping[str, str]
+) -> AsyncIterator[ServiceProcess]:
+    """Another gateway in front of `mesh`'s services, on its own port, with `env` added."""
     gateway = mesh.processes["gateway"]
-    await asyncio.to_thread(gateway.stop)
-    await asyncio.gather(*(asyncio.to_thread(mesh.processes[n].stop) for n in order))
-    for process in mesh.processes.values():
-        process.env.update(env)
-    for name in order:
-        mesh.processes[name].start()
-    await asyncio.gather(*(asyncio.to_thread(mesh.processes[n].wait_ready) for n in order))
-    gateway.start()
-    await asyncio.to_thread(gateway.wait_ready)
+    process = ServiceProcess(
+        gateway.package,
+        env={**{k: v for k, v in gateway.env.items() if k != "PORT"}, **env},
+        log_path=gateway.log_path.with_name("gateway-sampled.log"),
+    )
+    process.start()
+    try:
+        await asyncio.to_thread(process.wait_ready)
+        yield process
+    finally:
+        await asyncio.to_thread(process.stop)
 
 
-async def tracing_off_figures(mesh: RunningMesh, workdir: Path, token: str) -> dict[str, Any]:
-    figures: dict[str, Any] = {
-        "gateway_overhead": await gateway_overhead(mesh, token, with_nginx=True),
-        "order_throughput": order_throughput(mesh, token),
-    }
-    # The throughput run leaves the relays and the consumer a backlog of its orders' events;
-    # the paced orders' notifications would queue behind it and measure that backlog.
-    _log("waiting for the throughput run's events to be through")
-    settled = await wait_until_quiet(
-        mesh.database_url("orders"), mesh.database_url("notifications"), within=QUIET_SECONDS
-    )
-    _log(f"scenario 2: {ORDER_RATE} orders/s for {ORDER_RATE_SECONDS} s, SSE latency")
-    figures["order_to_notification"] = await order_to_notification(
-        mesh.url("gateway"), token, rate=ORDER_RATE, seconds=ORDER_RATE_SECONDS
-    )
-    figures["order_to_notification"]["before"] = settled
-    settled = await wait_until_quiet(
-        mesh.database_url("orders"), mesh.database_url("notifications"), within=QUIET_SECONDS
-    )
-    _log(f"scenario 2: {HALF_ORDER_RATE} orders/s for {ORDER_RATE_SECONDS} s, SSE latency")
-    figures["order_to_notification_half_rate"] = await order_to_notification(
-        mesh.url("gateway"), token, rate=HALF_ORDER_RATE, seconds=ORDER_RATE_SECONDS
-    )
-    figures["order_to_notification_half_rate"]["before"] = settled
-    figures["locust_smoke"] = locust_smoke(mesh, workdir)
+async def messaging_figures(mesh: RunningMesh) -> dict[str, Any]:
     _log("scenario 4: commit → publish")
-    figures["commit_to_publish"] = await commit_to_publish(
-        mesh.database_url("orders"),
-        mesh.wiring.rabbitmq_url,
-        samples=LATENCY_SAMPLES,
-        interval=0.02,
-    )
+    figures: dict[str, Any] = {
+        "commit_to_publish": await commit_to_publish(
+            mesh.database_url("orders"),
+            mesh.wiring.rabbitmq_url,
+            samples=LATENCY_SAMPLES,
+            interval=0.02,
+        )
+    }
     _log(f"scenario 4: outbox drain of {OUTBOX_BACKLOG} events, consumer")
     figures["outbox_drain"] = await drain_and_consume(
         mesh.database_url("orders"),
@@ -296,28 +365,68 @@ async def tracing_off_figures(mesh: RunningMesh, workdir: Path, token: str) -> d
     return figures
 
 
-async def tracing_on_figures(mesh: RunningMesh, token: str, label: str) -> dict[str, Any]:
-    _log(f"scenario 3: {label}")
-    overhead = await gateway_overhead(mesh, token, with_nginx=False)
-    return {"gateway_overhead": overhead, "order_throughput": order_throughput(mesh, token)}
+async def order_latency(mesh: RunningMesh, token: str, rate: int) -> dict[str, Any]:
+    """Scenario 2b: order → notification at a fixed rate, once earlier events are through."""
+    settled = await wait_until_quiet(
+        mesh.database_url("orders"), mesh.database_url("notifications"), within=QUIET_SECONDS
+    )
+    _log(f"scenario 2: {rate} orders/s for {ORDER_RATE_SECONDS} s, SSE latency")
+    flow = await order_to_notification(
+        mesh.url("gateway"), token, rate=rate, seconds=ORDER_RATE_SECONDS
+    )
+    return {**flow, "before": settled}
+
+
+@contextlib.asynccontextmanager
+async def side_by_side(
+    workdir: Path, sink: Nginx
+) -> AsyncIterator[tuple[RunningMesh, RunningMesh]]:
+    """The untraced mesh and the traced one, started at the same time (half the waiting)."""
+    names = [d.name for d in MESH]
+    async with contextlib.AsyncExitStack() as stack:
+        meshes = (
+            running_mesh(workdir, names=names, env={**BASE_ENV, **TRACING_OFF}),
+            running_mesh(workdir / "traced", names=names, env={**BASE_ENV, **tracing_on(sink)}),
+        )
+        starting = [asyncio.ensure_future(stack.enter_async_context(mesh)) for mesh in meshes]
+        try:
+            off, traced = await asyncio.gather(*starting)
+        except BaseException:
+            # A mesh that failed to start has cleaned up after itself; stop the other one's
+            # start, and what it had already started goes when the stack unwinds.
+            for task in starting:
+                task.cancel()
+            await asyncio.gather(*starting, return_exceptions=True)
+            raise
+        yield off, traced
+
+
+async def stop_processes(mesh: RunningMesh) -> None:
+    """Stops a mesh's processes early (its databases and vhost go when its context ends)."""
+    await asyncio.gather(*(asyncio.to_thread(p.stop) for p in mesh.processes.values()))
 
 
 async def run_all(workdir: Path) -> dict[str, Any]:
-    names = [d.name for d in MESH]
-    _log("starting the mesh")
-    # The sink outlives the mesh, so the last spans leave at once on shutdown instead of retrying.
+    figures: dict[str, Any] = {}
+    _log("starting two meshes: tracing off, and tracing on")
+    # The sink outlives the meshes, so the last spans leave at once on shutdown.
     with _nginx_sink() as sink:
-        async with running_mesh(workdir, names=names, env={**BASE_ENV, **TRACING_OFF}) as mesh:
-            token = await customer_token(mesh)
-            figures = await tracing_off_figures(mesh, workdir, token)
-            _log("restarting the mesh with tracing on")
-            await restart_with(mesh, tracing_on(sink))
-            figures["tracing_on"] = await tracing_on_figures(mesh, token, "tracing on")
-            _log(f"restarting the mesh with tracing on, head sampling {SAMPLED_RATIO}")
-            await restart_with(mesh, tracing_sampled(sink))
-            figures["tracing_sampled"] = await tracing_on_figures(
-                mesh, token, f"tracing on, head sampling {SAMPLED_RATIO}"
+        async with side_by_side(workdir, sink) as (mesh, traced):
+            tokens = {"off": await customer_token(mesh), "traced": await customer_token(traced)}
+            token = tokens["off"]
+            # The traced mesh idles meanwhile (its export threads wake every few seconds).
+            figures["gateway_overhead"] = await gateway_overhead(mesh, token)
+            _log("starting a gateway sampling 1 trace in 10 in front of the traced services")
+            async with second_gateway(traced, tracing_sampled(sink)) as sampled_gateway:
+                figures["tracing"] = await tracing_overhead(mesh, traced, sampled_gateway, tokens)
+            _log("stopping the traced mesh: what follows has the machine to itself")
+            await stop_processes(traced)
+            figures["order_to_notification"] = await order_latency(mesh, token, ORDER_RATE)
+            figures["order_to_notification_half_rate"] = await order_latency(
+                mesh, token, HALF_ORDER_RATE
             )
+            figures["locust_smoke"] = locust_smoke(mesh, workdir)
+            figures.update(await messaging_figures(mesh))
     return figures
 
 
@@ -341,8 +450,9 @@ def main() -> None:
             "deployables": [d.name for d in MESH],
             "workers_per_process": 1,
             "connections": CONNECTIONS,
-            "seconds_per_wrk_figure": SECONDS,
-            "warm_up_seconds": WARM_UP_SECONDS,
+            "seconds_per_wrk_figure": WINDOW_SECONDS * ROUNDS,
+            "windows_per_figure": ROUNDS,
+            "warm_up_seconds_per_window": WARM_UP_SECONDS,
             "order_rate_per_second": ORDER_RATE,
             "order_rate_seconds": ORDER_RATE_SECONDS,
             "outbox_backlog": OUTBOX_BACKLOG,
@@ -351,6 +461,8 @@ def main() -> None:
             "tracing_sink": "nginx answering 204 to every OTLP/HTTP export",
             "tracing_on_sampler": "parentbased_always_on (every request)",
             "tracing_sampled_sampler": f"parentbased_traceidratio {SAMPLED_RATIO}",
+            "tracing_sampled_setup": "a second gateway with this sampler in front of the traced "
+            "services, which follow its decision",
         },
         "figures": figures,
         "ratios": ratios,
