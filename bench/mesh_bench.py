@@ -5,7 +5,7 @@ throw-away databases and a throw-away RabbitMQ vhost, with tracing off (`OTEL_SD
 For the tracing ratio a second mesh runs beside it with every request traced, exporting over
 OTLP/HTTP to a discarding nginx sink, plus a second gateway in front of the traced services that
 samples one trace in ten (head sampling, the production setting). Figures that are compared are
-measured in interleaved windows (A B C C B A): this machine's speed drifts by tens of percent
+measured in interleaved windows (A B C C B A, twice): this machine's speed drifts by tens of percent
 within minutes, and interleaving makes the compared figures see the same drift. Every load loop
 is bounded in time and count; the whole run takes about three and a half minutes. Results:
 bench/results/latest.json and latest.md.
@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,9 +52,11 @@ def _int_env(name: str, default: int) -> int:
 
 # Bounds of every loop (environment overrides for a quick try, e.g. BENCH_SECONDS=3).
 SECONDS = _int_env("BENCH_SECONDS", 8)  # per wrk figure, in windows of SECONDS / ROUNDS
-ROUNDS = 2  # A B C, then C B A
+# A B C, C B A, A B C, C B A: with two rounds of 4 s, one slow spell of the machine in a
+# window still moved a ratio by 0.2 (tracing sampled ÷ off: 0.65, and 0.82 with four rounds).
+ROUNDS = 4
 WINDOW_SECONDS = max(1, SECONDS // ROUNDS)
-WARM_UP_SECONDS = 1  # before every window: wrk opens new connections each time
+WARM_UP_SECONDS = 1  # before the first window of each figure
 CONNECTIONS = 32
 ORDER_RATE = 100  # orders/s for the notification latency (the target's rate)
 HALF_ORDER_RATE = 50  # and at half of it, where the path is not near saturation
@@ -156,16 +159,19 @@ class Target:
 
 
 async def interleaved(targets: Mapping[str, Target]) -> dict[str, dict[str, Any]]:
-    """Figures of `targets` measured in alternating wrk windows, in the order A B C C B A, so
-    that a slow minute of the machine falls on every figure alike; each window follows a short
-    warm-up. A figure's req/s and latencies are the means of its windows, its CPU per request
-    is the CPU of its windows over their requests."""
+    """Figures of `targets` measured in alternating wrk windows, in the order A B C C B A …, so
+    that a slow minute of the machine falls on every figure alike; each target's first window
+    follows a short warm-up. A figure's req/s and latencies are the medians of its windows,
+    its CPU per request is the CPU of its windows over their requests."""
     names = list(targets)
     order = [name for r in range(ROUNDS) for name in (names if r % 2 == 0 else names[::-1])]
     windows: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {n: [] for n in names}
     for name in order:
         target = targets[name]
-        wrk(target.url, seconds=WARM_UP_SECONDS, connections=CONNECTIONS, **target.load)
+        if not windows[name]:
+            # Once per target: later windows open new connections too, but the caches of the
+            # processes (JWKS, tokens, statements) are warm by then.
+            wrk(target.url, seconds=WARM_UP_SECONDS, connections=CONNECTIONS, **target.load)
         before = {process: cpu_seconds(pid) for process, pid in target.pids.items()}
         result = wrk(target.url, seconds=WINDOW_SECONDS, connections=CONNECTIONS, **target.load)
         cpu = {process: cpu_seconds(pid) - before[process] for process, pid in target.pids.items()}
@@ -176,15 +182,17 @@ async def interleaved(targets: Mapping[str, Target]) -> dict[str, dict[str, Any]
 
 
 def _combined(windows: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, Any]:
-    def mean(key: str) -> float:
-        return round(sum(result[key] for result, _ in windows) / len(windows), 2)
+    def median(key: str) -> float:
+        # Not the mean: a slow spell of the machine in one window (seen: 470 req/s between
+        # windows of 780 and 640) would move the figure, and every ratio made with it.
+        return round(statistics.median(result[key] for result, _ in windows), 2)
 
     requests = max(sum(result["requests"] for result, _ in windows), 1)
     return {
-        "requests_per_second": round(mean("requests_per_second"), 1),
+        "requests_per_second": round(median("requests_per_second"), 1),
         "requests": requests,
-        "p50_ms": mean("p50_ms"),
-        "p99_ms": mean("p99_ms"),
+        "p50_ms": median("p50_ms"),
+        "p99_ms": median("p99_ms"),
         "errors": sum(result["errors"] for result, _ in windows),
         "cpu_ms_per_request": {
             process: round(sum(cpu[process] for _, cpu in windows) * 1000 / requests, 3)
@@ -452,7 +460,7 @@ def main() -> None:
             "connections": CONNECTIONS,
             "seconds_per_wrk_figure": WINDOW_SECONDS * ROUNDS,
             "windows_per_figure": ROUNDS,
-            "warm_up_seconds_per_window": WARM_UP_SECONDS,
+            "warm_up_seconds_per_figure": WARM_UP_SECONDS,
             "order_rate_per_second": ORDER_RATE,
             "order_rate_seconds": ORDER_RATE_SECONDS,
             "outbox_backlog": OUTBOX_BACKLOG,

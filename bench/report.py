@@ -149,9 +149,9 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"load average at start {machine['load_average_at_start']}, Python {machine['python']}, "
         f"{machine['nginx']}, {machine['wrk']}. One gunicorn worker per process; wrk with "
         f"{setup['connections']} connections, {setup['seconds_per_wrk_figure']} s per figure in "
-        f"{setup['windows_per_figure']} windows, each after a "
-        f"{setup['warm_up_seconds_per_window']} s warm-up; the figures of one table are "
-        "measured in interleaved windows (A B C C B A); whole run "
+        f"{setup['windows_per_figure']} windows after a "
+        f"{setup['warm_up_seconds_per_figure']} s warm-up; the figures of one table are "
+        "measured in interleaved windows (A B C C B A …); whole run "
         f"{report['duration_seconds']} s. Absolute figures drift on a shared machine; compare "
         "the ratios.",
         "",

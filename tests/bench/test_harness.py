@@ -27,6 +27,7 @@ async def test_windows_alternate_palindromically_and_combine(
 ) -> None:
     loadgen = importlib.import_module("loadgen")
     measured: list[str] = []
+    warmed_up: list[str] = []
     cpu = {1: 0.0, 2: 0.0, 3: 0.0}
     rates = {"a": iter([100.0, 300.0]), "b": iter([50.0, 70.0]), "c": iter([10.0, 30.0])}
 
@@ -34,6 +35,7 @@ async def test_windows_alternate_palindromically_and_combine(
         assert connections == bench.CONNECTIONS
         assert load == {"headers": {"X-Target": url}}
         if seconds == bench.WARM_UP_SECONDS:
+            warmed_up.append(url)
             return None  # warm-ups are not counted
         assert seconds == bench.WINDOW_SECONDS
         measured.append(url)
@@ -48,6 +50,7 @@ async def test_windows_alternate_palindromically_and_combine(
             errors=1 if url == "c" else 0,
         )
 
+    monkeypatch.setattr(bench, "ROUNDS", 2)
     monkeypatch.setattr(bench, "wrk", fake_wrk)
     monkeypatch.setattr(bench, "cpu_seconds", lambda pid: cpu[pid])
     settled: list[str] = []
@@ -63,6 +66,7 @@ async def test_windows_alternate_palindromically_and_combine(
     )
 
     assert measured == ["a", "b", "c", "c", "b", "a"]
+    assert warmed_up == ["a", "b", "c"]  # once each, before its first window
     assert settled == ["b", "b"]  # after each of its own windows, and only those
     a = figures["a"]
     assert a["windows_requests_per_second"] == [100.0, 300.0]
