@@ -29,7 +29,11 @@ async def test_windows_alternate_palindromically_and_combine(
     measured: list[str] = []
     warmed_up: list[str] = []
     cpu = {1: 0.0, 2: 0.0, 3: 0.0}
-    rates = {"a": iter([100.0, 300.0]), "b": iter([50.0, 70.0]), "c": iter([10.0, 30.0])}
+    rates = {
+        "a": iter([100.0, 300.0, 110.0]),
+        "b": iter([50.0, 70.0, 60.0]),
+        "c": iter([10.0, 30.0, 20.0]),
+    }
 
     def fake_wrk(url: str, *, seconds: int, connections: int, **load: Any) -> Any:
         assert connections == bench.CONNECTIONS
@@ -50,7 +54,7 @@ async def test_windows_alternate_palindromically_and_combine(
             errors=1 if url == "c" else 0,
         )
 
-    monkeypatch.setattr(bench, "ROUNDS", 2)
+    monkeypatch.setattr(bench, "ROUNDS", 3)
     monkeypatch.setattr(bench, "wrk", fake_wrk)
     monkeypatch.setattr(bench, "cpu_seconds", lambda pid: cpu[pid])
     settled: list[str] = []
@@ -65,17 +69,18 @@ async def test_windows_alternate_palindromically_and_combine(
         {"a": target("a", 1), "b": target("b", 2, settle_b), "c": target("c", 3)}
     )
 
-    assert measured == ["a", "b", "c", "c", "b", "a"]
+    assert measured == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
     assert warmed_up == ["a", "b", "c"]  # once each, before its first window
-    assert settled == ["b", "b"]  # after each of its own windows, and only those
+    assert settled == ["b", "b", "b"]  # after each of its own windows, and only those
     a = figures["a"]
-    assert a["windows_requests_per_second"] == [100.0, 300.0]
-    assert a["requests_per_second"] == 200.0
-    assert a["requests"] == 400 * bench.WINDOW_SECONDS
-    assert (a["p50_ms"], a["p99_ms"]) == (20.0, 200.0)
-    # Two windows of 0.5 CPU-s each over all the requests of both windows.
-    assert a["cpu_ms_per_request"] == {"process1": round(1000 / (400 * bench.WINDOW_SECONDS), 3)}
-    assert figures["c"]["errors"] == 2
+    assert a["windows_requests_per_second"] == [100.0, 300.0, 110.0]
+    # Medians, not means: one fast (or slow) window does not move the figure.
+    assert a["requests_per_second"] == 110.0
+    assert (a["p50_ms"], a["p99_ms"]) == (11.0, 110.0)
+    assert a["requests"] == 510 * bench.WINDOW_SECONDS
+    # Three windows of 0.5 CPU-s each over all the requests of the three windows.
+    assert a["cpu_ms_per_request"] == {"process1": round(1500 / (510 * bench.WINDOW_SECONDS), 3)}
+    assert figures["c"]["errors"] == 3
     assert figures["b"]["errors"] == 0
 
 
