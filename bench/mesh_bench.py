@@ -138,13 +138,20 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _pid(service: ServiceProcess) -> int:
+    assert service.process is not None
+    return service.process.pid
+
+
 def _pids(mesh: RunningMesh, *names: str) -> dict[str, int]:
-    pids = {}
-    for name in names:
-        process = mesh.processes[name].process
-        assert process is not None
-        pids[name] = process.pid
-    return pids
+    return {name: _pid(mesh.processes[name]) for name in names}
+
+
+async def until_quiet(mesh: RunningMesh) -> dict[str, Any]:
+    """Waits (bounded) until the events of earlier orders are through `mesh`."""
+    return await wait_until_quiet(
+        mesh.database_url("orders"), mesh.database_url("notifications"), within=QUIET_SECONDS
+    )
 
 
 @dataclass(frozen=True)
@@ -182,14 +189,14 @@ async def interleaved(targets: Mapping[str, Target]) -> dict[str, dict[str, Any]
 
 
 def _combined(windows: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, Any]:
-    def median(key: str) -> float:
+    def median(key: str, digits: int = 2) -> float:
         # Not the mean: a slow spell of the machine in one window (seen: 470 req/s between
         # windows of 780 and 640) would move the figure, and every ratio made with it.
-        return round(statistics.median(result[key] for result, _ in windows), 2)
+        return round(statistics.median(result[key] for result, _ in windows), digits)
 
     requests = max(sum(result["requests"] for result, _ in windows), 1)
     return {
-        "requests_per_second": round(median("requests_per_second"), 1),
+        "requests_per_second": median("requests_per_second", 1),
         "requests": requests,
         "p50_ms": median("p50_ms"),
         "p99_ms": median("p99_ms"),
@@ -216,28 +223,24 @@ def _bearer(token: str) -> dict[str, str]:
 
 def _gateway_get(mesh: RunningMesh, token: str, gateway: ServiceProcess | None = None) -> Target:
     gateway = gateway or mesh.processes["gateway"]
-    assert gateway.process is not None
     return Target(
         gateway.url + USERS_ME,
-        {**_pids(mesh, "users"), "gateway": gateway.process.pid},
+        {**_pids(mesh, "users"), "gateway": _pid(gateway)},
         {"headers": _bearer(token)},
     )
 
 
 def _order_post(mesh: RunningMesh, token: str, gateway: ServiceProcess | None = None) -> Target:
     gateway = gateway or mesh.processes["gateway"]
-    assert gateway.process is not None
 
     async def settle() -> None:
         # The run leaves the relay and the consumer a backlog of its orders' events; left
         # alone, it would be worked off during the next window, on another figure's CPU.
-        await wait_until_quiet(
-            mesh.database_url("orders"), mesh.database_url("notifications"), within=QUIET_SECONDS
-        )
+        await until_quiet(mesh)
 
     return Target(
         gateway.url + "/api/orders",
-        {"gateway": gateway.process.pid, **_pids(mesh, "orders", "users", "notifications")},
+        {"gateway": _pid(gateway), **_pids(mesh, "orders", "users", "notifications")},
         {
             "method": "POST",
             "body": json.dumps(ORDER_BODY),
@@ -273,22 +276,15 @@ async def tracing_overhead(
     """Scenarios 3 and 2a: GET /api/users/me and POST /api/orders (users check, DB write,
     outbox) through a gateway, with tracing off, on, and on with head sampling; each users
     service signs its own tokens."""
+    configurations: dict[str, tuple[RunningMesh, str, ServiceProcess | None]] = {
+        "off": (off, tokens["off"], None),
+        "on": (traced, tokens["traced"], None),
+        "sampled": (traced, tokens["traced"], sampled_gateway),
+    }
     _log("scenario 3: GET through the gateway, tracing off / on / sampled (interleaved)")
-    gets = await interleaved(
-        {
-            "off": _gateway_get(off, tokens["off"]),
-            "on": _gateway_get(traced, tokens["traced"]),
-            "sampled": _gateway_get(traced, tokens["traced"], sampled_gateway),
-        }
-    )
+    gets = await interleaved({k: _gateway_get(*c) for k, c in configurations.items()})
     _log("scenarios 2 and 3: POST /api/orders, tracing off / on / sampled (interleaved)")
-    posts = await interleaved(
-        {
-            "off": _order_post(off, tokens["off"]),
-            "on": _order_post(traced, tokens["traced"]),
-            "sampled": _order_post(traced, tokens["traced"], sampled_gateway),
-        }
-    )
+    posts = await interleaved({k: _order_post(*c) for k, c in configurations.items()})
     return {"gateway": gets, "orders": posts}
 
 
@@ -375,9 +371,7 @@ async def messaging_figures(mesh: RunningMesh) -> dict[str, Any]:
 
 async def order_latency(mesh: RunningMesh, token: str, rate: int) -> dict[str, Any]:
     """Scenario 2b: order → notification at a fixed rate, once earlier events are through."""
-    settled = await wait_until_quiet(
-        mesh.database_url("orders"), mesh.database_url("notifications"), within=QUIET_SECONDS
-    )
+    settled = await until_quiet(mesh)
     _log(f"scenario 2: {rate} orders/s for {ORDER_RATE_SECONDS} s, SSE latency")
     flow = await order_to_notification(
         mesh.url("gateway"), token, rate=rate, seconds=ORDER_RATE_SECONDS
