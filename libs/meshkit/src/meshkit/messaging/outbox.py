@@ -129,7 +129,9 @@ def _insert_into(table: Table) -> Insert:
 
 @dataclass(frozen=True, slots=True)
 class RelaySettings:
-    batch_size: int = 200
+    # 1 000 drained a 20 000-event backlog ~25 % faster than 200, with ~10 % less relay CPU
+    # (fewer claim/mark round trips and confirm waits; docs/benchmarks.md, "Outbox batch size").
+    batch_size: int = 1000
     poll_interval: float = 1.0
     publish_timeout: float = 10.0
     retention: timedelta = timedelta(days=7)

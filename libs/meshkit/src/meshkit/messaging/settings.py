@@ -16,7 +16,7 @@ class MessagingSettings(ServiceSettings):
         description="amqp://user:password@host:port/vhost",
     )
     outbox_batch_size: int = Field(
-        default=200, ge=1, le=5000, description="Rows one relay claims and publishes at once."
+        default=1000, ge=1, le=5000, description="Rows one relay claims and publishes at once."
     )
     outbox_poll_interval_seconds: float = Field(
         default=1.0,
