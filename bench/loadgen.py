@@ -1,8 +1,10 @@
-"""The one place for the benchmarks' tools: wrk (run and parsed), /proc CPU accounting of a
-process tree, percentiles, and nginx (the reverse-proxy baseline, or a discarding OTLP sink)."""
+"""The one place for the benchmarks' tools: wrk (run and parsed), an open-loop loader at a fixed
+rate, /proc CPU accounting of a process tree and of the whole machine, percentiles, and nginx
+(the reverse-proxy baseline, or a discarding OTLP sink)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -12,9 +14,11 @@ import subprocess
 import tempfile
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import aiohttp
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -98,6 +102,53 @@ def wrk(
     )
 
 
+async def paced(rate: float, count: int) -> AsyncIterator[int]:
+    """0 … count-1, each at its time on a fixed schedule of `rate` per second. Open loop: the
+    schedule does not wait for earlier requests, so a slow server cannot slow the offered rate."""
+    begin = time.perf_counter()
+    for index in range(count):
+        delay = begin + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield index
+
+
+async def fixed_rate_get(
+    url: str, headers: Mapping[str, str], *, rate: float, seconds: float
+) -> dict[str, float]:
+    """GETs `url` `rate` times a second for `seconds` (what wrk, a closed-loop loader, cannot)."""
+    latencies: list[float] = []
+    errors = 0
+
+    async def get(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        started = time.perf_counter()
+        try:
+            async with session.get(url) as response:
+                await response.read()
+                if response.status >= 400:
+                    errors += 1
+                    return
+        except (aiohttp.ClientError, TimeoutError):
+            errors += 1
+            return
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(headers=dict(headers), timeout=timeout) as session:
+        requests = [
+            asyncio.create_task(get(session)) async for _ in paced(rate, int(rate * seconds))
+        ]
+        await asyncio.gather(*requests)
+    return {
+        "requests_per_second": rate,
+        "requests": len(requests),
+        "p50_ms": round(percentile(latencies, 0.5), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "errors": errors,
+    }
+
+
 def _lua_string(text: str) -> str:
     return "[==[" + text + "]==]"
 
@@ -131,16 +182,79 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+@dataclass(frozen=True)
+class ProcessCpu:
+    name: str  # the command name (a kernel worker's changes with the work it does)
+    started: int  # clock ticks after boot: tells a reused pid apart
+    ticks: int  # user + system CPU so far, in clock ticks
+
+
+def _stat(pid: int | str) -> ProcessCpu:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text.rpartition(")")[2].split()
+    return ProcessCpu(
+        name=text[text.index("(") + 1 : text.rindex(")")],
+        started=int(fields[19]),  # starttime (field 22)
+        ticks=int(fields[11]) + int(fields[12]),  # utime, stime (fields 14 and 15)
+    )
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process tree, from /proc/<pid>/stat."""
+    """User + system CPU of a process tree."""
     total = 0
     for member in process_tree(pid):
         try:
-            fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
-        except FileNotFoundError:
+            total += _stat(member).ticks
+        except (FileNotFoundError, ProcessLookupError):
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
     return total / CLOCK_TICKS
+
+
+@dataclass(frozen=True)
+class MachineCpu:
+    """The CPU of every process on the machine at one moment, and when it was read."""
+
+    processes: Mapping[int, ProcessCpu]  # by pid
+    at: float
+
+    @classmethod
+    def read(cls) -> MachineCpu:
+        processes: dict[int, ProcessCpu] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    processes[int(entry.name)] = _stat(entry.name)
+                except (FileNotFoundError, ProcessLookupError):
+                    continue  # ended between the listing and the read
+        return cls(processes, time.monotonic())
+
+
+# Command names of the shared servers' processes, by what they are.
+SERVERS = {"postgres": "postgresql", "beam.smp": "rabbitmq", "erl_child_setup": "rabbitmq"}
+
+
+def busy_cores(
+    before: MachineCpu, after: MachineCpu, groups: Mapping[str, Sequence[int]]
+) -> dict[str, float]:
+    """CPU used between two readings, in cores (CPU seconds per second), by group: the named
+    process trees of `groups`, the shared servers, this process ("bench loader") and the rest
+    ("other"), with the machine's total under "total". A process that ended in between is not
+    counted (the servers' short-lived backends are few in these runs)."""
+    owner = {pid: name for name, pids in groups.items() for pid in pids}
+    owner[os.getpid()] = "bench loader"
+    used: dict[str, float] = dict.fromkeys([*groups, "postgresql", "rabbitmq", "bench loader"], 0.0)
+    used["other"] = 0.0
+    for pid, process in after.processes.items():
+        earlier = before.processes.get(pid)
+        if earlier is not None and earlier.started == process.started:
+            spent = process.ticks - earlier.ticks
+        else:
+            spent = process.ticks  # started in between (a new process, or a reused pid)
+        used[owner.get(pid) or SERVERS.get(process.name, "other")] += spent
+    seconds = max(after.at - before.at, 1e-9)
+    cores = {group: round(ticks / CLOCK_TICKS / seconds, 2) for group, ticks in used.items()}
+    cores["total"] = round(sum(used.values()) / CLOCK_TICKS / seconds, 2)
+    return cores
 
 
 class Nginx:

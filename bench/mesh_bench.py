@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from loadgen import Nginx, cpu_seconds, wrk
+from loadgen import (
+    MachineCpu,
+    Nginx,
+    busy_cores,
+    cpu_seconds,
+    fixed_rate_get,
+    process_tree,
+    wrk,
+)
 from messaging import commit_to_publish, drain_and_consume, purge_queue, wait_until_quiet
 from order_flow import ORDER_BODY, order_to_notification
 from report import markdown, ratios_and_targets
@@ -61,6 +69,7 @@ CONNECTIONS = 32
 ORDER_RATE = 100  # orders/s for the notification latency (the target's rate)
 HALF_ORDER_RATE = 50  # and at half of it, where the path is not near saturation
 ORDER_RATE_SECONDS = _int_env("BENCH_ORDER_RATE_SECONDS", 10)
+FIXED_RATE_SECONDS = 5  # the users service's CPU per GET at ORDER_RATE requests/s
 LOCUST_SECONDS = _int_env("BENCH_LOCUST_SECONDS", 10)
 LOCUST_USERS = 10
 OUTBOX_BACKLOG = _int_env("BENCH_OUTBOX_BACKLOG", 20_000)
@@ -369,14 +378,37 @@ async def messaging_figures(mesh: RunningMesh) -> dict[str, Any]:
     return figures
 
 
+async def cpu_at_fixed_rate(mesh: RunningMesh, token: str) -> dict[str, Any]:
+    """The users service's CPU per `GET /api/users/me` at a fixed ORDER_RATE requests/s, to set
+    beside its CPU per request at 32 connections (section 1, direct): what one request costs
+    when the process waits between requests, as every process of the order path does at a
+    fixed rate below saturation."""
+    _log(f"scenario 2: {ORDER_RATE} GET/s direct on users, CPU per request")
+    pid = _pid(mesh.processes["users"])
+    before = cpu_seconds(pid)
+    result = await fixed_rate_get(
+        mesh.url("users") + USERS_ME, _bearer(token), rate=ORDER_RATE, seconds=FIXED_RATE_SECONDS
+    )
+    used = cpu_seconds(pid) - before
+    return {
+        **result,
+        "seconds": FIXED_RATE_SECONDS,
+        "cpu_ms_per_request": {"users": round(used * 1000 / max(result["requests"], 1), 3)},
+    }
+
+
 async def order_latency(mesh: RunningMesh, token: str, rate: int) -> dict[str, Any]:
     """Scenario 2b: order → notification at a fixed rate, once earlier events are through."""
     settled = await until_quiet(mesh)
     _log(f"scenario 2: {rate} orders/s for {ORDER_RATE_SECONDS} s, SSE latency")
+    trees = {name: process_tree(_pid(process)) for name, process in mesh.processes.items()}
+    before = MachineCpu.read()
     flow = await order_to_notification(
         mesh.url("gateway"), token, rate=rate, seconds=ORDER_RATE_SECONDS
     )
-    return {**flow, "before": settled}
+    # How busy the machine was (warm-up and stragglers included): a latency figure at a fixed
+    # rate means something else near saturation.
+    return {**flow, "before": settled, "busy_cores": busy_cores(before, MachineCpu.read(), trees)}
 
 
 @contextlib.asynccontextmanager
@@ -423,6 +455,7 @@ async def run_all(workdir: Path) -> dict[str, Any]:
                 figures["tracing"] = await tracing_overhead(mesh, traced, sampled_gateway, tokens)
             _log("stopping the traced mesh: what follows has the machine to itself")
             await stop_processes(traced)
+            figures["users_at_fixed_rate"] = await cpu_at_fixed_rate(mesh, token)
             figures["order_to_notification"] = await order_latency(mesh, token, ORDER_RATE)
             figures["order_to_notification_half_rate"] = await order_latency(
                 mesh, token, HALF_ORDER_RATE

@@ -1,10 +1,10 @@
 """Order → notification latency at a fixed rate, seen by a customer on the SSE stream.
 
-An open-loop loader (each order is sent on its schedule whether or not earlier ones have
-answered, so a slow mesh cannot slow the offered rate down) posts orders through the gateway
-while one SSE stream of the same customer, also through the gateway, records when each order's
-notification arrives. wrk cannot hold a stream open and correlate it with its requests, so this
-part is Python (aiohttp, which keeps the loader's own cost low).
+An open-loop loader (`loadgen.paced`: each order is sent on its schedule whether or not earlier
+ones have answered, so a slow mesh cannot slow the offered rate down) posts orders through the
+gateway while one SSE stream of the same customer, also through the gateway, records when each
+order's notification arrives. wrk cannot hold a stream open and correlate it with its
+requests, so this part is Python (aiohttp, which keeps the loader's own cost low).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from loadgen import percentile
+from loadgen import paced, percentile
 
 ORDER_BODY = {"items": [{"sku": "bench-sku", "quantity": 2, "unit_price_cents": 1250}]}
 
@@ -100,12 +100,9 @@ async def order_to_notification(
             await asyncio.wait_for(ready.wait(), 10)
             warm_up_count = int(rate * warm_up)
             count = int(rate * seconds)
-            begin = start = time.perf_counter()
+            start = time.perf_counter()
             orders = []
-            for index in range(warm_up_count + count):
-                delay = begin + index / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            async for index in paced(rate, warm_up_count + count):
                 if index == warm_up_count:
                     start = time.perf_counter()
                 into = warming if index < warm_up_count else timings

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -91,3 +94,89 @@ def test_committed_report_is_rendered_from_its_figures(bench: ModuleType) -> Non
     assert ratios == report["ratios"]
     assert targets == report["targets"]
     assert report_module.markdown(report) == (BENCH / "results" / "latest.md").read_text()
+
+
+def test_busy_cores_groups_the_machines_processes(bench: ModuleType) -> None:
+    loadgen = importlib.import_module("loadgen")
+    ticks = loadgen.CLOCK_TICKS
+
+    def reading(at: float, **processes: tuple[int, str, int, int]) -> Any:
+        return loadgen.MachineCpu(
+            {
+                pid: loadgen.ProcessCpu(name=name, started=started, ticks=seconds * ticks)
+                for pid, name, started, seconds in processes.values()
+            },
+            at=at,
+        )
+
+    me = os.getpid()
+    before = reading(
+        100.0,
+        master=(10, "gunicorn", 1, 0),  # the orders master …
+        worker=(11, "gunicorn", 2, 1),  # … and its worker
+        backend=(20, "postgres", 3, 5),
+        broker=(30, "beam.smp", 4, 2),
+        kernel=(40, "kworker/0:1-events", 5, 100),  # renames itself by the work it does
+        ended=(50, "postgres", 6, 9),  # ends; its pid comes back as another program
+        loader=(me, "python", 7, 3),
+    )
+    after = reading(
+        102.0,
+        master=(10, "gunicorn", 1, 0),
+        worker=(11, "gunicorn", 2, 3),
+        backend=(20, "postgres", 3, 6),
+        new_backend=(21, "postgres", 90, 1),  # started in between
+        broker=(30, "beam.smp", 4, 3),
+        kernel=(40, "kworker/0:1-mm_percpu_wq", 5, 101),
+        reused=(50, "sh", 95, 1),
+        loader=(me, "python", 7, 4),
+    )
+    cores = loadgen.busy_cores(before, after, {"orders": [10, 11]})
+    assert cores == {
+        "orders": 1.0,  # 2 CPU-s in 2 s
+        "postgresql": 1.0,
+        "rabbitmq": 0.5,
+        "bench loader": 0.5,
+        "other": 1.0,  # the kernel worker's 1 s and the new program's on the reused pid
+        "total": 4.0,
+    }
+
+
+async def test_paced_keeps_its_schedule_whatever_the_consumer_does(bench: ModuleType) -> None:
+    loadgen = importlib.import_module("loadgen")
+    started = time.perf_counter()
+    ticks = [(index, time.perf_counter() - started) async for index in loadgen.paced(100, 5)]
+    assert [index for index, _ in ticks] == [0, 1, 2, 3, 4]
+    for index, at in ticks:
+        assert at >= index / 100  # never early
+
+
+async def test_fixed_rate_get_counts_requests_and_errors(bench: ModuleType) -> None:
+    loadgen = importlib.import_module("loadgen")
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers["Authorization"])
+        return web.Response(status=200 if request.path == "/ok" else 503)
+
+    app = web.Application()
+    app.router.add_get("/{name}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        headers = {"Authorization": "Bearer t"}
+        ok = await loadgen.fixed_rate_get(
+            f"http://127.0.0.1:{port}/ok", headers, rate=50, seconds=0.2
+        )
+        failing = await loadgen.fixed_rate_get(
+            f"http://127.0.0.1:{port}/fail", headers, rate=50, seconds=0.2
+        )
+    finally:
+        await runner.cleanup()
+    assert (ok["requests"], ok["errors"]) == (10, 0)
+    assert ok["p50_ms"] <= ok["p99_ms"]
+    assert (failing["requests"], failing["errors"]) == (10, 10)
+    assert seen == ["Bearer t"] * 20
