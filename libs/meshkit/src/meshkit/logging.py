@@ -1,4 +1,5 @@
-"""JSON log lines on stdout, each carrying `service`, `trace_id`, `span_id` and `request_id`."""
+"""JSON log lines on stdout, each carrying `service`, `pid` (which gunicorn worker of a pod),
+`trace_id`, `span_id` and `request_id`."""
 
 from __future__ import annotations
 
@@ -56,8 +57,13 @@ def logging_config(service: str, level: str = "INFO") -> dict[str, Any]:
             "json": {
                 "()": "pythonjsonlogger.json.JsonFormatter",
                 "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s "
-                "%(service)s %(trace_id)s %(span_id)s %(request_id)s",
-                "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+                "%(service)s %(process)s %(trace_id)s %(span_id)s %(request_id)s",
+                "rename_fields": {
+                    "asctime": "time",
+                    "levelname": "level",
+                    "name": "logger",
+                    "process": "pid",
+                },
                 "timestamp": False,
             }
         },
