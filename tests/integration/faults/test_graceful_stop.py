@@ -2,7 +2,8 @@
 request orders had accepted completes (gunicorn and uvicorn drain them before the worker
 exits), so no client sees a 5xx for any of those; requests arriving once it stopped taking new
 ones are answered by the gateway with a 503 problem and `Retry-After` (they never reached
-orders, so retrying is safe), and every order confirmed with 201 is stored."""
+orders, so retrying is safe) — or, in HTTP/1.1's keep-alive race, a 502 that promises nothing —
+and every order confirmed with 201 is stored."""
 
 from __future__ import annotations
 
@@ -94,12 +95,24 @@ async def test_sigterm_under_load_completes_every_request_it_had_accepted(
     drained = [a for a in accepted if a.started < signalled < a.finished]
     assert drained, "no request was in flight at the signal"
     for attempt in attempts:
-        if attempt.request_id not in handled:  # refused by the gateway: never reached orders
-            response = attempt.response
-            assert response.status_code == 503, response.text
-            assert response.headers["content-type"] == "application/problem+json"
-            assert response.headers["retry-after"]
-    assert any(a.started > stopped for a in attempts)
+        if attempt.request_id in handled:
+            continue
+        # Never reached orders. Refused or reset: the gateway knows the request was not taken
+        # and says so (503, Retry-After). The one exception is HTTP/1.1's keep-alive race:
+        # orders closed an idle kept-alive connection just as the gateway sent on it, and an
+        # upstream that read the request and died looks the same from the gateway (the
+        # connection ends without an answer), so it answers 502 and claims no safe retry.
+        response = attempt.response
+        assert response.headers["content-type"] == "application/problem+json"
+        if response.status_code == 502:
+            assert response.json()["detail"] == "The orders service sent no valid answer."
+            assert attempt.started < stopped
+            continue
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"]
+    after_stop = [a for a in attempts if a.started > stopped]
+    assert after_stop
+    assert {a.response.status_code for a in after_stop} == {503}  # connection refused
 
     confirmed = [a.response.json()["id"] for a in accepted]
     stored = await mesh.fetchval(
