@@ -4,14 +4,13 @@ flushes what is still buffered."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import httpx
 
 from meshdev.otlp import OtlpReceiver
 from meshdev.postgres import sqlalchemy_url
-from meshdev.processes import ServiceProcess
+from meshdev.processes import ServiceProcess, access_records
 
 REQUESTS = 60  # at least
 MAX_BATCHES = 30  # of 20 requests
@@ -46,12 +45,10 @@ async def test_spans_of_every_worker_arrive_and_none_are_lost_on_sigterm(
                 return (await client.get("/api/auth/jwks.json")).status_code
 
         def answering_workers() -> set[int]:
-            lines = process.logs()[earlier_logs:].splitlines()
-            records = [json.loads(line) for line in lines if line.startswith("{")]
             return {
                 record["pid"]
-                for record in records
-                if record["logger"] == "meshkit.access" and "jwks.json" in record["message"]
+                for record in access_records(process.logs()[earlier_logs:])
+                if "jwks.json" in record["message"]
             }
 
         # The kernel hands each new connection to whichever worker accepts first, and one

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import httpx
 
 from meshdev.api import PASSWORD, UsersApi
 from meshdev.postgres import sqlalchemy_url
-from meshdev.processes import ServiceProcess
+from meshdev.processes import ServiceProcess, access_records
 
 
 def _start_users(database: str, key_file: Path, log_dir: Path, rabbitmq_url: str) -> ServiceProcess:
@@ -63,7 +62,7 @@ async def test_users_under_gunicorn_register_login_me_and_stop_cleanly(
     assert exit_code == 0
     logs = process.logs()
     assert PASSWORD not in logs
-    access_lines = [json.loads(line) for line in logs.splitlines() if '"meshkit.access"' in line]
+    access_lines = access_records(logs)
     assert access_lines
     assert all(line["service"] == "users" and line["trace_id"] for line in access_lines)
 

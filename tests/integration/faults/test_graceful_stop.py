@@ -8,7 +8,6 @@ and every order confirmed with 201 is stored."""
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 import uuid
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 import httpx
 
 from meshdev.customers import ORDER, Customer, eventually
+from meshdev.processes import access_records
 from meshdev.stack import RunningMesh
 
 SHUTDOWN_COMPLETE = "Application shutdown complete"
@@ -54,11 +54,11 @@ async def _at_least(attempts: list[Attempt], count: int) -> bool:
 
 def _handled_by(logs: str) -> set[str]:
     """Request ids of the orders requests a service's access log says it answered."""
-    handled = set()
-    for line in logs.splitlines():
-        if '"meshkit.access"' in line and "POST /api/orders" in line:
-            handled.add(json.loads(line)["request_id"])
-    return handled
+    return {
+        record["request_id"]
+        for record in access_records(logs)
+        if "POST /api/orders" in record["message"]
+    }
 
 
 async def test_sigterm_under_load_completes_every_request_it_had_accepted(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,10 +13,18 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
 GUNICORN_CONFIG = "python:meshkit.gunicorn_conf"
+ACCESS_LOGGER = "meshkit.access"  # one line per request, from meshkit's middleware
+
+
+def access_records(logs: str) -> list[dict[str, Any]]:
+    """The access lines of a process's log (`ServiceProcess.logs()`), parsed."""
+    records = (json.loads(line) for line in logs.splitlines() if f'"{ACCESS_LOGGER}"' in line)
+    return [record for record in records if record["logger"] == ACCESS_LOGGER]
 
 
 def production_command(package: str) -> list[str]:
