@@ -9,6 +9,9 @@ from pydantic import Field
 from meshkit.messaging.outbox import RelaySettings
 from meshkit.settings import ServiceSettings
 
+# The relay's own defaults, stated once (in RelaySettings) for both.
+_RELAY_DEFAULTS = RelaySettings()
+
 
 class MessagingSettings(ServiceSettings):
     rabbitmq_url: str = Field(
@@ -16,10 +19,13 @@ class MessagingSettings(ServiceSettings):
         description="amqp://user:password@host:port/vhost",
     )
     outbox_batch_size: int = Field(
-        default=1000, ge=1, le=5000, description="Rows one relay claims and publishes at once."
+        default=_RELAY_DEFAULTS.batch_size,
+        ge=1,
+        le=5000,
+        description="Rows one relay claims and publishes at once.",
     )
     outbox_poll_interval_seconds: float = Field(
-        default=1.0,
+        default=_RELAY_DEFAULTS.poll_interval,
         gt=0,
         le=60,
         description="Fallback polling when no NOTIFY arrives (LISTEN lost, postponed rows).",
