@@ -242,8 +242,7 @@ def busy_cores(
     counted (the servers' short-lived backends are few in these runs)."""
     owner = {pid: name for name, pids in groups.items() for pid in pids}
     owner[os.getpid()] = "bench loader"
-    used: dict[str, float] = dict.fromkeys([*groups, "postgresql", "rabbitmq", "bench loader"], 0.0)
-    used["other"] = 0.0
+    used = dict.fromkeys([*groups, *SERVERS.values(), "bench loader", "other"], 0.0)
     for pid, process in after.processes.items():
         earlier = before.processes.get(pid)
         if earlier is not None and earlier.started == process.started:
