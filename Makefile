@@ -7,7 +7,7 @@ UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 export UV_PYTHON := python3.11
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: help uv sync run migrate test lint format bench bench-tools clean browser tools deploy-check k8s-dev-key up down dlq
+.PHONY: help uv sync run migrate test lint format bench bench-compare bench-tools clean browser tools deploy-check k8s-dev-key up down dlq
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -49,6 +49,10 @@ bench-tools: ## Install wrk and nginx (Debian packages) for the benchmarks, if m
 
 bench: sync bench-tools ## All benchmarks in one bounded run (≤ 4 min; docs/benchmarks.md); writes bench/results/latest.{json,md}
 	@cd bench && $(UV) run --locked python mesh_bench.py
+
+BASE ?= 31bcee4
+bench-compare: sync bench-tools ## CPU per order against an earlier commit, side by side: make bench-compare BASE=<commit>
+	@cd bench && UV=$(UV) $(UV) run --locked python compare.py --base $(BASE)
 
 # ---- deployment: Dockerfile, compose, Kubernetes (docs/deployment.md) ----------------------------
 TOOLS := .tools

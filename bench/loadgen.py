@@ -233,16 +233,15 @@ class MachineCpu:
 SERVERS = {"postgres": "postgresql", "beam.smp": "rabbitmq", "erl_child_setup": "rabbitmq"}
 
 
-def busy_cores(
+def cpu_used(
     before: MachineCpu, after: MachineCpu, groups: Mapping[str, Sequence[int]]
 ) -> dict[str, float]:
-    """CPU used between two readings, in cores (CPU seconds per second), by group: the named
-    process trees of `groups`, the shared servers, this process ("bench loader") and the rest
-    ("other"), with the machine's total under "total". A process that ended in between is not
-    counted (the servers' short-lived backends are few in these runs)."""
+    """CPU seconds used between two readings, by group: the named process trees of `groups`,
+    the shared servers, this process ("bench loader") and the rest ("other"). A process that
+    ended in between is not counted (the servers' short-lived backends are few in these runs)."""
     owner = {pid: name for name, pids in groups.items() for pid in pids}
     owner[os.getpid()] = "bench loader"
-    used = dict.fromkeys([*groups, *SERVERS.values(), "bench loader", "other"], 0.0)
+    used = dict.fromkeys([*groups, *SERVERS.values(), "bench loader", "other"], 0)
     for pid, process in after.processes.items():
         earlier = before.processes.get(pid)
         if earlier is not None and earlier.started == process.started:
@@ -250,9 +249,17 @@ def busy_cores(
         else:
             spent = process.ticks  # started in between (a new process, or a reused pid)
         used[owner.get(pid) or SERVERS.get(process.name, "other")] += spent
+    return {group: ticks / CLOCK_TICKS for group, ticks in used.items()}
+
+
+def busy_cores(
+    before: MachineCpu, after: MachineCpu, groups: Mapping[str, Sequence[int]]
+) -> dict[str, float]:
+    """`cpu_used` in cores (CPU seconds per second), with the machine's total under "total"."""
+    used = cpu_used(before, after, groups)
     seconds = max(after.at - before.at, 1e-9)
-    cores = {group: round(ticks / CLOCK_TICKS / seconds, 2) for group, ticks in used.items()}
-    cores["total"] = round(sum(used.values()) / CLOCK_TICKS / seconds, 2)
+    cores = {group: round(cpu / seconds, 2) for group, cpu in used.items()}
+    cores["total"] = round(sum(used.values()) / seconds, 2)
     return cores
 
 

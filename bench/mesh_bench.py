@@ -36,6 +36,7 @@ from loadgen import (
     Nginx,
     busy_cores,
     cpu_seconds,
+    cpu_used,
     fixed_rate_get,
     process_tree,
     wrk,
@@ -116,7 +117,7 @@ def tracing_sampled(sink: Nginx) -> dict[str, str]:
     }
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
     sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {message}\n")
 
 
@@ -189,12 +190,21 @@ async def interleaved(targets: Mapping[str, Target]) -> dict[str, dict[str, Any]
             # processes (JWKS, tokens, statements) are warm by then.
             wrk(target.url, seconds=WARM_UP_SECONDS, connections=CONNECTIONS, **target.load)
         before = {process: cpu_seconds(pid) for process, pid in target.pids.items()}
+        machine_before = MachineCpu.read()
         result = wrk(target.url, seconds=WINDOW_SECONDS, connections=CONNECTIONS, **target.load)
-        cpu = {process: cpu_seconds(pid) - before[process] for process, pid in target.pids.items()}
-        windows[name].append((result.as_dict(), cpu))
         if target.settle is not None:
+            # Inside the window: working off what its requests left is part of their cost.
             await target.settle()
+        cpu = {process: cpu_seconds(pid) - before[process] for process, pid in target.pids.items()}
+        shared = cpu_used(machine_before, MachineCpu.read(), {})
+        cpu.update({server: shared[server] for server in SHARED_SERVERS})
+        windows[name].append((result.as_dict(), cpu))
     return {name: _combined(windows[name]) for name in names}
+
+
+# Shared by both meshes: their CPU per request is the machine's during the window, which only
+# the loaded mesh keeps busy (the idle one's background is a few milliseconds a second).
+SHARED_SERVERS = ("postgresql", "rabbitmq")
 
 
 def _combined(windows: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, Any]:
@@ -213,6 +223,11 @@ def _combined(windows: list[tuple[dict[str, float], dict[str, float]]]) -> dict[
         "cpu_ms_per_request": {
             process: round(sum(cpu[process] for _, cpu in windows) * 1000 / requests, 3)
             for process in windows[0][1]
+            if process not in SHARED_SERVERS
+        },
+        "servers_cpu_ms_per_request": {
+            server: round(sum(cpu[server] for _, cpu in windows) * 1000 / requests, 3)
+            for server in SHARED_SERVERS
         },
         "windows_requests_per_second": [result["requests_per_second"] for result, _ in windows],
     }
@@ -239,7 +254,7 @@ def _gateway_get(mesh: RunningMesh, token: str, gateway: ServiceProcess | None =
     )
 
 
-def _order_post(mesh: RunningMesh, token: str, gateway: ServiceProcess | None = None) -> Target:
+def order_post(mesh: RunningMesh, token: str, gateway: ServiceProcess | None = None) -> Target:
     gateway = gateway or mesh.processes["gateway"]
 
     async def settle() -> None:
@@ -265,7 +280,7 @@ async def gateway_overhead(mesh: RunningMesh, token: str) -> dict[str, Any]:
     nginx = Nginx(listen_port=free_port(), upstream=f"127.0.0.1:{users.port}").start()
     load = {"headers": _bearer(token)}
     try:
-        _log("scenario 1: direct, nginx, gateway (interleaved)")
+        log("scenario 1: direct, nginx, gateway (interleaved)")
         return await interleaved(
             {
                 "direct": Target(users.url + USERS_ME, _pids(mesh, "users"), load),
@@ -290,16 +305,16 @@ async def tracing_overhead(
         "on": (traced, tokens["traced"], None),
         "sampled": (traced, tokens["traced"], sampled_gateway),
     }
-    _log("scenario 3: GET through the gateway, tracing off / on / sampled (interleaved)")
+    log("scenario 3: GET through the gateway, tracing off / on / sampled (interleaved)")
     gets = await interleaved({k: _gateway_get(*c) for k, c in configurations.items()})
-    _log("scenarios 2 and 3: POST /api/orders, tracing off / on / sampled (interleaved)")
-    posts = await interleaved({k: _order_post(*c) for k, c in configurations.items()})
+    log("scenarios 2 and 3: POST /api/orders, tracing off / on / sampled (interleaved)")
+    posts = await interleaved({k: order_post(*c) for k, c in configurations.items()})
     return {"gateway": gets, "orders": posts}
 
 
 def locust_smoke(mesh: RunningMesh, directory: Path) -> dict[str, Any]:
     """A short headless run of tests/load/locustfile.py: does realistic traffic pass?"""
-    _log("locust smoke")
+    log("locust smoke")
     prefix = directory / "locust"
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
@@ -356,7 +371,7 @@ async def second_gateway(
 
 
 async def messaging_figures(mesh: RunningMesh) -> dict[str, Any]:
-    _log("scenario 4: commit → publish")
+    log("scenario 4: commit → publish")
     figures: dict[str, Any] = {
         "commit_to_publish": await commit_to_publish(
             mesh.database_url("orders"),
@@ -365,7 +380,7 @@ async def messaging_figures(mesh: RunningMesh) -> dict[str, Any]:
             interval=0.02,
         )
     }
-    _log(f"scenario 4: outbox drain of {OUTBOX_BACKLOG} events, consumer")
+    log(f"scenario 4: outbox drain of {OUTBOX_BACKLOG} events, consumer")
     figures["outbox_drain"] = await drain_and_consume(
         mesh.database_url("orders"),
         mesh.database_url("notifications"),
@@ -383,7 +398,7 @@ async def cpu_at_fixed_rate(mesh: RunningMesh, token: str) -> dict[str, Any]:
     beside its CPU per request at 32 connections (section 1, direct): what one request costs
     when the process waits between requests, as every process of the order path does at a
     fixed rate below saturation."""
-    _log(f"scenario 2: {ORDER_RATE} GET/s direct on users, CPU per request")
+    log(f"scenario 2: {ORDER_RATE} GET/s direct on users, CPU per request")
     pid = _pid(mesh.processes["users"])
     before = cpu_seconds(pid)
     result = await fixed_rate_get(
@@ -397,18 +412,30 @@ async def cpu_at_fixed_rate(mesh: RunningMesh, token: str) -> dict[str, Any]:
     }
 
 
-async def order_latency(mesh: RunningMesh, token: str, rate: int) -> dict[str, Any]:
-    """Scenario 2b: order → notification at a fixed rate, once earlier events are through."""
+async def order_latency(
+    mesh: RunningMesh, token: str, rate: int, seconds: int = ORDER_RATE_SECONDS
+) -> dict[str, Any]:
+    """Scenario 2b: order → notification at a fixed rate, once earlier events are through, and
+    what every process of the machine spent meanwhile (warm-up and stragglers included)."""
     settled = await until_quiet(mesh)
-    _log(f"scenario 2: {rate} orders/s for {ORDER_RATE_SECONDS} s, SSE latency")
+    log(f"scenario 2: {rate} orders/s for {seconds} s, SSE latency")
     trees = {name: process_tree(_pid(process)) for name, process in mesh.processes.items()}
     before = MachineCpu.read()
-    flow = await order_to_notification(
-        mesh.url("gateway"), token, rate=rate, seconds=ORDER_RATE_SECONDS
-    )
-    # How busy the machine was (warm-up and stragglers included): a latency figure at a fixed
-    # rate means something else near saturation.
-    return {**flow, "before": settled, "busy_cores": busy_cores(before, MachineCpu.read(), trees)}
+    flow = await order_to_notification(mesh.url("gateway"), token, rate=rate, seconds=seconds)
+    after = MachineCpu.read()
+    # A latency figure at a fixed rate means something else near saturation.
+    used = cpu_used(before, after, trees)
+    sent = int(rate * flow["warm_up_seconds"]) + flow["orders"]
+    return {
+        **flow,
+        "before": settled,
+        "busy_cores": busy_cores(before, after, trees),
+        "orders_sent": sent,
+        "cpu_ms_per_request": {name: round(used[name] * 1000 / sent, 3) for name in trees},
+        "servers_cpu_ms_per_request": {
+            server: round(used[server] * 1000 / sent, 3) for server in SHARED_SERVERS
+        },
+    }
 
 
 @contextlib.asynccontextmanager
@@ -442,7 +469,7 @@ async def stop_processes(mesh: RunningMesh) -> None:
 
 async def run_all(workdir: Path) -> dict[str, Any]:
     figures: dict[str, Any] = {}
-    _log("starting two meshes: tracing off, and tracing on")
+    log("starting two meshes: tracing off, and tracing on")
     # The sink outlives the meshes, so the last spans leave at once on shutdown.
     with _nginx_sink() as sink:
         async with side_by_side(workdir, sink) as (mesh, traced):
@@ -450,10 +477,10 @@ async def run_all(workdir: Path) -> dict[str, Any]:
             token = tokens["off"]
             # The traced mesh idles meanwhile (its export threads wake every few seconds).
             figures["gateway_overhead"] = await gateway_overhead(mesh, token)
-            _log("starting a gateway sampling 1 trace in 10 in front of the traced services")
+            log("starting a gateway sampling 1 trace in 10 in front of the traced services")
             async with second_gateway(traced, tracing_sampled(sink)) as sampled_gateway:
                 figures["tracing"] = await tracing_overhead(mesh, traced, sampled_gateway, tokens)
-            _log("stopping the traced mesh: what follows has the machine to itself")
+            log("stopping the traced mesh: what follows has the machine to itself")
             await stop_processes(traced)
             figures["users_at_fixed_rate"] = await cpu_at_fixed_rate(mesh, token)
             figures["order_to_notification"] = await order_latency(mesh, token, ORDER_RATE)

@@ -153,6 +153,63 @@ def _busy_sentence(flow: dict[str, Any], cpus: int) -> str:
     return f"CPU in use meanwhile: {total} cores of the machine's {cpus} ({parts})."
 
 
+def cost_lines(cost: Mapping[str, Any]) -> list[str]:
+    """The cost-per-order comparison as a table: each process's CPU-ms per order in the base
+    commit's mesh and in this one's, and new ÷ base."""
+    rate = cost["fixed_rate_orders_per_second"]
+    columns = {"32 connections": cost["connections"], f"{rate} orders/s": cost["fixed_rate"]}
+    lines = [
+        f"CPU-ms per order, base {cost['base_commit'][:12]} against this checkout, measured "
+        "side by side in interleaved windows (PostgreSQL and RabbitMQ: the machine's servers "
+        "during each mesh's windows).",
+        "",
+        "| process | " + " | ".join(f"base, {c} | new, {c} | new ÷ base" for c in columns) + " |",
+        "|---|" + "---:|---:|---:|" * len(columns),
+    ]
+
+    def row(label: str, values: list[tuple[float, float]]) -> str:
+        cells = [f"{b} | {n} | {_ratio(n, b)}" for b, n in values]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    processes = list(next(iter(columns.values()))["new"]["cpu_ms_per_request"])
+    for process in processes:
+        lines.append(
+            row(
+                process,
+                [
+                    (
+                        f["base"]["cpu_ms_per_request"][process],
+                        f["new"]["cpu_ms_per_request"][process],
+                    )
+                    for f in columns.values()
+                ],
+            )
+        )
+    lines.append(
+        row(
+            "**mesh (sum)**",
+            [
+                (f["base"]["mesh_cpu_ms_per_order"], f["new"]["mesh_cpu_ms_per_order"])
+                for f in columns.values()
+            ],
+        )
+    )
+    for server in next(iter(columns.values()))["new"]["servers_cpu_ms_per_request"]:
+        lines.append(
+            row(
+                server,
+                [
+                    (
+                        f["base"]["servers_cpu_ms_per_request"][server],
+                        f["new"]["servers_cpu_ms_per_request"][server],
+                    )
+                    for f in columns.values()
+                ],
+            )
+        )
+    return lines
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     machine, setup, figures = report["machine"], report["setup"], report["figures"]
     lines = [

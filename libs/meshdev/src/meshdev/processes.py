@@ -55,8 +55,11 @@ class ServiceProcess:
         log_path: Path,
         port: int | None = None,
         workers: int = 1,
+        bin_dir: Path | None = None,
     ) -> None:
         self.package = package
+        # Another environment's executables (an earlier commit's, for side-by-side benchmarks).
+        self.bin_dir = bin_dir
         self.port = port or free_port()
         self.log_path = log_path
         self.env = {
@@ -75,7 +78,7 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         command = production_command(self.package)
-        command[0] = _executable(command[0])
+        command[0] = str(self.bin_dir / command[0]) if self.bin_dir else _executable(command[0])
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

@@ -81,9 +81,10 @@ def _via_port(url: str, port: int | None) -> str:
     return f"{scheme_and_user}@127.0.0.1:{port}"
 
 
-def _migrate(deployable: Deployable, env: Mapping[str, str]) -> None:
+def _migrate(deployable: Deployable, env: Mapping[str, str], bin_dir: Path | None) -> None:
+    python = str(bin_dir / "python") if bin_dir else sys.executable
     subprocess.run(
-        [sys.executable, "-m", f"{deployable.package}.migrate"],
+        [python, "-m", f"{deployable.package}.migrate"],
         env={**os.environ, **env},
         check=True,
         capture_output=True,
@@ -99,10 +100,12 @@ async def running_mesh(
     postgres_port: int | None = None,
     workers: int = 1,
     env: Mapping[str, str] | None = None,
+    bin_dir: Path | None = None,
 ) -> AsyncIterator[RunningMesh]:
     """Starts `names` (in order, each ready before the next) and removes everything after.
     `broker_port` / `postgres_port` point the services at another port (a fault proxy) for the
-    broker / the database; throw-away databases and migrations always go direct."""
+    broker / the database; throw-away databases and migrations always go direct. `bin_dir`
+    runs another environment's code (its `python` and `gunicorn`) instead of this one's."""
     deployables = [d for d in MESH if d.name in names]
     async with AsyncExitStack() as stack:
         vhost = await create_vhost("mesh_test")
@@ -132,13 +135,14 @@ async def running_mesh(
                     **process_env,
                     "DATABASE_URL": direct.env_for(deployable)["DATABASE_URL"],
                 }
-                await asyncio.to_thread(_migrate, deployable, migrate_env)
+                await asyncio.to_thread(_migrate, deployable, migrate_env, bin_dir)
             process = ServiceProcess(
                 deployable.package,
                 env=process_env,
                 log_path=directory / f"{deployable.name}.log",
                 port=wiring.ports[deployable.name],
                 workers=workers,
+                bin_dir=bin_dir,
             )
             # In a thread: a fault proxy serving on this event loop must keep forwarding the
             # service's goodbyes (AMQP close, consumer cancels), or its graceful stop stalls.
