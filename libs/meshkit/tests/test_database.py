@@ -1,5 +1,5 @@
-"""The engine, the session's transaction ownership, read-only sessions, recovery from connections
-the server dropped, database spans and keyset pagination."""
+"""The engine, its autocommit connections and transactions, recovery from connections the
+server dropped, database spans and keyset pagination."""
 
 from __future__ import annotations
 
@@ -14,27 +14,26 @@ from opentelemetry import trace
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
-from sqlalchemy import DateTime, select, text
+from sqlalchemy import Column, DateTime, Table, Uuid, insert, select, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from meshdev.postgres import ADMIN_DSN, create_database, drop_database, sqlalchemy_url
 from meshdev.pytest_plugin import metric_points
-from meshkit.db import Database, ReadOnlySessionError, is_database_unavailable, new_metadata
+from meshkit.db import Database, is_database_unavailable, new_metadata
+from meshkit.instrumentation import statement_operation
 from meshkit.pagination import Cursor, PageParams, build_page, paginate_newest_first
 from meshkit.problems import UnprocessableError
 
 TRACER = trace.get_tracer("tests")
 
 
-class Base(DeclarativeBase):
-    metadata = new_metadata()
-
-
-class Item(Base):
-    __tablename__ = "items"
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+metadata = new_metadata()
+items = Table(
+    "items",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,58 +42,63 @@ async def database() -> AsyncIterator[Database]:
     database = Database(sqlalchemy_url(name))
     try:
         async with database.engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
+            await connection.run_sync(metadata.create_all)
         yield database
     finally:
         await database.dispose()
         await drop_database(name)
 
 
+def _item(created_at: datetime | None = None) -> dict[str, object]:
+    return {"id": uuid.uuid4(), "created_at": created_at or datetime.now(UTC)}
+
+
+async def _stored(database: Database, item_id: object) -> bool:
+    async with database.connect() as connection:
+        found = await connection.scalar(select(items.c.id).where(items.c.id == item_id))
+    return found is not None
+
+
 async def test_transaction_commits_on_success_and_rolls_back_on_error(database: Database) -> None:
-    kept, lost = uuid.uuid4(), uuid.uuid4()
-    async with database.transaction() as session:
-        session.add(Item(id=kept, created_at=datetime.now(UTC)))
+    kept, lost = _item(), _item()
+    async with database.transaction() as connection:
+        await connection.execute(insert(items), kept)
 
     async def failing_handler() -> None:
-        async with database.transaction() as session:
-            session.add(Item(id=lost, created_at=datetime.now(UTC)))
-            await session.flush()
+        async with database.transaction() as connection:
+            await connection.execute(insert(items), lost)
             raise RuntimeError("handler failed")
 
     with pytest.raises(RuntimeError):
         await failing_handler()
 
-    async with database.transaction() as session:
-        assert await session.get(Item, kept) is not None
-        assert await session.get(Item, lost) is None
+    assert await _stored(database, kept["id"])
+    assert not await _stored(database, lost["id"])
 
 
 CURRENT_TRANSACTION = text("SELECT pg_current_xact_id()::text")
 
 
-async def test_reading_sends_each_statement_alone_and_a_transaction_groups_them(
+async def test_connect_sends_each_statement_alone_and_a_transaction_groups_them(
     database: Database,
 ) -> None:
-    async with database.reading() as session:
-        first = await session.scalar(CURRENT_TRANSACTION)
-        second = await session.scalar(CURRENT_TRANSACTION)
+    async with database.connect() as connection:
+        first = await connection.scalar(CURRENT_TRANSACTION)
+        second = await connection.scalar(CURRENT_TRANSACTION)
     assert first != second  # no BEGIN: each statement was its own transaction
 
-    async with database.transaction() as session:
-        first = await session.scalar(CURRENT_TRANSACTION)
-        second = await session.scalar(CURRENT_TRANSACTION)
+    async with database.transaction() as connection:
+        first = await connection.scalar(CURRENT_TRANSACTION)
+        second = await connection.scalar(CURRENT_TRANSACTION)
     assert first == second
 
 
-async def test_reading_refuses_orm_writes(database: Database) -> None:
-    item = uuid.uuid4()
-    async with database.reading() as session:
-        session.add(Item(id=item, created_at=datetime.now(UTC)))
-        with pytest.raises(ReadOnlySessionError):
-            await session.flush()
-
-    async with database.reading() as session:
-        assert await session.get(Item, item) is None
+async def test_a_write_on_connect_commits_by_itself(database: Database) -> None:
+    item = _item()
+    async with database.connect() as connection:
+        await connection.execute(insert(items), item)
+        # Seen from another connection before this one is even returned to the pool.
+        assert await _stored(database, item["id"])
 
 
 async def _terminate_connections_to(database_name: str) -> int:
@@ -119,20 +123,20 @@ async def test_connections_the_server_dropped_fail_one_request_then_the_pool_rec
     try:
 
         async def hold_a_connection() -> None:
-            async with database.transaction() as session:
-                await session.execute(text("SELECT pg_sleep(0.05)"))
+            async with database.transaction() as connection:
+                await connection.execute(text("SELECT pg_sleep(0.05)"))
 
         await asyncio.gather(*(hold_a_connection() for _ in range(3)))  # three pooled
         assert await _terminate_connections_to(name) == 3
 
-        async with database.reading() as session:
+        async with database.connect() as connection:
             with pytest.raises(sa_exc.DBAPIError) as failed:
-                await session.execute(text("SELECT 1"))
+                await connection.execute(text("SELECT 1"))
         assert is_database_unavailable(failed.value)
 
         for _ in range(3):
-            async with database.reading() as session:
-                assert await session.scalar(text("SELECT 1")) == 1
+            async with database.connect() as connection:
+                assert await connection.scalar(text("SELECT 1")) == 1
     finally:
         await database.dispose()
         await drop_database(name)
@@ -142,8 +146,8 @@ async def test_statements_of_a_request_are_client_spans_below_it(
     database: Database, spans: InMemorySpanExporter
 ) -> None:
     with TRACER.start_as_current_span("request") as request:
-        async with database.transaction() as session:
-            await session.execute(select(Item).limit(1))
+        async with database.transaction() as connection:
+            await connection.execute(select(items).limit(1))
 
     db_spans = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
     select_span = next(s for s in db_spans if s.name == "SELECT")
@@ -162,8 +166,8 @@ async def test_a_failing_statement_is_an_error_span_with_its_sqlstate(
     database: Database, spans: InMemorySpanExporter
 ) -> None:
     with TRACER.start_as_current_span("request"), pytest.raises(sa_exc.DBAPIError):
-        async with database.reading() as session:
-            await session.execute(text("SELECT 1 / 0"))
+        async with database.connect() as connection:
+            await connection.execute(text("SELECT 1 / 0"))
 
     (failed,) = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
     assert failed.status.status_code is StatusCode.ERROR
@@ -174,14 +178,14 @@ async def test_a_failing_statement_is_an_error_span_with_its_sqlstate(
 async def test_statements_outside_a_sampled_request_make_no_spans(
     database: Database, spans: InMemorySpanExporter
 ) -> None:
-    async with database.reading() as session:  # no request at all (startup, housekeeping)
-        await session.execute(select(Item).limit(1))
+    async with database.connect() as connection:  # no request at all (startup, housekeeping)
+        await connection.execute(select(items).limit(1))
     sampled_out = NonRecordingSpan(
         SpanContext(trace_id=1, span_id=2, is_remote=True, trace_flags=TraceFlags(0))
     )
     with trace.use_span(sampled_out):
-        async with database.reading() as session:
-            await session.execute(select(Item).limit(1))
+        async with database.connect() as connection:
+            await connection.execute(select(items).limit(1))
 
     assert spans.get_finished_spans() == ()
 
@@ -197,8 +201,8 @@ async def test_pool_usage_is_a_gauge_read_when_metrics_are_collected(
             if p.attributes.get("pool.name") == name
         }
 
-    async with database.reading() as session:
-        await session.execute(text("SELECT 1"))
+    async with database.connect() as connection:
+        await connection.execute(text("SELECT 1"))
         holding = usage()
     released = usage()
 
@@ -217,22 +221,22 @@ async def test_readiness_ping_makes_no_spans(
 
 async def test_pages_cover_every_row_once_even_with_equal_timestamps(database: Database) -> None:
     moment = datetime(2030, 1, 1, tzinfo=UTC)
-    async with database.transaction() as session:
-        session.add_all(
-            Item(created_at=moment - timedelta(seconds=i // 3)) for i in range(25)
+    async with database.transaction() as connection:
+        await connection.execute(
+            insert(items), [_item(moment - timedelta(seconds=i // 3)) for i in range(25)]
         )  # groups of three rows share a timestamp
     seen: list[uuid.UUID] = []
     cursor: Cursor | None = None
     while True:
         params = PageParams(limit=7, cursor=cursor)
-        async with database.transaction() as session:
+        async with database.connect() as connection:
             statement = paginate_newest_first(
-                select(Item).where(Item.created_at.between(moment - timedelta(days=1), moment)),
-                created_at=Item.created_at,
-                id_=Item.id,
+                select(items).where(items.c.created_at.between(moment - timedelta(days=1), moment)),
+                created_at=items.c.created_at,
+                id_=items.c.id,
                 params=params,
             )
-            rows = (await session.scalars(statement)).all()
+            rows = (await connection.execute(statement)).all()
         page = build_page(
             rows,
             params=params,
@@ -260,3 +264,22 @@ def test_malformed_cursor_is_a_422(garbage: str) -> None:
 
     assert raised.value.errors is not None
     assert [issue.loc for issue in raised.value.errors] == [["query", "cursor"]]
+
+
+@pytest.mark.parametrize(
+    ("statement", "operation"),
+    [
+        ("SELECT items.id FROM items", "SELECT"),
+        ("insert into items (id) values ($1)", "INSERT"),
+        (
+            "WITH outbox_row AS (INSERT INTO outbox (id) SELECT $1) INSERT INTO orders (id) "
+            "VALUES ($2)",
+            "INSERT",
+        ),
+        ("WITH a AS (SELECT (1)), b AS (DELETE FROM x RETURNING id) UPDATE y SET z = 1", "UPDATE"),
+    ],
+)
+def test_a_statement_span_names_the_statements_own_operation(
+    statement: str, operation: str
+) -> None:
+    assert statement_operation(statement) == operation

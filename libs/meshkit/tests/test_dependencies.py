@@ -9,12 +9,10 @@ from typing import Any
 import pytest
 
 from meshkit.auth import get_token_verifier, require_principal
-from meshkit.db import get_database, get_session
+from meshkit.db import get_database
 
 
-@pytest.mark.parametrize(
-    "dependency", [get_database, get_session, get_token_verifier, require_principal]
-)
+@pytest.mark.parametrize("dependency", [get_database, get_token_verifier, require_principal])
 def test_per_request_dependencies_do_not_run_in_the_thread_pool(
     dependency: Callable[..., Any],
 ) -> None:

@@ -10,8 +10,8 @@ import aio_pika
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sqlalchemy import MetaData
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from meshkit.db import Database
 from meshkit.messaging import outbox as outbox_module
 from meshkit.messaging.broker import Broker
 from meshkit.messaging.events import CloudEvent
@@ -23,7 +23,13 @@ STORED_PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 @dataclass
 class OutboxRow:
-    event: dict[str, Any]
+    """What the relay's claim returns of a row."""
+
+    id: Any
+    event_type: str
+    event: str  # the stored JSON, as text
+    source: str
+    time: str
     traceparent: str | None
     tracestate: str | None
 
@@ -39,18 +45,24 @@ class RecordingExchange:
 
 
 async def _publish_one(traceparent: str | None) -> aio_pika.Message:
-    engine = create_async_engine("postgresql+asyncpg://unused@127.0.0.1:1/unused")
+    database = Database("postgresql+asyncpg://unused@127.0.0.1:1/unused")
     relay = OutboxRelay(
-        engine=engine,
+        database=database,
         table=outbox_table(MetaData()),
         broker=Broker("amqp://unused", connection_name="test"),
     )
     event = CloudEvent(source="orders", type="order.created", subject="u1", data={"id": "o1"})
-    row = OutboxRow(event.model_dump(mode="json"), traceparent, None)
+    stored = event.model_dump_json(exclude_none=True)
+    row = OutboxRow(
+        event.id, event.type, stored, event.source, event.time.isoformat(), traceparent, None
+    )
     exchange = RecordingExchange()
     await relay._publish(exchange, row)  # type: ignore[arg-type]
-    await engine.dispose()
+    await database.dispose()
     [message] = exchange.published
+    # The stored text goes out as it is, with the contract's properties.
+    assert message.body == stored.encode()
+    assert (message.message_id, message.type) == (str(event.id), "order.created")
     return message
 
 

@@ -1,22 +1,15 @@
-"""One async SQLAlchemy engine per process; a request-scoped session that owns the transaction,
-and a lighter one for handlers that only read."""
+"""One async SQLAlchemy engine per process, and the connections the service layer runs its
+statements on: autocommit for single statements, a transaction for several."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import MetaData, event, text
+from sqlalchemy import MetaData, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from meshkit.instrumentation import instrument_engine
 from meshkit.telemetry import tracing_enabled, untraced
@@ -54,21 +47,14 @@ def new_metadata() -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class ReadOnlySessionError(RuntimeError):
-    """A read-only session was asked to write."""
-
-
-class _ReadOnlySession(Session):
-    """The synchronous session behind `Database.reading()`."""
-
-
-@event.listens_for(_ReadOnlySession, "before_flush")
-def _refuse_flush(session: Session, flush_context: object, instances: object) -> None:
-    raise ReadOnlySessionError("this session only reads; use SessionDep to write")
-
-
 class Database:
-    """The engine and session factories of one process; created and disposed by the lifespan.
+    """The engine of one process; created and disposed by the lifespan.
+
+    Repositories run SQLAlchemy Core statements on an `AsyncConnection`: the ORM's unit of work
+    cost about twice the CPU of the same statements in Core on every request
+    (docs/benchmarks.md, "What an order costs"). A write that is one statement runs alone on
+    `connect()` (atomic by itself, no BEGIN or COMMIT round trip); several statements that must
+    commit together run in `transaction()`.
 
     `pre_ping` is off by default: SQLAlchemy's asyncpg ping is three round trips (BEGIN, an
     empty query, ROLLBACK) at every checkout — as many as a whole read. Without it a connection
@@ -96,33 +82,23 @@ class Database:
         )
         if tracing_enabled():
             instrument_engine(self.engine.sync_engine)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        # Autocommit connections from the same pool: a read of one statement is sent alone,
-        # without BEGIN and COMMIT around it (asyncpg's adapter sets the mode without a query).
-        self.read_sessions = async_sessionmaker(
-            self.engine.execution_options(isolation_level="AUTOCOMMIT"),
-            expire_on_commit=False,
-            sync_session_class=_ReadOnlySession,
-        )
+        # Autocommit connections from the same pool: each statement is sent alone, without
+        # BEGIN and COMMIT around it (asyncpg's adapter sets the mode without a query).
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A session whose work is committed on success and rolled back on any error."""
-        async with self.sessions() as session, session.begin():
-            yield session
+    def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection on which every statement commits by itself: for reads and for writes
+        that are one statement."""
+        return self._autocommit.connect()
 
-    @asynccontextmanager
-    async def reading(self) -> AsyncIterator[AsyncSession]:
-        """A session without a transaction, for handlers that only read: each statement sees
-        its own snapshot, so use it where one statement answers the request. ORM writes are
-        refused (`ReadOnlySessionError`)."""
-        async with self.read_sessions() as session:
-            yield session
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        """A connection in a transaction, committed on success and rolled back on any error."""
+        return self.engine.begin()
 
     async def ping(self) -> None:
         """Readiness check: raises if the database does not answer."""
         with untraced():
-            async with self.engine.connect() as connection:
+            async with self.connect() as connection:
                 await connection.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
@@ -137,22 +113,6 @@ async def get_database(request: Request) -> Database:
     return database
 
 
-async def get_session(
-    database: Annotated[Database, Depends(get_database)],
-) -> AsyncIterator[AsyncSession]:
-    """Request-scoped session: handlers never commit; the dependency does, or rolls back."""
-    async with database.transaction() as session:
-        yield session
-
-
-async def get_read_session(
-    database: Annotated[Database, Depends(get_database)],
-) -> AsyncIterator[AsyncSession]:
-    async with database.reading() as session:
-        yield session
-
-
-# scope="function": commit before the response is sent, so a failed commit is never answered 2xx.
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
-# For handlers that answer with one SELECT: no BEGIN/COMMIT round trips.
-ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
+# The service layer opens the connection or transaction a rule needs and commits before the
+# route answers, so a failed commit is never answered 2xx.
+DatabaseDep = Annotated[Database, Depends(get_database)]

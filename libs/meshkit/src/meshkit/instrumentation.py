@@ -12,6 +12,8 @@ pool's usage when metrics are collected.
 
 from __future__ import annotations
 
+import functools
+import re
 import time
 import weakref
 from collections.abc import Iterable
@@ -66,8 +68,7 @@ class _StatementTracer:
             # too, so none is made.
             return
         # Statements are parameterised ($1, $2 …): the text carries no values.
-        words = statement.split(None, 1)
-        operation = words[0].upper() if words else "postgresql"
+        operation = statement_operation(statement)
         setattr(
             context,
             _SPAN_KEY,
@@ -111,6 +112,32 @@ class _StatementTracer:
         span.end()
         setattr(exception_context.execution_context, _SPAN_KEY, None)
 
+
+_OPERATIONS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE"})
+
+
+@functools.lru_cache(maxsize=512)
+def statement_operation(statement: str) -> str:
+    """The operation a statement performs: its first word, or for `WITH … AS (…) INSERT …` the
+    first operation after its common table expressions (the services write a change and its
+    outbox row as one such statement)."""
+    words = statement.split(None, 1)
+    first = words[0].upper() if words else "postgresql"
+    if first != "WITH":
+        return first
+    depth = 0
+    for match in _TOKENS.finditer(statement):
+        word = match.group()
+        if word == "(":
+            depth += 1
+        elif word == ")":
+            depth -= 1
+        elif depth == 0 and word.upper() in _OPERATIONS:
+            return word.upper()
+    return first
+
+
+_TOKENS = re.compile(r"[()]|[A-Za-z_]+")
 
 _traced_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _pool_gauge: list[object] = []  # the one observable instrument, created with the first engine

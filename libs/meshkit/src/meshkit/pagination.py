@@ -17,8 +17,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import Select, tuple_
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy import ColumnElement, Select, tuple_
 
 from meshkit.problems import UnprocessableError
 
@@ -81,8 +80,8 @@ PageParamsDep = Annotated[PageParams, Depends(page_params)]
 def paginate_newest_first(
     statement: Select[Any],
     *,
-    created_at: InstrumentedAttribute[datetime],
-    id_: InstrumentedAttribute[uuid.UUID],
+    created_at: ColumnElement[datetime],
+    id_: ColumnElement[uuid.UUID],
     params: PageParams,
 ) -> Select[Any]:
     """Orders newest first and fetches one row more than the page, to know if another follows."""

@@ -7,7 +7,6 @@ import uuid
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from meshkit.messaging import CloudEvent, MalformedEventError
-from notifications_service.models import Notification
 from notifications_service.schemas import NotificationRead
 
 SOURCE = "notifications"
@@ -65,10 +64,10 @@ def describe(event: CloudEvent) -> Described:
     raise MalformedEventError(f"no notification for events of type {event.type}")
 
 
-def notification_created(notification: Notification) -> CloudEvent:
+def notification_created(notification: NotificationRead) -> CloudEvent:
     return CloudEvent(
         source=SOURCE,
         type=NOTIFICATION_CREATED,
         subject=str(notification.user_id),
-        data=NotificationRead.model_validate(notification).model_dump(mode="json"),
+        data=notification.model_dump(mode="json"),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -19,7 +19,7 @@ from meshkit.app import create_service_app, lazy_app, readiness_checks
 from meshkit.db import Database
 from meshkit.messaging import (
     Broker,
-    CloudEvent,
+    Delivery,
     EventConsumer,
     OutboxRelay,
     broker_lifespan,
@@ -84,7 +84,7 @@ class EventProcessing:
         self._hub = hub
         self._consumers: list[EventConsumer] = []
         self._relay = OutboxRelay(
-            engine=database.engine,
+            database=database,
             table=outbox,
             broker=broker,
             settings=settings.relay_settings(),
@@ -114,7 +114,12 @@ class EventProcessing:
         push_channel = await self._broker.channel(prefetch=settings.consumer_prefetch)
         push_queue = await declare_push_queue(push_channel)
         for consumer in (
-            EventConsumer(queue, self._handle, retry_delay=settings.retry_delay_seconds),
+            EventConsumer(
+                queue,
+                self._handle,
+                retry_delay=settings.retry_delay_seconds,
+                max_batch=max(1, settings.consumer_prefetch // 2),
+            ),
             EventConsumer(push_queue, self._hub.handle),
         ):
             await consumer.start()
@@ -123,8 +128,8 @@ class EventProcessing:
         self._relay.start()
         logger.info("consuming %s", settings.events_queue)
 
-    async def _handle(self, event: CloudEvent) -> None:
-        await service.handle_event(database=self._database, event=event)
+    async def _handle(self, deliveries: Sequence[Delivery]) -> None:
+        await service.handle_events(database=self._database, deliveries=deliveries)
 
     async def stop(self) -> None:
         """Stop receiving, finish messages in flight, then the relay's batch."""

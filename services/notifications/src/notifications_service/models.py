@@ -1,35 +1,30 @@
-"""ORM models of the notifications database (API schemas live in `schemas.py`)."""
+"""Tables of the notifications database (API schemas live in `schemas.py`).
+
+SQLAlchemy Core tables, not ORM classes: a batch of events is stored with one Core statement
+(docs/benchmarks.md, "What an order costs").
+"""
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-
-from sqlalchemy import DateTime, Index, String, func
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import Boolean, Column, DateTime, Index, String, Table, Uuid, func
 
 from meshkit.db import new_metadata
 from meshkit.messaging import outbox_table
 
+metadata = new_metadata()
 
-class Base(DeclarativeBase):
-    metadata = new_metadata()
-
-
-class Notification(Base):
-    __tablename__ = "notifications"
-    __table_args__ = (
-        Index("ix_notifications_user_id_created_at_id", "user_id", "created_at", "id"),
-    )
-
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    user_id: Mapped[uuid.UUID]
-    type: Mapped[str] = mapped_column(String(100))
-    message: Mapped[str] = mapped_column(String(500))
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("user_id", Uuid, nullable=False),
+    Column("type", String(100), nullable=False),
+    Column("message", String(500), nullable=False),
     # One notification per event, however often the event is delivered.
-    event_id: Mapped[uuid.UUID] = mapped_column(unique=True)
-    read: Mapped[bool] = mapped_column(default=False, server_default="false")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    Column("event_id", Uuid, nullable=False, unique=True),
+    Column("read", Boolean, nullable=False, server_default="false"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_notifications_user_id_created_at_id", "user_id", "created_at", "id"),
+)
 
-
-outbox = outbox_table(Base.metadata)
+outbox = outbox_table(metadata)

@@ -8,12 +8,12 @@ import asyncio
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from meshkit.messaging import EVENTS_EXCHANGE, CloudEvent, MalformedEventError
+from meshkit.messaging import EVENTS_EXCHANGE, Delivery, MalformedEventError
 from notifications_service.events import NOTIFICATION_CREATED
 from notifications_service.schemas import NotificationRead
 
@@ -70,13 +70,16 @@ class PushHub:
             except asyncio.QueueFull:  # pragma: no cover - guarded by the size check above
                 logger.warning("push buffer full for a stream of user %s", notification.user_id)
 
-    async def handle(self, event: CloudEvent) -> None:
+    async def handle(self, deliveries: Sequence[Delivery]) -> None:
         """Handler of this process's `notification.created` subscription."""
-        try:
-            notification = NotificationRead.model_validate(event.data)
-        except ValueError as exc:
-            raise MalformedEventError(str(exc)) from exc
-        self.publish(notification)
+        for delivery in deliveries:
+            if not self._subscribers:
+                return  # nobody listens in this process: nothing to read
+            try:
+                notification = NotificationRead.model_validate(delivery.event.data)
+            except ValueError as exc:
+                raise MalformedEventError(str(exc)) from exc
+            self.publish(notification)
 
 
 async def declare_push_queue(channel: AbstractChannel) -> AbstractQueue:

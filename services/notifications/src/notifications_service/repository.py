@@ -1,70 +1,111 @@
-"""All SQL of the notifications service."""
+"""All SQL of the notifications service: SQLAlchemy Core statements, built once."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ARRAY, Boolean, DateTime, Row, String, Uuid, bindparam, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from meshkit import messaging
 from meshkit.pagination import PageParams, paginate_newest_first
-from notifications_service.models import Notification, outbox
+from notifications_service.models import notifications
 
-
-async def add_notification(
-    session: AsyncSession, *, user_id: uuid.UUID, type_: str, message: str, event_id: uuid.UUID
-) -> Notification | None:
-    """Inserts the notification of an event; None if that event already has one (the unique
-    constraint on `event_id` decides, so concurrent redeliveries cannot both insert)."""
-    result = await session.execute(
-        _INSERT_NOTIFICATION,
-        {
-            "id": uuid.uuid4(),
-            "user_id": user_id,
-            "type": type_,
-            "message": message,
-            "event_id": event_id,
-        },
+# A whole batch of notifications and their `notification.created` rows in one statement: rows
+# as arrays, one notification per event (an event already stored, or twice in the batch, is
+# skipped by the unique `event_id`), and an outbox row only for the notifications inserted.
+_INSERT_WITH_EVENTS = text(
+    """
+    WITH stored AS (
+        INSERT INTO notifications (id, user_id, type, message, event_id, read, created_at)
+        SELECT * FROM unnest(:ids, :user_ids, :types, :messages, :event_ids, :reads, :times)
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING id
     )
-    return result.scalar_one_or_none()
-
-
-# Built once, values as parameters: the statement's cache key is computed once, not per event.
-_INSERT_NOTIFICATION = (
-    insert(Notification)
-    .on_conflict_do_nothing(index_elements=[Notification.event_id])
-    .returning(Notification)
+    INSERT INTO outbox (id, event_type, event, traceparent, tracestate)
+    SELECT row.id, row.event_type, CAST(row.event AS JSONB), row.traceparent, row.tracestate
+    FROM unnest(
+        :outbox_ids, :outbox_event_types, :outbox_events, :outbox_traceparents,
+        :outbox_tracestates, :ids
+    ) AS row (id, event_type, event, traceparent, tracestate, notification_id)
+    JOIN stored ON stored.id = row.notification_id
+    """
+).bindparams(
+    bindparam("ids", type_=ARRAY(Uuid)),
+    bindparam("user_ids", type_=ARRAY(Uuid)),
+    bindparam("types", type_=ARRAY(String)),
+    bindparam("messages", type_=ARRAY(String)),
+    bindparam("event_ids", type_=ARRAY(Uuid)),
+    bindparam("reads", type_=ARRAY(Boolean)),
+    bindparam("times", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("outbox_ids", type_=ARRAY(Uuid)),
+    bindparam("outbox_event_types", type_=ARRAY(String)),
+    bindparam("outbox_events", type_=ARRAY(String)),
+    bindparam("outbox_traceparents", type_=ARRAY(String)),
+    bindparam("outbox_tracestates", type_=ARRAY(String)),
 )
+
+# Which array of the statement holds which value of a row, and of its outbox row.
+_ROW_ARRAYS = {
+    "ids": "id",
+    "user_ids": "user_id",
+    "types": "type",
+    "messages": "message",
+    "event_ids": "event_id",
+    "reads": "read",
+    "times": "created_at",
+}
+_EVENT_ARRAYS = {
+    "outbox_ids": "outbox_id",
+    "outbox_event_types": "outbox_event_type",
+    "outbox_events": "outbox_event",
+    "outbox_traceparents": "outbox_traceparent",
+    "outbox_tracestates": "outbox_tracestate",
+}
+
+
+async def add_notifications(
+    connection: AsyncConnection,
+    rows: Sequence[dict[str, Any]],
+    events: Sequence[dict[str, Any]],
+) -> None:
+    """Inserts `rows` (rows of `notifications`) with their outbox rows (`events[i]`: the
+    `outbox_values` of `rows[i]`'s event); the rows of events already stored are skipped."""
+    parameters = {array: [row[key] for row in rows] for array, key in _ROW_ARRAYS.items()}
+    parameters.update({array: [e[key] for e in events] for array, key in _EVENT_ARRAYS.items()})
+    await connection.execute(_INSERT_WITH_EVENTS, parameters)
 
 
 async def list_notifications(
-    session: AsyncSession, *, user_id: uuid.UUID, params: PageParams
-) -> Sequence[Notification]:
+    connection: AsyncConnection, *, user_id: uuid.UUID, params: PageParams
+) -> Sequence[Row[Any]]:
     statement = paginate_newest_first(
-        select(Notification).where(Notification.user_id == user_id),
-        created_at=Notification.created_at,
-        id_=Notification.id,
+        select(notifications).where(notifications.c.user_id == user_id),
+        created_at=notifications.c.created_at,
+        id_=notifications.c.id,
         params=params,
     )
-    notifications: Sequence[Notification] = (await session.execute(statement)).scalars().all()
-    return notifications
+    rows: Sequence[Row[Any]] = (await connection.execute(statement)).all()
+    return rows
+
+
+_MARK_READ = (
+    update(notifications)
+    .where(
+        notifications.c.id == bindparam("notification_id"),
+        # Not `user_id`: a column of the UPDATE's own table may not name a parameter.
+        notifications.c.user_id == bindparam("owner_id"),
+    )
+    .values(read=True)
+    .returning(*notifications.c)
+)
 
 
 async def mark_read(
-    session: AsyncSession, *, notification_id: uuid.UUID, user_id: uuid.UUID
-) -> Notification | None:
-    result = await session.execute(
-        update(Notification)
-        .where(Notification.id == notification_id, Notification.user_id == user_id)
-        .values(read=True)
-        .returning(Notification)
-        .execution_options(populate_existing=True)
+    connection: AsyncConnection, *, notification_id: uuid.UUID, user_id: uuid.UUID
+) -> Row[Any] | None:
+    result = await connection.execute(
+        _MARK_READ, {"notification_id": notification_id, "owner_id": user_id}
     )
-    return result.scalar_one_or_none()
-
-
-async def add_event(session: AsyncSession, event: messaging.CloudEvent) -> None:
-    await messaging.add_event(session, outbox, event)
+    return result.one_or_none()

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, WebSocket, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from meshkit.auth import CurrentPrincipal, InvalidTokenError, TokenVerifier
-from meshkit.db import ReadSessionDep, SessionDep
+from meshkit.db import DatabaseDep
 from meshkit.pagination import Page, PageParamsDep
 from meshkit.problems import ProblemError
 from notifications_service import service
@@ -40,11 +40,11 @@ notifications = APIRouter(prefix="/api/notifications", tags=["notifications"])
 
 @notifications.get("", response_model=Page[NotificationRead])
 async def list_notifications(
-    principal: CurrentPrincipal, session: ReadSessionDep, params: PageParamsDep
+    principal: CurrentPrincipal, database: DatabaseDep, params: PageParamsDep
 ) -> Page[NotificationRead]:
     """The caller's notifications, newest first."""
     return await service.list_notifications(
-        session=session, user_id=principal.user_id, params=params
+        database=database, user_id=principal.user_id, params=params
     )
 
 
@@ -61,11 +61,11 @@ async def stream(
 
 @notifications.post("/{notification_id}/read", response_model=NotificationRead)
 async def mark_read(
-    notification_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep
+    notification_id: uuid.UUID, principal: CurrentPrincipal, database: DatabaseDep
 ) -> Any:
     """Mark one of the caller's notifications as read."""
     return await service.mark_read(
-        session=session, notification_id=notification_id, user_id=principal.user_id
+        database=database, notification_id=notification_id, user_id=principal.user_id
     )
 
 

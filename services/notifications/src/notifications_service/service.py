@@ -2,45 +2,53 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
-
-from sqlalchemy.ext.asyncio import AsyncSession
+from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from meshkit.db import Database
-from meshkit.messaging import CloudEvent
+from meshkit.messaging import Delivery, outbox_values
 from meshkit.pagination import Cursor, Page, PageParams, build_page
 from meshkit.problems import NotFoundError
 from notifications_service import repository
 from notifications_service.events import describe, notification_created
-from notifications_service.models import Notification
 from notifications_service.schemas import NotificationRead
 
-logger = logging.getLogger("notifications")
 
-
-async def handle_event(*, database: Database, event: CloudEvent) -> None:
-    """One notification per event, stored with its `notification.created` event in one
-    transaction; the consumer acks only after this returns, i.e. after the commit."""
-    described = describe(event)
-    async with database.transaction() as session:
-        notification = await repository.add_notification(
-            session,
-            user_id=described.user_id,
-            type_=event.type,
-            message=described.message,
-            event_id=event.id,
+async def handle_events(*, database: Database, deliveries: Sequence[Delivery]) -> None:
+    """One notification per event, each stored with its `notification.created` event, the
+    whole batch in one statement; the consumer acks only after this returns, i.e. after the
+    commit. An event that already has its notification (a redelivery) is skipped."""
+    now = datetime.now(UTC)
+    notifications = []
+    for delivery in deliveries:
+        described = describe(delivery.event)  # MalformedEventError: to the DLQ, alone
+        notifications.append(
+            NotificationRead(
+                id=uuid.uuid4(),
+                user_id=described.user_id,
+                type=delivery.event.type,
+                message=described.message,
+                event_id=delivery.event.id,
+                created_at=now,
+                read=False,
+            )
         )
-        if notification is None:
-            logger.info("event %s was already handled; acknowledged again", event.id)
-            return
-        await repository.add_event(session, notification_created(notification))
+    events = [
+        outbox_values(notification_created(notification), trace=delivery.trace)
+        for notification, delivery in zip(notifications, deliveries, strict=True)
+    ]
+    async with database.connect() as connection:
+        await repository.add_notifications(
+            connection, [n.model_dump() for n in notifications], events
+        )
 
 
 async def list_notifications(
-    *, session: AsyncSession, user_id: uuid.UUID, params: PageParams
+    *, database: Database, user_id: uuid.UUID, params: PageParams
 ) -> Page[NotificationRead]:
-    rows = await repository.list_notifications(session, user_id=user_id, params=params)
+    async with database.connect() as connection:
+        rows = await repository.list_notifications(connection, user_id=user_id, params=params)
     return build_page(
         rows,
         params=params,
@@ -50,11 +58,12 @@ async def list_notifications(
 
 
 async def mark_read(
-    *, session: AsyncSession, notification_id: uuid.UUID, user_id: uuid.UUID
-) -> Notification:
-    notification = await repository.mark_read(
-        session, notification_id=notification_id, user_id=user_id
-    )
-    if notification is None:
+    *, database: Database, notification_id: uuid.UUID, user_id: uuid.UUID
+) -> NotificationRead:
+    async with database.connect() as connection:
+        row = await repository.mark_read(
+            connection, notification_id=notification_id, user_id=user_id
+        )
+    if row is None:
         raise NotFoundError("Notification not found.")
-    return notification
+    return NotificationRead.model_validate(row)

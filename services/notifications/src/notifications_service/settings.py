@@ -18,10 +18,13 @@ class NotificationsSettings(MessagingSettings):
     delivery_limit: int = Field(
         default=5, ge=1, le=100, description="Deliveries before a failing message is dead-lettered."
     )
-    # Each unacked message is handled concurrently and holds a pooled database connection:
-    # more in flight than DATABASE_POOL_SIZE opens and closes overflow connections per message.
+    # Messages are stored in batches of up to half the prefetch window, one statement and one
+    # database connection per batch; the other half arrives while a batch is being stored.
     consumer_prefetch: int = Field(
-        default=8, ge=1, le=1000, description="Unacked messages per channel, handled at once."
+        default=200,
+        ge=1,
+        le=2000,
+        description="Unacked messages per channel; batches are up to half of it.",
     )
     retry_delay_seconds: float = Field(
         default=0.5, ge=0, le=60, description="First pause before a failed message is requeued."

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from meshkit.messaging import CloudEvent
-from orders_service.models import Order
 from orders_service.schemas import OrderRead
 
 SOURCE = "orders"
@@ -11,11 +10,11 @@ ORDER_CREATED = "order.created"
 ORDER_CANCELLED = "order.cancelled"
 
 
-def order_event(event_type: str, order: Order) -> CloudEvent:
+def order_event(event_type: str, order: OrderRead) -> CloudEvent:
     """`data` is the order exactly as the API shows it."""
     return CloudEvent(
         source=SOURCE,
         type=event_type,
         subject=str(order.user_id),
-        data=OrderRead.model_validate(order).model_dump(mode="json"),
+        data=order.model_dump(mode="json"),
     )

@@ -1,31 +1,32 @@
-"""ORM models of the orders database (API schemas live in `schemas.py`)."""
+"""Tables of the orders database (API schemas live in `schemas.py`).
+
+SQLAlchemy Core tables, not ORM classes: the repository runs one Core statement where the ORM's
+unit of work ran several and cost twice the CPU (docs/benchmarks.md, "What an order costs").
+"""
 
 from __future__ import annotations
 
 import enum
-import uuid
-from datetime import datetime
-from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Column,
     DateTime,
     Enum,
     Index,
     String,
+    Table,
     UniqueConstraint,
+    Uuid,
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from meshkit.db import new_metadata
 from meshkit.messaging import outbox_table
 
-
-class Base(DeclarativeBase):
-    metadata = new_metadata()
+metadata = new_metadata()
 
 
 class OrderStatus(enum.StrEnum):
@@ -33,29 +34,28 @@ class OrderStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-class Order(Base):
-    __tablename__ = "orders"
-    __table_args__ = (
-        # The database, not a prior SELECT, decides that a key is used once per user.
-        UniqueConstraint("user_id", "idempotency_key", name="uq_orders_user_id_idempotency_key"),
-        CheckConstraint("total_cents >= 0", name="total_not_negative"),
-        Index("ix_orders_user_id_created_at_id", "user_id", "created_at", "id"),
-    )
-
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    user_id: Mapped[uuid.UUID]
-    status: Mapped[OrderStatus] = mapped_column(
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("user_id", Uuid, nullable=False),
+    Column(
+        "status",
         Enum(OrderStatus, name="order_status", values_callable=lambda e: [m.value for m in e]),
-        default=OrderStatus.CREATED,
-    )
+        nullable=False,
+    ),
     # Line items never change once ordered: stored with the order as one JSON document.
-    items: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
+    Column("items", JSONB, nullable=False),
     # Up to 100 items x 1000 x 10_000_000 cents = 10^12: beyond a 32-bit integer.
-    total_cents: Mapped[int] = mapped_column(BigInteger)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255))
-    request_hash: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    Column("total_cents", BigInteger, nullable=False),
+    Column("idempotency_key", String(255)),
+    Column("request_hash", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # The database, not a prior SELECT, decides that a key is used once per user.
+    UniqueConstraint("user_id", "idempotency_key", name="uq_orders_user_id_idempotency_key"),
+    CheckConstraint("total_cents >= 0", name="total_not_negative"),
+    Index("ix_orders_user_id_created_at_id", "user_id", "created_at", "id"),
+)
 
-
-outbox = outbox_table(Base.metadata)
+outbox = outbox_table(metadata)

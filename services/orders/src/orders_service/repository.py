@@ -1,4 +1,4 @@
-"""All SQL of the orders service."""
+"""All SQL of the orders service: SQLAlchemy Core statements, built once, values as parameters."""
 
 from __future__ import annotations
 
@@ -6,107 +6,108 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Row, bindparam, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meshkit import messaging
 from meshkit.pagination import PageParams, paginate_newest_first
-from orders_service.models import Order, OrderStatus, outbox
+from orders_service.models import OrderStatus, orders, outbox
 
 
 class IdempotencyKeyTakenError(Exception):
     """Another request inserted an order with the same key first."""
 
 
-async def lock_idempotency_key(session: AsyncSession, *, user_id: uuid.UUID, key: str) -> bool:
+_LOCK_KEY = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:lock_key, 0))")
+
+
+async def lock_idempotency_key(
+    connection: AsyncConnection, *, user_id: uuid.UUID, key: str
+) -> bool:
     """Try to take a transaction-scoped lock on (user, key); False while another request holds
     it, i.e. the same key is in flight. Released by commit or rollback."""
-    result = await session.execute(
-        text("SELECT pg_try_advisory_xact_lock(hashtextextended(:lock_key, 0))"),
-        {"lock_key": f"orders:{user_id}:{key}"},
-    )
+    result = await connection.execute(_LOCK_KEY, {"lock_key": f"orders:{user_id}:{key}"})
     return bool(result.scalar_one())
 
 
+_BY_KEY = select(orders).where(
+    orders.c.user_id == bindparam("user_id"),
+    orders.c.idempotency_key == bindparam("key"),
+)
+
+
 async def find_by_idempotency_key(
-    session: AsyncSession, *, user_id: uuid.UUID, key: str
-) -> Order | None:
-    result = await session.execute(
-        select(Order).where(Order.user_id == user_id, Order.idempotency_key == key)
-    )
-    return result.scalar_one_or_none()
+    connection: AsyncConnection, *, user_id: uuid.UUID, key: str
+) -> Row[Any] | None:
+    result = await connection.execute(_BY_KEY, {"user_id": user_id, "key": key})
+    return result.one_or_none()
+
+
+# The order and its event row in one statement: atomic without BEGIN and COMMIT.
+_INSERT_ORDER_WITH_EVENT = messaging.with_outbox_row(insert(orders), outbox)
 
 
 async def add_order(
-    session: AsyncSession,
-    *,
-    user_id: uuid.UUID,
-    items: list[dict[str, Any]],
-    total_cents: int,
-    idempotency_key: str | None,
-    request_hash: str | None,
-) -> Order:
-    order = Order(
-        user_id=user_id,
-        items=items,
-        total_cents=total_cents,
-        status=OrderStatus.CREATED,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash,
-    )
-    session.add(order)
+    connection: AsyncConnection, order: dict[str, Any], event: messaging.CloudEvent
+) -> None:
+    """Stores `order` (a row of `orders`) with its event."""
     try:
-        # No savepoint: a duplicate key ends the request (409) and its whole transaction.
-        # The INSERT returns the server-side defaults (created_at, updated_at), so no refresh.
-        await session.flush()
+        await connection.execute(
+            _INSERT_ORDER_WITH_EVENT, {**order, **messaging.outbox_values(event)}
+        )
     except IntegrityError as exc:
         if "uq_orders_user_id_idempotency_key" in str(exc.orig):
-            raise IdempotencyKeyTakenError(idempotency_key) from exc
+            raise IdempotencyKeyTakenError(order["idempotency_key"]) from exc
         raise
-    return order
+
+
+_BY_ID = select(orders).where(
+    orders.c.id == bindparam("order_id"), orders.c.user_id == bindparam("user_id")
+)
 
 
 async def get_order(
-    session: AsyncSession, *, order_id: uuid.UUID, user_id: uuid.UUID
-) -> Order | None:
-    result = await session.execute(
-        select(Order).where(Order.id == order_id, Order.user_id == user_id)
-    )
-    return result.scalar_one_or_none()
+    connection: AsyncConnection, *, order_id: uuid.UUID, user_id: uuid.UUID
+) -> Row[Any] | None:
+    result = await connection.execute(_BY_ID, {"order_id": order_id, "user_id": user_id})
+    return result.one_or_none()
 
 
 async def list_orders(
-    session: AsyncSession, *, user_id: uuid.UUID, params: PageParams
-) -> Sequence[Order]:
+    connection: AsyncConnection, *, user_id: uuid.UUID, params: PageParams
+) -> Sequence[Row[Any]]:
     statement = paginate_newest_first(
-        select(Order).where(Order.user_id == user_id),
-        created_at=Order.created_at,
-        id_=Order.id,
+        select(orders).where(orders.c.user_id == user_id),
+        created_at=orders.c.created_at,
+        id_=orders.c.id,
         params=params,
     )
-    orders: Sequence[Order] = (await session.execute(statement)).scalars().all()
-    return orders
+    rows: Sequence[Row[Any]] = (await connection.execute(statement)).all()
+    return rows
+
+
+# One statement, so two concurrent cancels cannot both succeed.
+_CANCEL = (
+    update(orders)
+    .where(
+        orders.c.id == bindparam("order_id"),
+        # Not `user_id`: a column of the UPDATE's own table may not name a parameter.
+        orders.c.user_id == bindparam("owner_id"),
+        orders.c.status == OrderStatus.CREATED,
+    )
+    .values(status=OrderStatus.CANCELLED, updated_at=func.now())
+    .returning(*orders.c)
+)
 
 
 async def cancel_order(
-    session: AsyncSession, *, order_id: uuid.UUID, user_id: uuid.UUID
-) -> Order | None:
-    """Cancels in one statement, so two concurrent cancels cannot both succeed; None if the
-    order is not the user's or is not in the `created` state."""
-    result = await session.execute(
-        update(Order)
-        .where(
-            Order.id == order_id,
-            Order.user_id == user_id,
-            Order.status == OrderStatus.CREATED,
-        )
-        .values(status=OrderStatus.CANCELLED, updated_at=func.now())
-        .returning(Order)
-        .execution_options(populate_existing=True)
-    )
-    return result.scalar_one_or_none()
+    connection: AsyncConnection, *, order_id: uuid.UUID, user_id: uuid.UUID
+) -> Row[Any] | None:
+    """The cancelled order; None if it is not the user's or is not in the `created` state."""
+    result = await connection.execute(_CANCEL, {"order_id": order_id, "owner_id": user_id})
+    return result.one_or_none()
 
 
-async def add_event(session: AsyncSession, event: messaging.CloudEvent) -> None:
-    await messaging.add_event(session, outbox, event)
+async def add_event(connection: AsyncConnection, event: messaging.CloudEvent) -> None:
+    await messaging.add_event(connection, outbox, event)

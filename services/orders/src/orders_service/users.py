@@ -27,11 +27,12 @@ class UsersClient:
                 "The users service cannot be reached; no order was stored. Try again shortly.",
                 headers={"Retry-After": "1"},
             ) from exc
+        if response.status_code == 204:
+            return
         if response.status_code == 404:
             raise UnauthorizedError("The account this token belongs to no longer exists.")
-        if response.status_code != 200:
-            logger.warning("users service answered %d", response.status_code)
-            raise ServiceUnavailableError(
-                "The users service could not confirm the account; no order was stored.",
-                headers={"Retry-After": "1"},
-            )
+        logger.warning("users service answered %d", response.status_code)
+        raise ServiceUnavailableError(
+            "The users service could not confirm the account; no order was stored.",
+            headers={"Retry-After": "1"},
+        )

@@ -1,33 +1,28 @@
-"""ORM models of the users database (API schemas live in `schemas.py`)."""
+"""Tables of the users database (API schemas live in `schemas.py`).
+
+SQLAlchemy Core tables, not ORM classes: the repository runs one Core statement where the ORM's
+unit of work ran several and cost twice the CPU (docs/benchmarks.md, "What an order costs").
+"""
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-
-from sqlalchemy import CheckConstraint, DateTime, String, func
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import CheckConstraint, Column, DateTime, String, Table, Uuid, func
 
 from meshkit.db import new_metadata
 from meshkit.messaging import outbox_table
 
+metadata = new_metadata()
 
-class Base(DeclarativeBase):
-    metadata = new_metadata()
+users = Table(
+    "users",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", String(100), nullable=False),
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Emails are stored lower-cased, so the unique constraint is case-insensitive.
+    CheckConstraint("email = lower(email)", name="email_lowercase"),
+)
 
-
-class User(Base):
-    __tablename__ = "users"
-    __table_args__ = (
-        # Emails are stored lower-cased, so the unique constraint is case-insensitive.
-        CheckConstraint("email = lower(email)", name="email_lowercase"),
-    )
-
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
-    email: Mapped[str] = mapped_column(String(320), unique=True)
-    name: Mapped[str] = mapped_column(String(100))
-    password_hash: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-
-outbox = outbox_table(Base.metadata)
+outbox = outbox_table(metadata)

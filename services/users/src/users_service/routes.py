@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request, status
+from fastapi import APIRouter, Depends, Form, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from meshkit.auth import CurrentPrincipal
-from meshkit.db import ReadSessionDep, SessionDep
+from meshkit.db import DatabaseDep
 from meshkit.fields import StorableStr
 from users_service import service
 from users_service.login_limits import LoginLimiter
@@ -36,22 +36,22 @@ internal = APIRouter(prefix="/internal/users", tags=["internal"], include_in_sch
 
 
 @users.post("", status_code=status.HTTP_201_CREATED, response_model=UserRead)
-async def register(data: UserCreate, session: SessionDep) -> Any:
+async def register(data: UserCreate, database: DatabaseDep) -> Any:
     """Create an account. Emails are case-insensitive and unique."""
-    return await service.register(session=session, data=data)
+    return await service.register(database=database, data=data)
 
 
 @users.get("/me", response_model=UserRead)
-async def me(principal: CurrentPrincipal, session: ReadSessionDep) -> Any:
+async def me(principal: CurrentPrincipal, database: DatabaseDep) -> Any:
     """The caller's own account."""
-    return await service.get_user(session=session, user_id=principal.user_id)
+    return await service.get_user(database=database, user_id=principal.user_id)
 
 
 @users.get("/{user_id}", response_model=UserRead)
-async def get_user(user_id: uuid.UUID, principal: CurrentPrincipal, session: ReadSessionDep) -> Any:
+async def get_user(user_id: uuid.UUID, principal: CurrentPrincipal, database: DatabaseDep) -> Any:
     """A user by id: only the caller's own id is visible; any other id is 404."""
     return await service.get_visible_user(
-        session=session, user_id=user_id, caller_id=principal.user_id
+        database=database, user_id=user_id, caller_id=principal.user_id
     )
 
 
@@ -70,13 +70,13 @@ class _PasswordForm(OAuth2PasswordRequestForm):
 async def token(
     form: Annotated[_PasswordForm, Depends()],
     request: Request,
-    session: SessionDep,
+    database: DatabaseDep,
     issuer: IssuerDep,
     limiter: LimiterDep,
 ) -> AccessToken:
     """OAuth2 password flow: `username` is the email. Failed attempts are rate limited."""
     issued = await service.login(
-        session=session,
+        database=database,
         limiter=limiter,
         issuer=issuer,
         email=form.username,
@@ -92,10 +92,12 @@ async def jwks(issuer: IssuerDep) -> dict[str, Any]:
     return issuer.jwks
 
 
-@internal.get("/{user_id}", response_model=UserRead)
-async def get_user_internal(user_id: uuid.UUID, session: ReadSessionDep) -> Any:
-    """For other services: does this user exist? Not routed by the gateway."""
-    return await service.get_user(session=session, user_id=user_id)
+@internal.get("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def user_exists(user_id: uuid.UUID, database: DatabaseDep) -> Response:
+    """For other services: does this user exist? 204 or 404, no body. Not routed by the
+    gateway."""
+    await service.ensure_exists(database=database, user_id=user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 routers = (users, auth, internal)

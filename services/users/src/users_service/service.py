@@ -3,34 +3,36 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from meshkit.db import Database
 from meshkit.problems import ConflictError, NotFoundError, UnauthorizedError
 from users_service import repository
 from users_service.events import user_registered
 from users_service.login_limits import LoginLimiter
-from users_service.models import User
-from users_service.schemas import UserCreate
+from users_service.schemas import UserCreate, UserRead
 from users_service.security import IssuedToken, TokenIssuer, hash_password, verify_password
 
 
-async def register(*, session: AsyncSession, data: UserCreate) -> User:
+async def register(*, database: Database, data: UserCreate) -> UserRead:
+    """Stores the user with its `user.registered` event: both, or neither."""
     password_hash = await hash_password(data.password)
+    user = UserRead(id=uuid.uuid4(), email=data.email, name=data.name, created_at=datetime.now(UTC))
     try:
-        user = await repository.add_user(
-            session, email=data.email, name=data.name, password_hash=password_hash
-        )
+        async with database.connect() as connection:
+            await repository.add_user(
+                connection,
+                {**user.model_dump(), "password_hash": password_hash},
+                user_registered(user),
+            )
     except repository.EmailTakenError as exc:
         raise ConflictError("A user with this email already exists.") from exc
-    # In the same transaction as the user: both are stored, or neither.
-    await repository.add_event(session, user_registered(user))
     return user
 
 
 async def login(
     *,
-    session: AsyncSession,
+    database: Database,
     limiter: LoginLimiter,
     issuer: TokenIssuer,
     email: str,
@@ -38,7 +40,8 @@ async def login(
     client: str | None,
 ) -> IssuedToken:
     await limiter.ensure_allowed(email=email, client=client)
-    user = await repository.find_by_email(session, email)
+    async with database.connect() as connection:
+        user = await repository.find_by_email(connection, email)
     # Same answer, and the same argon2 cost, whether the email exists or not.
     if not await verify_password(password, user.password_hash if user else None) or user is None:
         await limiter.record_failure(email=email, client=client)
@@ -47,17 +50,23 @@ async def login(
 
 
 async def get_visible_user(
-    *, session: AsyncSession, user_id: uuid.UUID, caller_id: uuid.UUID
-) -> User:
+    *, database: Database, user_id: uuid.UUID, caller_id: uuid.UUID
+) -> UserRead:
     """Users see only themselves; anyone else's id is answered as if it did not exist."""
-    user = await repository.get_user(session, user_id) if user_id == caller_id else None
-    if user is None:
+    if user_id != caller_id:
         raise NotFoundError("User not found.")
-    return user
+    return await get_user(database=database, user_id=user_id)
 
 
-async def get_user(*, session: AsyncSession, user_id: uuid.UUID) -> User:
-    user = await repository.get_user(session, user_id)
+async def get_user(*, database: Database, user_id: uuid.UUID) -> UserRead:
+    async with database.connect() as connection:
+        user = await repository.get_user(connection, user_id)
     if user is None:
         raise NotFoundError("User not found.")
-    return user
+    return UserRead.model_validate(user)
+
+
+async def ensure_exists(*, database: Database, user_id: uuid.UUID) -> None:
+    async with database.connect() as connection:
+        if not await repository.user_exists(connection, user_id):
+            raise NotFoundError("User not found.")

@@ -6,12 +6,13 @@ from meshkit.messaging.broker import (
     declare_exchanges,
     declare_work_queue,
 )
-from meshkit.messaging.consumer import EventConsumer, Handler, MalformedEventError
+from meshkit.messaging.consumer import Delivery, EventConsumer, Handler, MalformedEventError
 from meshkit.messaging.events import (
     CLOUDEVENTS_CONTENT_TYPE,
     DEAD_LETTER_EXCHANGE,
     EVENTS_EXCHANGE,
     CloudEvent,
+    event_message,
     to_message,
 )
 from meshkit.messaging.lifespan import broker_lifespan, relay_lifespan
@@ -19,7 +20,10 @@ from meshkit.messaging.outbox import (
     OutboxRelay,
     RelaySettings,
     add_event,
+    outbox_insert,
     outbox_table,
+    outbox_values,
+    with_outbox_row,
 )
 from meshkit.messaging.settings import MessagingSettings
 
@@ -30,6 +34,7 @@ __all__ = [
     "Broker",
     "BrokerUnavailableError",
     "CloudEvent",
+    "Delivery",
     "EventConsumer",
     "Handler",
     "MalformedEventError",
@@ -40,7 +45,11 @@ __all__ = [
     "broker_lifespan",
     "declare_exchanges",
     "declare_work_queue",
+    "event_message",
+    "outbox_insert",
     "outbox_table",
+    "outbox_values",
     "relay_lifespan",
     "to_message",
+    "with_outbox_row",
 ]

@@ -1,36 +1,58 @@
-"""Consuming events: manual acks after the handler's work is committed, and a clear path to the
-dead-letter queue for what cannot be processed.
+"""Consuming events in batches: acks after the handler's work is committed, and a clear path to
+the dead-letter queue for what cannot be processed.
+
+Messages that arrive while a batch is being handled form the next batch (up to `max_batch`),
+so a busy queue is stored with one statement per batch and acknowledged with one ack, while a
+lone message is handled at once. The handler gets the whole batch; if it fails, every message
+of the batch is handled again on its own, so one message that cannot be processed takes only
+itself to the dead-letter queue:
 
 - A message that is not a valid event (or whose data the handler rejects as malformed) is
   rejected without requeue: the queue dead-letters it straight to `<queue>.dlq`.
 - A handler that fails otherwise (database down, a bug) has the message requeued after a short,
   growing pause; the quorum queue counts deliveries and dead-letters it at `x-delivery-limit`,
   so a poison message never loops forever.
-- Stopping cancels the subscription first, then waits for the messages in flight to finish.
+- Stopping cancels the subscription first, then waits for the batch in flight to finish;
+  what was not handled yet is redelivered.
 
 Each message is processed in a `process <queue>` span whose parent is the trace context in the
 message headers (propagated by hand: aio-pika's instrumentation does not do it for every
-consume style, and we want the same behaviour for all of them).
+consume style, and we want the same behaviour for all of them). A batch's statements run in the
+span of its first message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
-from opentelemetry.trace import StatusCode
+from opentelemetry import trace
+from opentelemetry.trace import Span, StatusCode
 from pydantic import ValidationError
 
-from meshkit.messaging.events import CloudEvent
+from meshkit.messaging.events import TRACE_HEADERS, CloudEvent
 from meshkit.messaging.metrics import consumed_messages, process_duration
-from meshkit.messaging.tracing import process_span
+from meshkit.messaging.tracing import span_carrier, start_process_span
+from meshkit.telemetry import tracing_enabled
 
 logger = logging.getLogger("meshkit.messaging.consumer")
 
-Handler = Callable[[CloudEvent], Awaitable[None]]
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An event as the handler gets it, with the trace context it is processed in: what an
+    outbox row written for it carries on (`outbox_values(event, trace=delivery.trace)`)."""
+
+    event: CloudEvent
+    trace: Mapping[str, str]
+
+
+Handler = Callable[[Sequence[Delivery]], Awaitable[None]]
 
 
 class MalformedEventError(ValueError):
@@ -43,6 +65,14 @@ def delivery_count(message: AbstractIncomingMessage) -> int:
     return int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
 
 
+@dataclass(slots=True)
+class _Received:
+    message: AbstractIncomingMessage
+    span: Span
+    delivery: Delivery | None = None  # None: not a valid event
+    outcome: str | None = None  # the error type, if it failed
+
+
 class EventConsumer:
     def __init__(
         self,
@@ -51,90 +81,158 @@ class EventConsumer:
         *,
         retry_delay: float = 0.5,
         max_retry_delay: float = 10.0,
+        max_batch: int = 100,
     ) -> None:
         self._queue = queue
         self._handler = handler
         self._retry_delay = retry_delay
         self._max_retry_delay = max_retry_delay
+        self._max_batch = max_batch
         self._tag: str | None = None
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._arrived: list[AbstractIncomingMessage] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._worker: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def start(self) -> None:
+        self._worker = asyncio.create_task(self._work(), name=f"consume {self._queue.name}")
         self._tag = await self._queue.consume(self._on_message)
 
     async def stop(self, *, grace_seconds: float = 10.0) -> None:
-        """Stop receiving, then let the messages in flight finish (unacked ones are redelivered)."""
+        """Stop receiving, then let the batch in flight finish (unacked ones are redelivered)."""
         self._stopping = True
         if self._tag is not None:
             try:
                 await self._queue.cancel(self._tag, timeout=2)
             except Exception as exc:  # the channel may already be gone
                 logger.info("consumer cancel on %s failed: %s", self._queue.name, exc)
-        if self._in_flight:
-            await asyncio.wait(self._in_flight, timeout=grace_seconds)
+        self._arrived.clear()  # not started: the broker redelivers them
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace_seconds)
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._in_flight.add(task)
-        try:
-            await self._process(message)
-        finally:
-            self._in_flight.discard(task)
+        self._arrived.append(message)
+        self._idle.clear()
+        self._wake.set()
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
+    async def _work(self) -> None:
+        while True:
+            await self._wake.wait()
+            # Deliveries already read from the socket join this batch.
+            await asyncio.sleep(0)
+            self._wake.clear()
+            while self._arrived:
+                batch = self._arrived[: self._max_batch]
+                del self._arrived[: self._max_batch]
+                await self._process(batch)
+            self._idle.set()
+
+    async def _process(self, messages: list[AbstractIncomingMessage]) -> None:
         started = time.perf_counter()
-        outcome = await self._process_traced(message)
-        attributes = {
-            "messaging.system": "rabbitmq",
-            "messaging.destination.subscription.name": self._queue.name,
-            "messaging.rabbitmq.destination.routing_key": message.routing_key or "",
-        }
-        if outcome is not None:
-            attributes["error.type"] = outcome
-        consumed_messages.add(1, attributes)
-        process_duration.record(time.perf_counter() - started, attributes)
+        received = [self._receive(message) for message in messages]
+        try:
+            valid = [r for r in received if r.delivery is not None]
+            for item in received:
+                if item.delivery is None:
+                    await item.message.reject(requeue=False)
+            if valid:
+                await self._handle(valid)
+        finally:
+            duration = time.perf_counter() - started
+            for item in received:
+                item.span.end()
+                attributes = {
+                    "messaging.system": "rabbitmq",
+                    "messaging.destination.subscription.name": self._queue.name,
+                    "messaging.rabbitmq.destination.routing_key": item.message.routing_key or "",
+                }
+                if item.outcome is not None:
+                    attributes["error.type"] = item.outcome
+                consumed_messages.add(1, attributes)
+                process_duration.record(duration, attributes)
 
-    async def _process_traced(self, message: AbstractIncomingMessage) -> str | None:
-        """Handles, then acks / dead-letters / requeues; returns the error type, if any."""
-        queue = self._queue.name
-        with process_span(
-            queue=queue,
+    def _receive(self, message: AbstractIncomingMessage) -> _Received:
+        span = start_process_span(
+            queue=self._queue.name,
             exchange=message.exchange or "",
             routing_key=message.routing_key or "",
             message_id=message.message_id,
             headers=message.headers,
-        ) as span:
-            try:
-                event = CloudEvent.model_validate_json(message.body)
-                await self._handler(event)
-            except (ValidationError, MalformedEventError) as exc:
-                span.set_status(StatusCode.ERROR, "malformed event")
-                logger.error(
-                    "malformed message %s on %s, dead-lettered: %s",
-                    message.message_id,
-                    queue,
-                    str(exc)[:500],
-                )
-                await message.reject(requeue=False)
-                return "malformed"
-            except Exception as exc:
-                span.record_exception(exc)
-                span.set_status(StatusCode.ERROR, type(exc).__name__)
-                attempt = delivery_count(message)
-                logger.exception(
-                    "handling %s on %s failed (delivery %d); requeued",
-                    message.message_id,
-                    queue,
-                    attempt + 1,
-                )
-                if not self._stopping:
-                    # Immediate requeues would spend the delivery limit in milliseconds while
-                    # e.g. the database restarts; pausing gives transient failures a chance.
-                    delay = min(self._max_retry_delay, self._retry_delay * 2**attempt)
-                    await asyncio.sleep(delay)
-                await message.nack(requeue=True)
-                return type(exc).__name__
-            await message.ack()
-            return None
+        )
+        item = _Received(message, span)
+        try:
+            event = CloudEvent.model_validate_json(message.body)
+        except ValidationError as exc:
+            self._malformed(item, exc)
+            return item
+        if tracing_enabled():
+            carrier = span_carrier(span)
+        else:
+            # No span: the message's own context travels on, as the relay passes it on.
+            headers = message.headers or {}
+            carrier = {k: str(headers[k]) for k in TRACE_HEADERS if isinstance(headers.get(k), str)}
+        item.delivery = Delivery(event, carrier)
+        return item
+
+    def _malformed(self, item: _Received, exc: Exception) -> None:
+        item.span.set_status(StatusCode.ERROR, "malformed event")
+        item.outcome = "malformed"
+        logger.error(
+            "malformed message %s on %s, dead-lettered: %s",
+            item.message.message_id,
+            self._queue.name,
+            str(exc)[:500],
+        )
+
+    async def _handle(self, batch: list[_Received]) -> None:
+        """The whole batch at once, acked with one ack; on failure each message on its own."""
+        try:
+            with trace.use_span(batch[0].span, end_on_exit=False):
+                await self._handler([item.delivery for item in batch if item.delivery])
+        except Exception as exc:
+            if len(batch) == 1:
+                await self._settle_failure(batch[0], exc)
+                return
+            # Which one failed? Each alone: the others are stored, the culprit retried.
+            await asyncio.gather(*(self._handle_alone(item) for item in batch))
+            return
+        # Every earlier delivery of this channel is settled (batches run one after another).
+        await batch[-1].message.ack(multiple=True)
+
+    async def _handle_alone(self, item: _Received) -> None:
+        assert item.delivery is not None
+        try:
+            with trace.use_span(item.span, end_on_exit=False):
+                await self._handler([item.delivery])
+        except Exception as exc:
+            await self._settle_failure(item, exc)
+            return
+        await item.message.ack()
+
+    async def _settle_failure(self, item: _Received, exc: Exception) -> None:
+        """Handling `item` alone raised `exc`: dead-letter it, or requeue it after a pause."""
+        if isinstance(exc, MalformedEventError):
+            self._malformed(item, exc)
+            await item.message.reject(requeue=False)
+            return
+        item.span.record_exception(exc)
+        item.span.set_status(StatusCode.ERROR, type(exc).__name__)
+        item.outcome = type(exc).__name__
+        attempt = delivery_count(item.message)
+        logger.error(
+            "handling %s on %s failed (delivery %d); requeued",
+            item.message.message_id,
+            self._queue.name,
+            attempt + 1,
+            exc_info=exc,
+        )
+        if not self._stopping:
+            # Immediate requeues would spend the delivery limit in milliseconds while
+            # e.g. the database restarts; pausing gives transient failures a chance.
+            await asyncio.sleep(min(self._max_retry_delay, self._retry_delay * 2**attempt))
+        await item.message.nack(requeue=True)

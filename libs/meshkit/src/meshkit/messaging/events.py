@@ -38,13 +38,34 @@ class CloudEvent(BaseModel):
 
 def to_message(event: CloudEvent, *, trace_headers: Mapping[str, str]) -> aio_pika.Message:
     """The AMQP message for an event, with the trace context of the span that publishes it."""
+    return event_message(
+        event.model_dump_json(exclude_none=True).encode(),
+        event_id=str(event.id),
+        event_type=event.type,
+        source=event.source,
+        time=event.time,
+        trace_headers=trace_headers,
+    )
+
+
+def event_message(
+    body: bytes,
+    *,
+    event_id: str,
+    event_type: str,
+    source: str,
+    time: datetime,
+    trace_headers: Mapping[str, str],
+) -> aio_pika.Message:
+    """The AMQP message carrying an event already serialised (the outbox stores it so, and the
+    relay sends it on without parsing it again)."""
     return aio_pika.Message(
-        body=event.model_dump_json(exclude_none=True).encode(),
+        body=body,
         content_type=CLOUDEVENTS_CONTENT_TYPE,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=str(event.id),
-        type=event.type,
-        timestamp=event.time,
-        app_id=event.source,
+        message_id=event_id,
+        type=event_type,
+        timestamp=time,
+        app_id=source,
         headers={k: v for k, v in trace_headers.items() if k in TRACE_HEADERS},
     )

@@ -39,7 +39,7 @@ async def relay_lifespan(
     """Runs this process's outbox relay; on stop, the batch in flight is finished first."""
     database: Database = app.state.database
     relay = OutboxRelay(
-        engine=database.engine, table=outbox, broker=broker, settings=settings.relay_settings()
+        database=database, table=outbox, broker=broker, settings=settings.relay_settings()
     )
     relay.start()
     app.state.outbox_relay = relay

@@ -1,14 +1,17 @@
-"""Transactional outbox: events are rows written in the same transaction as the change they
-describe, and a relay publishes them afterwards, so an event is never lost and never published
-for a change that was rolled back.
+"""Transactional outbox: events are rows written with the change they describe (in the same
+statement or the same transaction), and a relay publishes them afterwards, so an event is never
+lost and never published for a change that was rolled back.
 
-The relay claims pending rows with `SELECT … FOR UPDATE SKIP LOCKED`, so any number of relays
-(replicas, gunicorn workers) share the work without publishing a row twice at the same time.
-It publishes a whole batch concurrently with publisher confirms and `mandatory` (an unroutable
-event is returned and retried later, never silently dropped), then marks the confirmed rows sent
-in the same transaction. It wakes on PostgreSQL `LISTEN/NOTIFY` (a trigger notifies on insert)
-and polls as a fallback. Delivery is at least once: a crash between confirm and commit publishes
-a row again, which consumers absorb by deduplicating on the event id.
+The relay claims pending rows with one `UPDATE … RETURNING` whose subquery locks them with
+`FOR UPDATE SKIP LOCKED`: the claim pushes the rows' `next_attempt_at` a lease into the future,
+so any number of relays (replicas, gunicorn workers) share the work without publishing a row
+twice at the same time, and no transaction stays open while the broker confirms. It publishes a
+whole batch concurrently with publisher confirms and `mandatory` (an unroutable event is
+returned and retried later, never silently dropped), then marks the confirmed rows sent in one
+statement. It wakes on PostgreSQL `LISTEN/NOTIFY` (a trigger notifies on insert) and polls as a
+fallback. Delivery is at least once: a relay that dies between the broker's confirm and the
+mark leaves its rows to be published again when their lease ends, which consumers absorb by
+deduplicating on the event id.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aio_pika
 import aiormq
 import asyncpg
 from sqlalchemy import (
+    ARRAY,
     Column,
     DateTime,
     Index,
@@ -36,6 +41,8 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    bindparam,
+    cast,
     delete,
     func,
     insert,
@@ -45,11 +52,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Insert, Update
+from sqlalchemy.sql.selectable import TextualSelect
 
+from meshkit.db import Database
 from meshkit.messaging.broker import Broker, BrokerUnavailableError, backoff_delay
-from meshkit.messaging.events import EVENTS_EXCHANGE, CloudEvent, to_message
+from meshkit.messaging.events import EVENTS_EXCHANGE, CloudEvent, event_message
 from meshkit.messaging.metrics import sent_messages, watch_backlog
 from meshkit.messaging.tracing import context_from, publish_span, trace_carrier
 from meshkit.telemetry import tracing_enabled, untraced
@@ -104,27 +113,53 @@ def outbox_table(metadata: MetaData) -> Table:
     )
 
 
-async def add_event(session: AsyncSession, table: Table, event: CloudEvent) -> None:
-    """Write `event` to the outbox in the session's transaction, with the current trace context,
-    so the relay's publish (and everything after it) joins the trace of this request."""
-    carrier = trace_carrier()
-    await session.execute(
-        _insert_into(table),
-        {
-            "id": event.id,
-            "event_type": event.type,
-            "event": event.model_dump(mode="json", exclude_none=True),
-            "traceparent": carrier.get("traceparent"),
-            "tracestate": carrier.get("tracestate") or None,
-        },
-    )
+def outbox_values(event: CloudEvent, *, trace: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The parameters of `outbox_insert` for `event`, with the trace context it was caused in
+    (default: the current one), so the relay's publish and everything after it join the trace
+    of the request or message that wrote it."""
+    carrier = trace_carrier() if trace is None else trace
+    return {
+        "outbox_id": event.id,
+        "outbox_event_type": event.type,
+        # Serialised once here; stored as JSONB and sent on by the relay as this very text.
+        "outbox_event": event.model_dump_json(exclude_none=True),
+        "outbox_traceparent": carrier.get("traceparent"),
+        "outbox_tracestate": carrier.get("tracestate") or None,
+    }
 
 
 @functools.cache
-def _insert_into(table: Table) -> Insert:
-    # One statement object per table, values as parameters: SQLAlchemy computes its cache key
-    # once, where `.values(...)` builds and hashes a new statement for every event.
-    return insert(table)
+def outbox_insert(table: Table) -> Insert:
+    """The INSERT of one outbox row (parameters: `outbox_values`). Run it in the transaction of
+    the change, or attach it to the change's own statement with `with_outbox_row`.
+
+    One statement object per table, values as parameters: SQLAlchemy computes its cache key
+    once, where `.values(...)` with literals builds and hashes a new statement for every event.
+    INSERT … SELECT, because its columns are fixed: a plain INSERT in a CTE would take more
+    columns from the parameters of the statement it is attached to (`id`, `created_at`).
+    """
+    c = table.c
+    values = select(
+        bindparam("outbox_id", type_=c.id.type),
+        bindparam("outbox_event_type", type_=c.event_type.type),
+        cast(bindparam("outbox_event", type_=Text), JSONB),
+        bindparam("outbox_traceparent", type_=c.traceparent.type),
+        bindparam("outbox_tracestate", type_=c.tracestate.type),
+    )
+    return insert(table).from_select(
+        [c.id, c.event_type, c.event, c.traceparent, c.tracestate], values
+    )
+
+
+def with_outbox_row(statement: Insert | Update, table: Table) -> Insert | Update:
+    """`statement` writing its event row as well, as a data-modifying CTE: the change and its
+    event are one statement, atomic without a transaction (no BEGIN and COMMIT round trips)."""
+    return statement.add_cte(outbox_insert(table).cte("outbox_row"))
+
+
+async def add_event(connection: AsyncConnection, table: Table, event: CloudEvent) -> None:
+    """Write `event` to the outbox, in the transaction `connection` is in."""
+    await connection.execute(outbox_insert(table), outbox_values(event))
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +173,46 @@ class RelaySettings:
     purge_every: float = 600.0
     backlog_every: float = 5.0
 
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claimed row is left to its relay before another may publish it: longer
+        than publishing a whole batch can take, so only a relay that died loses its rows."""
+        return 3 * self.publish_timeout
+
+
+class _RelayStatements:
+    """The relay's statements for one outbox table, built once."""
+
+    def __init__(self, table: Table) -> None:
+        # `= ANY(ARRAY(subquery))` makes PostgreSQL run the locking subquery once; the rows it
+        # locked are updated by the same statement, so the claim needs no transaction.
+        self.claim: TextualSelect = text(
+            f"""
+            UPDATE {table.name} SET next_attempt_at = now() + make_interval(secs => :lease)
+            WHERE id = ANY(ARRAY(
+                SELECT id FROM {table.name}
+                WHERE sent_at IS NULL AND next_attempt_at <= now()
+                ORDER BY next_attempt_at, created_at
+                LIMIT :batch
+                FOR UPDATE SKIP LOCKED
+            ))
+            RETURNING id, event_type, attempts, traceparent, tracestate,
+                event::text AS event, event->>'source' AS source, event->>'time' AS time
+            """  # noqa: S608 - the table name is the service's own, not input
+        ).columns(
+            table.c.id, table.c.event_type, table.c.attempts, table.c.traceparent,
+            table.c.tracestate,
+        )  # fmt: skip
+        ids = bindparam("ids", type_=ARRAY(Uuid))
+        self.mark_sent: Update = (
+            update(table).where(table.c.id == func.any(ids)).values(sent_at=func.now())
+        )
+        self.release: Update = (
+            update(table)
+            .where(table.c.id == func.any(ids), table.c.sent_at.is_(None))
+            .values(next_attempt_at=func.now())
+        )
+
 
 class OutboxRelay:
     """Publishes a service's outbox; run one per process, as many processes as you like."""
@@ -145,12 +220,12 @@ class OutboxRelay:
     def __init__(
         self,
         *,
-        engine: AsyncEngine,
+        database: Database,
         table: Table,
         broker: Broker,
         settings: RelaySettings | None = None,
     ) -> None:
-        self._engine = engine
+        self._database = database
         self._table = table
         self._broker = broker
         self._settings = settings or RelaySettings()
@@ -160,6 +235,7 @@ class OutboxRelay:
         self._listener_task: asyncio.Task[None] | None = None
         self._last_purge = time.monotonic()
         self._last_backlog = float("-inf")
+        self._statements = _RelayStatements(table)
         # Read by the `outbox.pending.*` gauges.
         self.table_name = table.name
         self.pending_rows = 0
@@ -220,81 +296,91 @@ class OutboxRelay:
 
     async def drain_once(self) -> int:
         """Claim, publish and mark one batch; returns how many rows were claimed."""
-        table = self._table
         channel = self._broker.publish_channel
         exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
-        async with self._engine.begin() as connection:
-            with untraced():  # one batch mixes many traces: no orphan span for its SQL
+        settings = self._settings
+        statements = self._statements
+        # One batch mixes many traces: no orphan spans for its SQL.
+        with untraced():
+            async with self._database.connect() as connection:
                 rows = (
                     await connection.execute(
-                        select(table)
-                        .where(table.c.sent_at.is_(None), table.c.next_attempt_at <= func.now())
-                        .order_by(table.c.next_attempt_at, table.c.created_at)
-                        .limit(self._settings.batch_size)
-                        .with_for_update(skip_locked=True)
+                        statements.claim,
+                        {"batch": settings.batch_size, "lease": settings.lease_seconds},
                     )
                 ).all()
-            if not rows:
-                return 0
-            outcomes = await asyncio.gather(
-                *(self._publish(exchange, row) for row in rows), return_exceptions=True
-            )
-            sent = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
-            refused = [
-                (row, outcome)
-                for row, outcome in zip(rows, outcomes, strict=True)
-                if isinstance(outcome, MESSAGE_REFUSED_ERRORS)
-            ]
-            with untraced():
-                if sent:
-                    await connection.execute(
-                        update(table).where(table.c.id.in_(sent)).values(sent_at=func.now())
-                    )
-                for row, error in refused:
-                    await self._postpone(connection, row, error)
+        if not rows:
+            return 0
+        outcomes = await asyncio.gather(
+            *(self._publish(exchange, row) for row in rows), return_exceptions=True
+        )
+        sent = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
+        refused = [
+            (row, outcome)
+            for row, outcome in zip(rows, outcomes, strict=True)
+            if isinstance(outcome, MESSAGE_REFUSED_ERRORS)
+        ]
         broken = [
-            outcome
-            for outcome in outcomes
+            (row.id, outcome)
+            for row, outcome in zip(rows, outcomes, strict=True)
             if isinstance(outcome, BaseException)
             and not isinstance(outcome, MESSAGE_REFUSED_ERRORS)
         ]
+        with untraced():
+            async with self._database.connect() as connection:
+                if sent:
+                    await connection.execute(statements.mark_sent, {"ids": sent})
+                for row, error in refused:
+                    await self._postpone(connection, row, error)
+                if broken:
+                    # Not confirmed (the broker went away): free them at once rather than when
+                    # the lease ends, so they go out as soon as the broker is back.
+                    await connection.execute(
+                        statements.release, {"ids": [row_id for row_id, _ in broken]}
+                    )
         if broken:
-            # Rows not confirmed stay pending; the caller backs off.
-            raise broken[0]
+            # The caller backs off.
+            raise broken[0][1]
         return len(rows)
 
     async def _publish(self, exchange: aio_pika.abc.AbstractExchange, row: Row[Any]) -> None:
-        event = CloudEvent.model_validate(row.event)
         stored = {"traceparent": row.traceparent, "tracestate": row.tracestate}
         if not tracing_enabled():
             # No span to make here (a no-op one cost ~9% of the relay's CPU): the stored context
             # travels on unchanged, so services downstream that do trace stay in the trace.
-            headers = {key: value for key, value in stored.items() if value}
-            await self._send(exchange, event, headers)
+            await self._send(exchange, row, {key: value for key, value in stored.items() if value})
             return
         with publish_span(
             exchange=EVENTS_EXCHANGE,
-            routing_key=event.type,
-            message_id=str(event.id),
+            routing_key=row.event_type,
+            message_id=str(row.id),
             parent=context_from(stored),
         ):
-            await self._send(exchange, event, trace_carrier())
+            await self._send(exchange, row, trace_carrier())
 
     async def _send(
         self,
         exchange: aio_pika.abc.AbstractExchange,
-        event: CloudEvent,
+        row: Row[Any],
         trace_headers: dict[str, str],
     ) -> None:
         attributes = {
             "messaging.system": "rabbitmq",
             "messaging.destination.name": EVENTS_EXCHANGE,
-            "messaging.rabbitmq.destination.routing_key": event.type,
+            "messaging.rabbitmq.destination.routing_key": row.event_type,
         }
+        message = event_message(
+            row.event.encode(),
+            event_id=str(row.id),
+            event_type=row.event_type,
+            source=row.source,
+            time=datetime.fromisoformat(row.time),
+            trace_headers=trace_headers,
+        )
         try:
             await exchange.publish(
-                to_message(event, trace_headers=trace_headers),
-                routing_key=event.type,
+                message,
+                routing_key=row.event_type,
                 mandatory=True,
                 timeout=self._settings.publish_timeout,
             )
@@ -303,7 +389,9 @@ class OutboxRelay:
             raise
         sent_messages.add(1, attributes)
 
-    async def _postpone(self, connection: Any, row: Row[Any], error: BaseException) -> None:
+    async def _postpone(
+        self, connection: AsyncConnection, row: Row[Any], error: BaseException
+    ) -> None:
         """A refused or unroutable event waits (growing delays) instead of blocking the batch."""
         delay = min(60.0, 2.0 ** min(row.attempts, 6))
         logger.error(
@@ -329,7 +417,7 @@ class OutboxRelay:
         self._last_backlog = time.monotonic()
         table = self._table
         with untraced():
-            async with self._engine.connect() as connection:
+            async with self._database.connect() as connection:
                 row = (
                     await connection.execute(
                         select(
@@ -356,12 +444,13 @@ class OutboxRelay:
             .scalar_subquery()
         )
         with untraced():
-            async with self._engine.begin() as connection:
+            async with self._database.connect() as connection:
                 await connection.execute(delete(table).where(table.c.id.in_(old)))
 
     async def _listen(self) -> None:
         """Wake on every commit that inserted outbox rows; reconnect when the link drops."""
-        dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        url = self._database.engine.url
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         attempt = 0
         while True:
             connection: asyncpg.Connection | None = None

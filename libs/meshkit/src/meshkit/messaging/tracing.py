@@ -55,15 +55,16 @@ def publish_span(
         yield span
 
 
-@contextmanager
-def process_span(
+def start_process_span(
     *,
     queue: str,
     exchange: str,
     routing_key: str,
     message_id: str | None,
     headers: Mapping[str, Any] | None,
-) -> Iterator[Span]:
+) -> Span:
+    """The CONSUMER span of one message, child of the context in its headers; the caller ends
+    it (a batch keeps several open at once)."""
     attributes: dict[str, str] = {
         "messaging.system": "rabbitmq",
         "messaging.operation.name": "process",
@@ -74,10 +75,16 @@ def process_span(
     }
     if message_id:
         attributes["messaging.message.id"] = message_id
-    with tracer.start_as_current_span(
+    return tracer.start_span(
         f"process {queue}",
         context=context_from(headers),
         kind=SpanKind.CONSUMER,
         attributes=attributes,
-    ) as span:
-        yield span
+    )
+
+
+def span_carrier(span: Span) -> dict[str, str]:
+    """`traceparent`/`tracestate` of `span`, whether or not it is the current one."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier

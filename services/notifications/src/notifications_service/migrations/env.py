@@ -1,4 +1,4 @@
 from meshkit.migrations import run_env
-from notifications_service.models import Base
+from notifications_service.models import metadata
 
-run_env(Base.metadata)
+run_env(metadata)

@@ -1,4 +1,4 @@
 from meshkit.migrations import run_env
-from users_service.models import Base
+from users_service.models import metadata
 
-run_env(Base.metadata)
+run_env(metadata)
