@@ -21,6 +21,7 @@ from meshdev.deployfiles import (
     container_env,
     dockerfile_stages,
     expand,
+    prometheus_rules,
     secret_references,
     settings_class,
     settings_from,
@@ -367,6 +368,18 @@ def test_prod_runs_replicated_operator_clusters(
     rabbitmq = prod.get("RabbitmqCluster", "rabbitmq")
     assert rabbitmq is not None
     assert rabbitmq["spec"]["replicas"] >= 3
+
+
+# ---- monitoring (prometheus-operator) ------------------------------------------------------------
+
+
+def test_production_alerts_with_the_one_rules_file(clusters: dict[str, Cluster]) -> None:
+    for cluster in _prod_overlays(clusters):
+        rule = cluster.get("PrometheusRule", "mesh")
+        assert rule is not None, cluster.name
+        assert rule["metadata"]["namespace"] == "mesh"
+        assert rule["spec"] == prometheus_rules(), f"{cluster.name}: the rules were changed"
+    assert "PrometheusRule" not in clusters["dev"].by_kind  # dev runs no Prometheus
 
 
 def test_expand_follows_kubernetes_rules() -> None:
