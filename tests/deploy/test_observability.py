@@ -16,6 +16,7 @@ import yaml
 
 from meshdev.deployfiles import (
     OBSERVABILITY,
+    PROMETHEUS_RULES,
     listed_series,
     promql_metric_names,
 )
@@ -136,3 +137,29 @@ def test_grafana_loads_the_dashboards_from_where_compose_mounts_them(
     assert home.rsplit("/", 1)[0] in paths
     assert (OBSERVABILITY / "grafana" / "dashboards" / home.rsplit("/", 1)[1]).exists()
     assert mounts["/etc/grafana/provisioning"] == str(OBSERVABILITY / "grafana" / "provisioning")
+
+
+def test_prometheus_loads_the_rules_of_the_one_rules_file(compose: dict[str, Any]) -> None:
+    """compose's one-shot writes the PrometheusRule's `.spec` where prometheus.yaml's
+    rule_files look, before Prometheus starts."""
+    services = compose["services"]
+    extract = services["prometheus-rules"]
+    assert extract["image"].startswith("mikefarah/yq:4.")
+    binds = {v["target"]: v["source"] for v in extract["volumes"] if v["type"] == "bind"}
+    (source_in_container,) = binds
+    assert binds[source_in_container] == str(PROMETHEUS_RULES)
+    script = " ".join(extract["command"])
+    match = re.fullmatch(rf"yq '\.spec' {re.escape(source_in_container)} > (\S+)", script)
+    assert match is not None, script
+    written = Path(match[1])
+
+    (volume,) = [v for v in extract["volumes"] if v["type"] == "volume"]
+    assert Path(volume["target"]) == written.parent
+    prometheus = services["prometheus"]
+    mounted = {v["source"]: v["target"] for v in prometheus["volumes"] if v["type"] == "volume"}
+    rules_dir = Path(mounted[volume["source"]])
+    (pattern,) = _yaml(OBSERVABILITY / "prometheus.yaml")["rule_files"]
+    assert Path(pattern).parent == rules_dir
+    assert (rules_dir / written.name).match(pattern)
+    condition = prometheus["depends_on"]["prometheus-rules"]["condition"]
+    assert condition == "service_completed_successfully"
