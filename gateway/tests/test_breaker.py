@@ -1,8 +1,13 @@
-"""The circuit breaker's state machine, on a clock the test moves."""
+"""The circuit breaker's state machine, on a clock the test moves, and its state gauge."""
 
 from __future__ import annotations
 
+import uuid
+
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
 from mesh_gateway.breaker import BreakerState, CircuitBreaker
+from meshdev.pytest_plugin import metric_points
 
 
 class Clock:
@@ -13,8 +18,10 @@ class Clock:
         return self.now
 
 
-def _breaker(clock: Clock) -> CircuitBreaker:
-    return CircuitBreaker(failure_threshold=3, recovery_seconds=10.0, clock=clock)
+def _breaker(clock: Clock, upstream: str = "orders") -> CircuitBreaker:
+    return CircuitBreaker(
+        upstream=upstream, failure_threshold=3, recovery_seconds=10.0, clock=clock
+    )
 
 
 def test_it_opens_only_after_consecutive_failures() -> None:
@@ -77,3 +84,42 @@ def test_an_abandoned_probe_is_replaced_after_the_recovery_time() -> None:
     clock.now += 10
 
     assert breaker.retry_after() is None
+
+
+def _gauge(reader: InMemoryMetricReader, upstream: str) -> dict[str, int]:
+    return {
+        str(point.attributes["state"]): int(point.value)
+        for point in metric_points(reader, "gateway.circuit_breaker.state")
+        if point.attributes["gateway.upstream"] == upstream
+    }
+
+
+def test_the_state_gauge_reports_every_state_of_each_upstream(
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    clock = Clock()
+    upstream = f"upstream-{uuid.uuid4().hex[:8]}"
+    breaker = _breaker(clock, upstream)
+
+    assert _gauge(metric_reader, upstream) == {"closed": 1, "open": 0, "half-open": 0}
+    for _ in range(3):
+        breaker.record_failure()
+    assert _gauge(metric_reader, upstream) == {"closed": 0, "open": 1, "half-open": 0}
+
+
+def test_the_gauge_shows_an_open_circuit_due_for_a_probe_as_half_open_without_moving_it(
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    """With no traffic the state machine stays open until a request comes; the operator sees
+    what the next request will meet."""
+    clock = Clock()
+    upstream = f"upstream-{uuid.uuid4().hex[:8]}"
+    breaker = _breaker(clock, upstream)
+    for _ in range(3):
+        breaker.record_failure()
+
+    clock.now += 10
+
+    assert _gauge(metric_reader, upstream) == {"closed": 0, "open": 0, "half-open": 1}
+    assert breaker.state.value == BreakerState.OPEN.value
+    assert breaker.retry_after() is None  # the probe still goes through

@@ -11,16 +11,19 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import yaml
 from sqlalchemy.engine import make_url
 
 from meshdev.deployfiles import (
     K8S,
+    OBSERVABILITY,
     ROOT,
     Cluster,
     Manifest,
     container_env,
     dockerfile_stages,
     expand,
+    prometheus_rules,
     secret_references,
     settings_class,
     settings_from,
@@ -367,6 +370,72 @@ def test_prod_runs_replicated_operator_clusters(
     rabbitmq = prod.get("RabbitmqCluster", "rabbitmq")
     assert rabbitmq is not None
     assert rabbitmq["spec"]["replicas"] >= 3
+
+
+# ---- monitoring (prometheus-operator) ------------------------------------------------------------
+
+
+def _service_monitor(cluster: Cluster, name: str) -> Manifest:
+    monitor = cluster.get("ServiceMonitor", name)
+    assert monitor is not None, f"{cluster.name}: no ServiceMonitor {name!r}"
+    return monitor
+
+
+def test_production_alerts_with_the_one_rules_file(clusters: dict[str, Cluster]) -> None:
+    for cluster in _prod_overlays(clusters):
+        rule = cluster.get("PrometheusRule", "mesh")
+        assert rule is not None, cluster.name
+        assert rule["metadata"]["namespace"] == "mesh"
+        assert rule["spec"] == prometheus_rules(), f"{cluster.name}: the rules were changed"
+    assert "PrometheusRule" not in clusters["dev"].by_kind  # dev runs no Prometheus
+
+
+def test_production_scrapes_the_collector_keeping_the_services_job_labels(
+    clusters: dict[str, Cluster],
+) -> None:
+    collector = yaml.safe_load((OBSERVABILITY / "otel-collector.yaml").read_text())
+    assert "prometheus" in collector["service"]["pipelines"]["metrics"]["exporters"]
+    for cluster in _prod_overlays(clusters):
+        monitor = _service_monitor(cluster, "otel-collector")
+        assert monitor["metadata"]["namespace"] == "mesh"
+        assert monitor["spec"]["selector"] == {
+            "matchLabels": {"app.kubernetes.io/name": "otel-collector"}
+        }
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] == "prometheus"
+        assert endpoint["honorLabels"] is True  # job = service.name, as the rules expect
+    # The collector the dev overlay runs carries the label the ServiceMonitor selects.
+    service = clusters["dev"].get("Service", "otel-collector")
+    assert service is not None
+    assert service["metadata"]["labels"]["app.kubernetes.io/name"] == "otel-collector"
+
+
+def test_prod_scrapes_rabbitmq_per_queue_as_compose_does(clusters: dict[str, Cluster]) -> None:
+    prod = clusters["prod"]
+    broker = prod.get("RabbitmqCluster", "rabbitmq")
+    assert broker is not None
+    monitor = _service_monitor(prod, "rabbitmq")
+    # The operator labels the Service of a RabbitmqCluster with its name and component.
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": broker["metadata"]["name"],
+        "app.kubernetes.io/component": "rabbitmq",
+    }
+    (endpoint,) = monitor["spec"]["endpoints"]
+    scrape = yaml.safe_load((OBSERVABILITY / "prometheus.yaml").read_text())["scrape_configs"]
+    (compose_job,) = [job for job in scrape if job["job_name"] == "rabbitmq"]
+    assert endpoint["port"] == "prometheus"
+    assert endpoint["path"] == compose_job["metrics_path"]
+    port = int(compose_job["static_configs"][0]["targets"][0].rsplit(":", 1)[1])
+    policy = prod.get("NetworkPolicy", "rabbitmq")
+    assert policy is not None
+    scrapers = [
+        rule["from"]
+        for rule in policy["spec"]["ingress"]
+        if {"port": port, "protocol": "TCP"} in rule["ports"]
+    ]
+    assert scrapers, f"no NetworkPolicy lets Prometheus reach RabbitMQ's :{port}"
+    # With managed datastores there is no broker in the cluster to scrape.
+    assert clusters["prod-managed"].get("ServiceMonitor", "rabbitmq") is None
 
 
 def test_expand_follows_kubernetes_rules() -> None:

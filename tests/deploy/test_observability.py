@@ -1,7 +1,8 @@
 """The compose observability stack: collector -> Jaeger and Prometheus -> Grafana.
 
 Every dashboard query must name a metric from deploy/observability/metrics.yaml, the one list
-of metrics the services emit (extend it when a service adds an instrument).
+of metrics the services emit (extend it when a service adds an instrument); the alerting rules
+are held to the same list in test_alerts.py.
 """
 
 from __future__ import annotations
@@ -13,41 +14,18 @@ from typing import Any
 
 import yaml
 
-from meshdev.deployfiles import ROOT
+from meshdev.deployfiles import (
+    OBSERVABILITY,
+    PROMETHEUS_RULES,
+    listed_series,
+    promql_metric_names,
+)
 
-OBSERVABILITY = ROOT / "deploy" / "observability"
 DASHBOARDS = sorted((OBSERVABILITY / "grafana" / "dashboards").glob("*.json"))
-SERIES_SUFFIXES = {
-    "histogram": ("_bucket", "_sum", "_count"),
-    "counter": ("_total",),
-    "gauge": ("",),
-}
-# PromQL words that look like metric names but are not.
-PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
 
 
 def _yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
-
-
-def emitted_series() -> set[str]:
-    metrics = _yaml(OBSERVABILITY / "metrics.yaml")["metrics"]
-    return {
-        metric["prometheus"] + suffix
-        for metric in metrics
-        for suffix in SERIES_SUFFIXES[metric["type"]]
-    }
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression (label matchers, ranges, grouping and functions
-    removed)."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    expr = re.sub(r"\{[^}]*\}", "", expr)
-    expr = re.sub(r"\[[^\]]*\]", "", expr)
-    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    names = set(re.findall(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\b(?!\s*\()", expr))
-    return {name for name in names if name.lower() not in PROMQL_KEYWORDS}
 
 
 def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -63,19 +41,19 @@ def test_metric_names_are_found_in_promql() -> None:
         'histogram_quantile(0.95, sum by (job, le) (rate(a_bucket{job=~"x"}[5m]))) '
         "/ ignoring(x) b_total and on() c"
     )
-    assert metric_names(expr) == {"a_bucket", "b_total", "c"}
+    assert promql_metric_names(expr) == {"a_bucket", "b_total", "c"}
 
 
 def test_every_dashboard_query_names_an_emitted_metric() -> None:
     assert DASHBOARDS, "no Grafana dashboard"
-    emitted = emitted_series()
+    emitted = listed_series()
     for path in DASHBOARDS:
         dashboard = json.loads(path.read_text())
         for panel in _panels(dashboard):
             exprs = [target["expr"] for target in panel["targets"]]
             assert exprs, f"{path.name}: panel {panel['title']!r} has no query"
             for expr in exprs:
-                names = metric_names(expr)
+                names = promql_metric_names(expr)
                 assert names, f"{panel['title']!r}: no metric in {expr}"
                 unknown = names - emitted
                 assert not unknown, f"{path.name}: {panel['title']!r} queries {unknown}"
@@ -159,3 +137,29 @@ def test_grafana_loads_the_dashboards_from_where_compose_mounts_them(
     assert home.rsplit("/", 1)[0] in paths
     assert (OBSERVABILITY / "grafana" / "dashboards" / home.rsplit("/", 1)[1]).exists()
     assert mounts["/etc/grafana/provisioning"] == str(OBSERVABILITY / "grafana" / "provisioning")
+
+
+def test_prometheus_loads_the_rules_of_the_one_rules_file(compose: dict[str, Any]) -> None:
+    """compose's one-shot writes the PrometheusRule's `.spec` where prometheus.yaml's
+    rule_files look, before Prometheus starts."""
+    services = compose["services"]
+    extract = services["prometheus-rules"]
+    assert extract["image"].startswith("mikefarah/yq:4.")
+    binds = {v["target"]: v["source"] for v in extract["volumes"] if v["type"] == "bind"}
+    (source_in_container,) = binds
+    assert binds[source_in_container] == str(PROMETHEUS_RULES)
+    script = " ".join(extract["command"])
+    match = re.fullmatch(rf"yq '\.spec' {re.escape(source_in_container)} > (\S+)", script)
+    assert match is not None, script
+    written = Path(match[1])
+
+    (volume,) = [v for v in extract["volumes"] if v["type"] == "volume"]
+    assert Path(volume["target"]) == written.parent
+    prometheus = services["prometheus"]
+    mounted = {v["source"]: v["target"] for v in prometheus["volumes"] if v["type"] == "volume"}
+    rules_dir = Path(mounted[volume["source"]])
+    (pattern,) = _yaml(OBSERVABILITY / "prometheus.yaml")["rule_files"]
+    assert Path(pattern).parent == rules_dir
+    assert (rules_dir / written.name).match(pattern)
+    condition = prometheus["depends_on"]["prometheus-rules"]["condition"]
+    assert condition == "service_completed_successfully"

@@ -228,6 +228,7 @@ def create_app(settings: GatewaySettings | None = None) -> ASGIApp:
                     url=url,
                     client=client,
                     breaker=CircuitBreaker(
+                        upstream=name,
                         failure_threshold=settings.breaker_failure_threshold,
                         recovery_seconds=settings.breaker_recovery_seconds,
                     ),

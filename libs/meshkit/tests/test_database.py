@@ -211,6 +211,25 @@ async def test_pool_usage_is_a_gauge_read_when_metrics_are_collected(
     assert released["idle"] == holding["idle"] + 1
 
 
+async def test_the_pool_limit_is_a_gauge_of_size_and_overflow(
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    """What the pool-exhaustion alert compares the used connections with (no connection is
+    needed: the engine's pool knows its limits)."""
+    database = Database(sqlalchemy_url(f"limits_{uuid.uuid4().hex}"), pool_size=3, max_overflow=2)
+    pool_name = database.engine.url.render_as_string(hide_password=True)
+    try:
+        limits = [
+            int(p.value)
+            for p in metric_points(metric_reader, "db.client.connections.max")
+            if p.attributes.get("pool.name") == pool_name
+        ]
+    finally:
+        await database.dispose()
+
+    assert limits == [5]
+
+
 async def test_readiness_ping_makes_no_spans(
     database: Database, spans: InMemorySpanExporter
 ) -> None:

@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[4]
 K8S = ROOT / "deploy" / "k8s"
 TOOLS = ROOT / ".tools"
 COMPOSE_FILES = ("compose.yaml", "compose.observability.yaml")
+OBSERVABILITY = ROOT / "deploy" / "observability"
+# The one rules file: a PrometheusRule whose `spec` is what Prometheus loads (compose too).
+PROMETHEUS_RULES = K8S / "components" / "production" / "prometheus-rules.yaml"
 
 Manifest = dict[str, Any]
 
@@ -41,6 +44,48 @@ def _tool(env_name: str, installed: Path, fallback: str) -> str:
     if candidate is None:
         raise ToolMissingError(f"{fallback} not found: run `make tools` (installs it in .tools/)")
     return candidate
+
+
+def promtool() -> str:
+    """Prometheus' own rules checker and test runner (`make tools` installs it)."""
+    return _tool("PROMTOOL", TOOLS / "bin" / "promtool", "promtool")
+
+
+def prometheus_rules() -> dict[str, Any]:
+    """The mesh's rules as Prometheus reads them: the PrometheusRule's `spec` (`groups:`)."""
+    spec: dict[str, Any] = yaml.safe_load(PROMETHEUS_RULES.read_text())["spec"]
+    return spec
+
+
+_SERIES_SUFFIXES = {
+    "histogram": ("_bucket", "_sum", "_count"),
+    "counter": ("_total",),
+    "gauge": ("",),
+}
+# PromQL words that look like metric names but are not.
+_PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
+
+
+def listed_series() -> set[str]:
+    """Every Prometheus series name of deploy/observability/metrics.yaml, the one list of
+    metrics dashboards and rules may query."""
+    metrics = yaml.safe_load((OBSERVABILITY / "metrics.yaml").read_text())["metrics"]
+    return {
+        metric["prometheus"] + suffix
+        for metric in metrics
+        for suffix in _SERIES_SUFFIXES[metric["type"]]
+    }
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression (label matchers, ranges, grouping and functions
+    removed)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    names = set(re.findall(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\b(?!\s*\()", expr))
+    return {name for name in names if name.lower() not in _PROMQL_KEYWORDS}
 
 
 def kustomizations() -> dict[str, Path]:

@@ -7,7 +7,7 @@ span and record four pool-usage measurements per checkout, which cost the mesh a
 throughput at one trace in ten (docs/benchmarks.md, "What tracing costs"). These make the same
 spans (stable semantic conventions) from attributes computed once per engine, nothing at all
 below a span that does not record (only `traceparent` passes the decision on), and read the
-pool's usage when metrics are collected.
+pool's usage and limit when metrics are collected.
 """
 
 from __future__ import annotations
@@ -140,31 +140,52 @@ def statement_operation(statement: str) -> str:
 _TOKENS = re.compile(r"[()]|[A-Za-z_]+")
 
 _traced_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
-_pool_gauge: list[object] = []  # the one observable instrument, created with the first engine
+_pool_gauges: list[object] = []  # the observable instruments, created with the first engine
+
+
+def _pools() -> Iterable[tuple[str, Any]]:
+    for engine in list(_traced_engines):
+        pool: Any = engine.pool
+        if hasattr(pool, "checkedout"):  # a pool that keeps no connections (NullPool) has none
+            yield engine.url.render_as_string(hide_password=True), pool
 
 
 def _pool_usage(options: CallbackOptions) -> Iterable[Observation]:
-    for engine in list(_traced_engines):
-        pool: Any = engine.pool
-        if not hasattr(pool, "checkedout"):
-            continue  # a pool that keeps no connections (NullPool) has nothing to report
-        name = engine.url.render_as_string(hide_password=True)
+    for name, pool in _pools():
         yield Observation(pool.checkedout(), {"pool.name": name, "state": "used"})
         yield Observation(pool.checkedin(), {"pool.name": name, "state": "idle"})
 
 
+def _pool_limit(options: CallbackOptions) -> Iterable[Observation]:
+    for name, pool in _pools():
+        # QueuePool's size plus its overflow; SQLAlchemy keeps the overflow limit only as
+        # `_max_overflow` (negative: no limit, nothing to report).
+        overflow = getattr(pool, "_max_overflow", -1)
+        if overflow >= 0:
+            yield Observation(pool.size() + overflow, {"pool.name": name})
+
+
 def instrument_engine(engine: Engine) -> None:
-    """SQL spans for every statement of `engine` and its pool's usage as a gauge."""
+    """SQL spans for every statement of `engine`, its pool's usage and limit as gauges."""
     if engine in _traced_engines:
         return
-    if not _pool_gauge:
+    if not _pool_gauges:
         # Read at collection time: nothing is recorded per checkout.
-        _pool_gauge.append(
-            metrics.get_meter("meshkit.db").create_observable_up_down_counter(
+        meter = metrics.get_meter("meshkit.db")
+        _pool_gauges.append(
+            meter.create_observable_up_down_counter(
                 "db.client.connections.usage",
                 callbacks=[_pool_usage],
                 unit="{connection}",
                 description="Connections of the pool by state (idle, used).",
+            )
+        )
+        _pool_gauges.append(
+            meter.create_observable_up_down_counter(
+                "db.client.connections.max",
+                callbacks=[_pool_limit],
+                unit="{connection}",
+                description="The most connections the pool opens (its size and overflow).",
             )
         )
     statements = _StatementTracer(engine)
