@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh_gateway.edge_auth import bearer_token
+from mesh_gateway.edge import bearer_token
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ import httpx
 
 from mesh_gateway.routing import is_public
 from meshkit.auth import TOKEN_URL
+from meshkit.http_client import ServiceClient
 from meshkit.telemetry import untraced
 
 logger = logging.getLogger("mesh_gateway.openapi")
@@ -139,7 +140,7 @@ class MergedApiDocument:
     def __init__(
         self,
         *,
-        clients: Mapping[str, tuple[str, httpx.AsyncClient]],
+        clients: Mapping[str, ServiceClient],
         prefixes: Mapping[str, tuple[str, ...]],
         title: str,
         version: str,
@@ -171,15 +172,15 @@ class MergedApiDocument:
     async def refresh(self) -> bool:
         """Fetch every document once; True when all of them answered."""
         results = await asyncio.gather(
-            *(self._fetch(name, url, client) for name, (url, client) in self._clients.items())
+            *(self._fetch(name, client) for name, client in self._clients.items())
         )
         self.document = self._merge()
         return all(results)
 
-    async def _fetch(self, name: str, url: str, client: httpx.AsyncClient) -> bool:
+    async def _fetch(self, name: str, client: ServiceClient) -> bool:
         try:
             with untraced():
-                response = await client.get(f"{url}/openapi.json", timeout=5.0)
+                response = await client.get("/openapi.json", timeout=5.0)
             response.raise_for_status()
             document = response.json()
         except (httpx.HTTPError, ValueError) as exc:

@@ -1,4 +1,5 @@
-"""The forwarding hot path: one proxied HTTP request, as a raw ASGI handler.
+"""The forwarding hot path: one proxied HTTP request, as a raw ASGI handler — the transport
+only; whether the request may go on is the edge's decision (`mesh_gateway.edge`).
 
 A FastAPI catch-all route costs about half the throughput of a raw ASGI handler (PERF-NOTES),
 so forwarding bypasses FastAPI's routing, dependency injection and request objects. Request and
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -18,12 +19,10 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from mesh_gateway.breaker import CircuitBreaker
-from mesh_gateway.edge_auth import bearer_token
-from mesh_gateway.ratelimit import ClientRateLimiter
-from mesh_gateway.routing import Route, is_public
-from meshkit.auth import InvalidTokenError, TokenVerifier
+from mesh_gateway.edge import Edge, EdgeRequest, Refusal, bearer_token
+from meshkit.http_client import ServiceClient
 from meshkit.logging import request_id_var
-from meshkit.problems import ServiceUnavailableError, problem_response
+from meshkit.problems import problem_response
 
 logger = logging.getLogger("mesh_gateway.proxy")
 
@@ -59,15 +58,23 @@ class Upstream:
     """One service behind the gateway: a long-lived pooled client and its circuit breaker."""
 
     name: str
-    url: str
-    client: httpx.AsyncClient
+    client: ServiceClient
     breaker: CircuitBreaker
+
+    @property
+    def url(self) -> str:
+        return self.client.base_url
 
     async def ready(self) -> None:
         """Readiness: the upstream process answers its liveness probe."""
-        response = await self.client.get(f"{self.url}/healthz", timeout=2.0)
+        response = await self.client.get("/healthz", timeout=2.0)
         if response.status_code != 200:
             raise RuntimeError(f"{self.name} answered {response.status_code}")
+
+
+def client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"
 
 
 class BodyTooLargeError(Exception):
@@ -151,35 +158,42 @@ async def send_problem(
     status: int,
     detail: str,
     headers: Mapping[str, str] | None = None,
-    extra_headers: list[tuple[bytes, bytes]] | None = None,
+    extra_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     response = problem_response(Request(scope), status=status, detail=detail, headers=headers)
-    if extra_headers:
-        response.raw_headers.extend(extra_headers)
+    response.raw_headers.extend(extra_headers)
     await response(scope, receive, send)
 
 
-class Forwarder:
+async def send_refusal(scope: Scope, receive: Receive, send: Send, refusal: Refusal) -> None:
+    await send_problem(
+        scope,
+        receive,
+        send,
+        status=refusal.status,
+        detail=refusal.detail,
+        headers=refusal.headers,
+        extra_headers=refusal.rate_headers,
+    )
+
+
+class HttpForwarder:
     def __init__(
         self,
         *,
-        upstreams: Mapping[str, Upstream],
-        verifier: TokenVerifier,
-        rate_limiter: ClientRateLimiter | None,
-        body_limit: int,
+        edge: Edge,
         retry_attempts: int,
         answer_timeout: float,
         stream_timeout: httpx.Timeout,
     ) -> None:
-        self._upstreams = upstreams
-        self._verifier = verifier
-        self._rate_limiter = rate_limiter
-        self._body_limit = body_limit
+        self._edge = edge
         self._retry_attempts = retry_attempts
         self._answer_timeout = answer_timeout
         self._stream_timeout = stream_timeout
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, upstream: Upstream
+    ) -> None:
         method: str = scope["method"]
         authorization = content_length = None
         chunked = expects_continue = False
@@ -192,92 +206,57 @@ class Forwarder:
                 chunked = True
             elif name == b"expect":
                 expects_continue = value.lower() == b"100-continue"
+        # The server has already refused a malformed Content-Length.
+        declared = int(content_length) if content_length is not None else None
 
-        # Edge authentication: no upstream sees a request without a valid token.
-        client_key: str
-        if is_public(method, scope["path"]):
-            client = scope.get("client")
-            client_key = client[0] if client else "unknown"
-        else:
-            token = bearer_token(authorization)
-            if token is None:
-                await self._unauthorized(scope, receive, send, "An access token is required.")
-                return
-            try:
-                principal = await self._verifier.verify(token)
-            except InvalidTokenError as exc:
-                logger.info("rejected token: %s", exc)
-                await self._unauthorized(
-                    scope, receive, send, "The access token is invalid or has expired."
-                )
-                return
-            except ServiceUnavailableError as exc:
-                await send_problem(
-                    scope, receive, send, status=503, detail=exc.detail, headers=exc.headers
-                )
-                return
-            client_key = str(principal.user_id)
-
-        rate_headers: list[tuple[bytes, bytes]] = []
-        if self._rate_limiter is not None:
-            decision = await self._rate_limiter.hit(client_key)
-            rate_headers = decision.headers()
-            if not decision.allowed:
-                await send_problem(
-                    scope,
-                    receive,
-                    send,
-                    status=429,
-                    detail="Too many requests; slow down and retry after the time given.",
-                    extra_headers=rate_headers,
-                )
-                return
-
-        has_body = chunked or (content_length is not None and content_length != b"0")
-        # A declared size over the limit is refused at once (the server has already rejected
-        # a malformed Content-Length); a chunked body is counted while it streams.
-        if content_length is not None and int(content_length) > self._body_limit:
-            # A client that is still uploading must be done before the answer and the close,
-            # or the close resets the connection under it and it never reads the 413. One
-            # that waits for `100 Continue` sends nothing more; one sending far more than
-            # the linger allowance is cut off either way.
-            if not expects_continue and int(content_length) <= self._body_limit + _LINGER_BYTES:
-                await _RequestBody(receive, self._body_limit).drain(_LINGER_BYTES)
-            await self._too_large(scope, receive, send)
+        admitted = await self._edge.admit(
+            EdgeRequest(
+                method=method,
+                path=scope["path"],
+                client=client_address(scope),
+                token=bearer_token(authorization),
+                content_length=declared,
+            ),
+            upstream=upstream.name,
+            breaker=upstream.breaker,
+        )
+        if isinstance(admitted, Refusal):
+            if admitted is self._edge.body_too_large:
+                await self._drain_declared_body(receive, declared, expects_continue)
+            await send_refusal(scope, receive, send, admitted)
             return
 
-        upstream = self._upstreams[route.upstream]
-        wait = upstream.breaker.retry_after()
-        if wait is not None:
-            await send_problem(
-                scope,
-                receive,
-                send,
-                status=503,
-                detail=f"The {upstream.name} service is failing; requests to it are paused.",
-                headers={"Retry-After": str(wait)},
-            )
-            return
-
-        body = _RequestBody(receive, self._body_limit) if has_body else None
+        has_body = chunked or (declared is not None and declared != 0)
+        body = _RequestBody(receive, self._edge.body_limit) if has_body else None
         # Without a body, the wait for the answer's headers is bounded on its own (`_answer`),
         # so that a started response (an event stream idling between keep-alives) may pause
-        # longer than the answer may take; with a body, httpx's read timeout bounds both.
+        # longer than the answer may take; with a body, the read timeout bounds both.
         request = upstream.client.build_request(
             method,
-            self._url(upstream, scope),
+            self._target(scope),
             headers=self._forward_headers(scope),
             content=body.stream() if body is not None else None,
-            timeout=httpx.USE_CLIENT_DEFAULT if has_body else self._stream_timeout,
+            timeout=None if has_body else self._stream_timeout,
         )
         response = await self._answer(scope, receive, send, upstream, request, body, method)
         if response is None:
             return  # answered with a problem, or the client is gone
         upstream.breaker.record_success()
         try:
-            await self._relay(scope, receive, send, response, rate_headers)
+            await self._relay(scope, receive, send, response, admitted.rate_headers)
         finally:
             await response.aclose()
+
+    async def _drain_declared_body(
+        self, receive: Receive, declared: int | None, expects_continue: bool
+    ) -> None:
+        """Before a 413 for a declared size: a client that is still uploading must be done
+        before the answer and the close, or the close resets the connection under it and it
+        never reads the 413. One that waits for `100 Continue` sends nothing more; one sending
+        far more than the linger allowance is cut off either way."""
+        limit = self._edge.body_limit
+        if not expects_continue and (declared or 0) <= limit + _LINGER_BYTES:
+            await _RequestBody(receive, limit).drain(_LINGER_BYTES)
 
     async def _answer(
         self,
@@ -300,7 +279,7 @@ class Forwarder:
         for attempt in range(attempts):
             try:
                 async with asyncio.timeout(answer_deadline):
-                    return await upstream.client.send(request, stream=True)
+                    return await upstream.client.send(request)
             except TimeoutError:
                 upstream.breaker.record_failure()
                 await send_problem(
@@ -316,7 +295,7 @@ class Forwarder:
                     return None  # nobody is left to answer
                 if body is not None and body.too_large:
                     await body.drain(_LINGER_BYTES)
-                    await self._too_large(scope, receive, send)
+                    await send_refusal(scope, receive, send, self._edge.body_too_large)
                     return None
                 failure = _classify(exc, upstream.name)
                 if failure.retryable and attempt + 1 < attempts:
@@ -342,7 +321,7 @@ class Forwarder:
         receive: Receive,
         send: Send,
         response: httpx.Response,
-        extra_headers: list[tuple[bytes, bytes]],
+        extra_headers: Sequence[tuple[bytes, bytes]],
     ) -> None:
         headers = [
             (name.lower(), value)
@@ -393,13 +372,12 @@ class Forwarder:
                 logger.warning("event stream broke off: %s", result)
 
     @staticmethod
-    def _url(upstream: Upstream, scope: Scope) -> str:
+    def _target(scope: Scope) -> str:
+        """The request's path and query exactly as the client encoded them."""
         path: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope.get("query_string", b"")
         target = path.decode("latin-1")
-        if query:
-            target = f"{target}?{query.decode('latin-1')}"
-        return upstream.url + target
+        return f"{target}?{query.decode('latin-1')}" if query else target
 
     @staticmethod
     def _forward_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
@@ -432,19 +410,3 @@ class Forwarder:
         if request_id:
             headers.append((b"x-request-id", request_id.encode()))
         return headers
-
-    @staticmethod
-    async def _unauthorized(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
-        await send_problem(
-            scope, receive, send, status=401, detail=detail, headers={"WWW-Authenticate": "Bearer"}
-        )
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_problem(
-            scope,
-            receive,
-            send,
-            status=413,
-            detail=f"The request body is larger than {self._body_limit} bytes.",
-            headers={"Connection": "close"},
-        )

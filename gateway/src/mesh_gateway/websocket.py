@@ -1,16 +1,16 @@
-"""WebSocket pass-through: authenticate the upgrade, open the same socket upstream, relay frames
-both ways and propagate close codes.
+"""WebSocket pass-through: the edge decides on the upgrade, then the same socket is opened
+upstream, frames are relayed both ways and close codes propagated — the transport only.
 
 Browsers cannot set headers on a WebSocket upgrade, so the token comes as `?access_token=`
-(contract); the URL is redacted from logs by meshkit. A bad token closes with 1008. The upstream
-side uses `websockets` (httpx's pluggable transports cannot upgrade with the aiohttp transport).
+(contract); the URL is redacted from logs by meshkit. A refused upgrade is accepted and closed
+with the refusal's code (1008 for a bad token, 1013 to try again later). The upstream side uses
+`websockets` (httpx's pluggable transports cannot upgrade with the aiohttp transport).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from urllib.parse import parse_qs
 
 from opentelemetry import propagate
@@ -18,17 +18,12 @@ from starlette.types import Message, Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from mesh_gateway.proxy import Upstream
-from mesh_gateway.ratelimit import ClientRateLimiter
-from mesh_gateway.routing import Route
-from meshkit.auth import InvalidTokenError, TokenVerifier
+from mesh_gateway.edge import POLICY_VIOLATION, TRY_AGAIN_LATER, Edge, EdgeRequest, Refusal
+from mesh_gateway.proxy import Upstream, client_address
 from meshkit.logging import request_id_var
-from meshkit.problems import ProblemError
 
 logger = logging.getLogger("mesh_gateway.websocket")
 
-POLICY_VIOLATION = 1008
-TRY_AGAIN_LATER = 1013
 INTERNAL_ERROR = 1011
 # Codes that describe a missing close frame and may not be sent in one (RFC 6455 section 7.4.1).
 _NOT_SENDABLE = frozenset({1005, 1006, 1015})
@@ -36,40 +31,33 @@ _FORWARDED_HEADERS = frozenset({b"traceparent", b"tracestate", b"user-agent", b"
 
 
 class WebSocketForwarder:
-    def __init__(
-        self,
-        *,
-        upstreams: Mapping[str, Upstream],
-        verifier: TokenVerifier,
-        rate_limiter: ClientRateLimiter | None,
-        open_timeout: float,
-    ) -> None:
-        self._upstreams = upstreams
-        self._verifier = verifier
-        self._rate_limiter = rate_limiter
+    def __init__(self, *, edge: Edge, open_timeout: float) -> None:
+        self._edge = edge
         self._open_timeout = open_timeout
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, route: Route) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, upstream: Upstream
+    ) -> None:
         connect_message = await receive()
         if connect_message["type"] != "websocket.connect":
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        token = (query.get("access_token") or [""])[0]
-        try:
-            principal = await self._verifier.verify(token)
-        except (InvalidTokenError, ProblemError) as exc:
-            logger.info("websocket refused: %s", exc)
-            await self._accept_and_close(send, POLICY_VIOLATION, "invalid or missing access token")
-            return
-        if self._rate_limiter is not None:
-            decision = await self._rate_limiter.hit(str(principal.user_id))
-            if not decision.allowed:
-                await self._accept_and_close(send, TRY_AGAIN_LATER, "rate limited")
-                return
-
-        upstream = self._upstreams[route.upstream]
-        if upstream.breaker.retry_after() is not None:
-            await self._accept_and_close(send, TRY_AGAIN_LATER, f"{upstream.name} is failing")
+        admitted = await self._edge.admit(
+            EdgeRequest(
+                method="GET",
+                path=scope["path"],
+                client=client_address(scope),
+                token=(query.get("access_token") or [""])[0],
+                websocket=True,
+            ),
+            upstream=upstream.name,
+            breaker=upstream.breaker,
+        )
+        if isinstance(admitted, Refusal):
+            logger.info("websocket refused: %s", admitted.detail)
+            await self._accept_and_close(
+                send, admitted.close_code, admitted.close_reason or admitted.detail
+            )
             return
         try:
             upstream_socket = await connect(

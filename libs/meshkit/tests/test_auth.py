@@ -15,6 +15,7 @@ from jwt import PyJWK
 from jwt.algorithms import OKPAlgorithm
 
 from meshkit.auth import InvalidTokenError, JwksKeySource, TokenVerifier
+from meshkit.http_client import ServiceClient
 from meshkit.problems import ServiceUnavailableError
 
 
@@ -61,7 +62,9 @@ def server() -> KeyServer:
 
 
 def _verifier(server: KeyServer, *, min_refresh_interval: float = 0.0) -> TokenVerifier:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(server.handler))
+    client = ServiceClient(
+        httpx.MockTransport(server.handler), base_url="", timeout=httpx.Timeout(1.0)
+    )
     source = JwksKeySource(
         "http://users/api/auth/jwks.json", client, min_refresh_interval=min_refresh_interval
     )

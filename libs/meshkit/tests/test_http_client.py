@@ -16,25 +16,25 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusC
 
 from meshdev.processes import free_port
 from meshdev.pytest_plugin import metric_points
-from meshkit.http_client import create_http_client
+from meshkit.http_client import ServiceClient, create_http_client
 
 TRACER = trace.get_tracer("tests")
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
+async def client() -> AsyncIterator[ServiceClient]:
     http = create_http_client(connect_timeout=0.5, read_timeout=0.5, connect_retries=0)
     async with http:
         yield http
 
 
-async def test_a_refused_connection_is_a_connect_error(client: httpx.AsyncClient) -> None:
+async def test_a_refused_connection_is_a_connect_error(client: ServiceClient) -> None:
     with pytest.raises(httpx.ConnectError):
         await client.get(f"http://127.0.0.1:{free_port()}/")
 
 
 async def test_a_server_closing_without_answer_is_a_protocol_error(
-    client: httpx.AsyncClient,
+    client: ServiceClient,
 ) -> None:
     async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
@@ -51,7 +51,7 @@ async def test_a_server_closing_without_answer_is_a_protocol_error(
 
 
 async def test_a_server_dropping_the_connection_while_the_body_is_sent_is_a_write_error(
-    client: httpx.AsyncClient,
+    client: ServiceClient,
 ) -> None:
     """What a gateway meets when an upstream stops: the request never fully arrived (so no
     timeout, and not an answer gone wrong)."""
@@ -64,7 +64,9 @@ async def test_a_server_dropping_the_connection_while_the_body_is_sent_is_a_writ
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(httpx.WriteError):
-            await client.post(f"http://127.0.0.1:{port}/", content=_chunks(32 * 1024 * 1024))
+            await client.request(
+                "POST", f"http://127.0.0.1:{port}/", content=_chunks(32 * 1024 * 1024)
+            )
     finally:
         server.close()
         await server.wait_closed()
@@ -75,7 +77,7 @@ async def _chunks(size: int) -> AsyncIterator[bytes]:
         yield b"x" * 65536
 
 
-async def test_a_silent_server_is_a_read_timeout(client: httpx.AsyncClient) -> None:
+async def test_a_silent_server_is_a_read_timeout(client: ServiceClient) -> None:
     async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()  # until the client gives up
         writer.close()
@@ -90,7 +92,7 @@ async def test_a_silent_server_is_a_read_timeout(client: httpx.AsyncClient) -> N
         await server.wait_closed()
 
 
-async def test_urls_are_sent_exactly_as_encoded(client: httpx.AsyncClient) -> None:
+async def test_urls_are_sent_exactly_as_encoded(client: ServiceClient) -> None:
     """Opaque cursors survive: `%2F` and `%2B` are not decoded on the way out."""
     seen: list[bytes] = []
 
@@ -110,7 +112,7 @@ async def test_urls_are_sent_exactly_as_encoded(client: httpx.AsyncClient) -> No
     assert seen == [b"GET /a%2Fb?cursor=x%2By%2Fz%3D&q=%41 HTTP/1.1"]
 
 
-async def _request_headers(client: httpx.AsyncClient, status: int = 204) -> bytes:
+async def _request_headers(client: ServiceClient, status: int = 204) -> bytes:
     seen: list[bytes] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -207,3 +209,33 @@ async def test_a_sampled_out_request_passes_its_decision_on_without_a_span(
 
     assert _traceparent(headers) == f"00-{0xABC:032x}-{0xDEF:016x}-00"
     assert spans.get_finished_spans() == ()
+
+
+async def test_no_cookie_an_answer_sets_goes_out_with_a_later_request(
+    client: ServiceClient,
+) -> None:
+    """A gateway's client is shared by every user: a jar would pass one user's cookie on."""
+    heads: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append((await reader.readuntil(b"\r\n\r\n")).lower())
+        writer.write(
+            b"HTTP/1.1 302 Found\r\nset-cookie: session=alice\r\nlocation: /elsewhere\r\n"
+            b"content-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        # A host name, as upstreams have in a cluster: cookie jars keep no cookies of IPs.
+        first = await client.get(f"http://localhost:{port}/login")
+        await client.get(f"http://localhost:{port}/next")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    assert first.status_code == 302  # answered as it is: redirects are the caller's business
+    assert len(heads) == 2  # the redirect was not followed
+    assert b"cookie:" not in heads[1]

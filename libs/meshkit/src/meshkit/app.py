@@ -61,9 +61,11 @@ def create_service_app(
     routers: Sequence[APIRouter],
     description: str = "",
     lifespan: ServiceLifespan | None = None,
+    default_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> FastAPI:
     """Build a service's FastAPI app. Engines and clients are created in the lifespan, i.e. in
-    each gunicorn worker after the fork, and closed when the worker stops."""
+    each gunicorn worker after the fork, and closed when the worker stops. `default_headers`
+    go on every answer that does not set them itself."""
     configure_logging(settings.service_name, settings.log_level)
     configure_telemetry(
         service_name=settings.service_name,
@@ -119,7 +121,7 @@ def create_service_app(
         },
     )
     install_problem_handlers(app)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, default_headers=default_headers)
 
     def checks(request: Request) -> MutableMapping[str, ReadinessCheck]:
         return readiness_checks(request.app)

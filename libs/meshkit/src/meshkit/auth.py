@@ -20,6 +20,7 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from jwt import PyJWK, PyJWKSet
 
+from meshkit.http_client import ServiceClient
 from meshkit.problems import ServiceUnavailableError, UnauthorizedError
 
 logger = logging.getLogger("meshkit.auth")
@@ -65,7 +66,7 @@ class JwksKeySource:
     def __init__(
         self,
         url: str,
-        client: httpx.AsyncClient,
+        client: ServiceClient,
         *,
         ttl: float = 300.0,
         min_refresh_interval: float = 5.0,

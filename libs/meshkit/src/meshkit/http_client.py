@@ -1,13 +1,17 @@
-"""Long-lived, pooled, traced httpx clients for service-to-service calls.
+"""Long-lived, pooled, traced clients for service-to-service calls, on httpx's API.
 
 httpx's default transport costs several milliseconds of CPU per request under concurrency
-(encode/httpx#3215); the aiohttp transport keeps httpx's API at a fraction of that cost.
+(encode/httpx#3215); the aiohttp transport keeps httpx's API at a fraction of that cost. The
+calls go straight to the transport (`ServiceClient`): httpx's requests, responses, errors and
+transports, without `httpx.AsyncClient`'s layers around them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
+from collections.abc import AsyncIterable, Mapping, Sequence
 
 import aiohttp
 import httpx
@@ -45,6 +49,21 @@ class PreciseAiohttpTransport(AiohttpTransport):
     became `/` and `%2B` became `+` (a space to the server), corrupting opaque cursors and any
     proxied URL. httpx URLs are already encoded, so they are passed on as encoded.
     """
+
+    def get_client(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            keepalive_timeout=self.limits.keepalive_expiry,
+            ssl=self.ssl_context,
+            limit=self.limits.max_connections or 0,  # 0: no limit
+        )
+        # A proxied request keeps the caller's headers: no compression the caller did not ask
+        # for, no client name of ours. And no cookie jar: one client serves every user, so a
+        # jar would send the cookie one answer set with everybody's later requests.
+        return aiohttp.ClientSession(
+            connector=connector,
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not isinstance(self.client, aiohttp.ClientSession):
@@ -114,6 +133,96 @@ class ConnectRetryTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+RequestHeaders = Sequence[tuple[bytes, bytes]] | Mapping[str, str]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(url: str) -> httpx.URL:
+    """httpx parses and checks a URL character by character in Python, a tenth of a call's
+    CPU; most calls go to a few URLs again and again (`/api/users/me`, `/api/orders`, the
+    same users checked), and URLs are immutable, so the parsed ones are kept."""
+    return httpx.URL(url)
+
+
+class ServiceClient:
+    """One long-lived, pooled client of another service: httpx requests sent straight to
+    httpx's transport API, answered with httpx responses and errors.
+
+    `httpx.AsyncClient` wraps every call in layers the mesh uses none of — merging URLs,
+    headers and cookies into each request, auth flows, redirect handling, and a cookie jar that
+    keeps what one answer set and sends it with every later request to that host (for a
+    gateway, one user's cookie on everybody's requests). Together they cost about as much CPU
+    per call as the transport itself (docs/benchmarks.md, "What an order costs").
+    """
+
+    def __init__(
+        self, transport: httpx.AsyncBaseTransport, *, base_url: str, timeout: httpx.Timeout
+    ) -> None:
+        self.transport = transport
+        self.base_url = base_url.rstrip("/")
+        self._timeout = timeout.as_dict()
+
+    def build_request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: RequestHeaders | None = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
+        timeout: httpx.Timeout | float | None = None,
+    ) -> httpx.Request:
+        """`url` is absolute, or a path (with its query) below `base_url`, already encoded."""
+        if not url.startswith(("http://", "https://")):
+            url = self.base_url + url
+        request = httpx.Request(method, _parsed(url), headers=headers, content=content)
+        request.extensions["timeout"] = (
+            self._timeout if timeout is None else httpx.Timeout(timeout).as_dict()
+        )
+        return request
+
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        """The answer as soon as its headers arrived; read its body or `aclose()` it."""
+        response = await self.transport.handle_async_request(request)
+        response.request = request
+        return response
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: RequestHeaders | None = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
+        timeout: httpx.Timeout | float | None = None,  # noqa: ASYNC109 - httpx's per-call timeouts
+    ) -> httpx.Response:
+        """The whole answer, body read and connection released."""
+        response = await self.send(
+            self.build_request(method, url, headers=headers, content=content, timeout=timeout)
+        )
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
+    async def get(
+        self,
+        url: str,
+        *,
+        timeout: httpx.Timeout | float | None = None,  # noqa: ASYNC109 - as in `request`
+    ) -> httpx.Response:
+        return await self.request("GET", url, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def __aenter__(self) -> ServiceClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+
 def create_http_client(
     *,
     base_url: str = "",
@@ -121,8 +230,7 @@ def create_http_client(
     read_timeout: float = 5.0,
     max_connections: int = 100,
     connect_retries: int = 1,
-    headers: dict[str, str] | None = None,
-) -> httpx.AsyncClient:
+) -> ServiceClient:
     """One client per upstream, created in a lifespan and closed with it."""
     transport = PreciseAiohttpTransport(
         limits=httpx.Limits(
@@ -133,9 +241,8 @@ def create_http_client(
     if tracing_enabled():
         # Outermost: one span per request, however many connection attempts it took.
         outer = TracedTransport(outer)
-    return httpx.AsyncClient(
+    return ServiceClient(
+        outer,
         base_url=base_url,
         timeout=httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout),
-        headers=headers,
-        transport=outer,
     )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
-import secrets
 import time
+from collections.abc import Sequence
 
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,7 +21,14 @@ access_logger = logging.getLogger("meshkit.access")
 error_logger = logging.getLogger("meshkit.errors")
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_ID_HEADERS = frozenset({b"x-request-id", b"x-trace-id"})
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def _random_id() -> str:
+    """32 hex digits. Ids to find a request by, not secrets: the OpenTelemetry SDK makes its
+    trace ids the same way, without the system call `secrets` makes for every id."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -38,26 +45,35 @@ def _trace_id(scope: Scope) -> str:
     # Tracing disabled: still answer with the caller's trace id, or a fresh one, so support
     # requests can always quote one.
     match = _TRACEPARENT.match(_header(scope, b"traceparent") or "")
-    return match.group(1) if match else secrets.token_hex(16)
+    return match.group(1) if match else _random_id()
 
 
 class RequestContextMiddleware:
-    """Adds `X-Request-ID` and `X-Trace-Id`, logs each request, and turns crashes into problems."""
+    """Adds `X-Request-ID` and `X-Trace-Id` (and `default_headers` the app did not set itself)
+    to every answer, logs each request, and turns crashes into problems — in one wrapper of
+    `send`, the only one a request passes through."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self, app: ASGIApp, *, default_headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
         self.app = app
+        self.default_headers = tuple(default_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> int:
+        """Serves one HTTP or WebSocket request; returns the status answered (0 if none)."""
         incoming = _header(scope, b"x-request-id")
-        request_id = (
-            incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else secrets.token_hex(16)
-        )
+        request_id = incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else _random_id()
         token = request_id_var.set(request_id)
         trace_id = _trace_id(scope)
         trace_token = trace_id_var.set(trace_id)
+        ids = ((b"x-request-id", request_id.encode()), (b"x-trace-id", trace_id.encode()))
+        defaults = self.default_headers
         started = time.perf_counter()
         status_code = 0
 
@@ -65,10 +81,18 @@ class RequestContextMiddleware:
             nonlocal status_code
             if message["type"] in ("http.response.start", "websocket.accept"):
                 status_code = message.get("status", 101)
-                message.setdefault("headers", [])  # optional on websocket.accept
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = request_id
-                headers["X-Trace-Id"] = trace_id
+                # Ours replace the app's ids; the defaults yield to what the app set. (ASGI
+                # header names are lower case.)
+                app_headers = [
+                    (name, value)
+                    for name, value in message.get("headers", ())  # optional on accept
+                    if name not in _ID_HEADERS
+                ]
+                if defaults:
+                    present = {name for name, _ in app_headers}
+                    app_headers.extend(h for h in defaults if h[0] not in present)
+                app_headers.extend(ids)
+                message["headers"] = app_headers
             await send(message)
 
         try:
@@ -90,6 +114,7 @@ class RequestContextMiddleware:
             self._log(scope, status_code, started)
             request_id_var.reset(token)
             trace_id_var.reset(trace_token)
+        return status_code
 
     @staticmethod
     def _log(scope: Scope, status_code: int, started: float) -> None:

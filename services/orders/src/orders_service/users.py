@@ -7,6 +7,7 @@ import uuid
 
 import httpx
 
+from meshkit.http_client import ServiceClient
 from meshkit.problems import ServiceUnavailableError, UnauthorizedError
 
 logger = logging.getLogger("orders.users")
@@ -15,7 +16,7 @@ logger = logging.getLogger("orders.users")
 class UsersClient:
     """Wraps the process's one long-lived, pooled client of the users service."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: ServiceClient) -> None:
         self._client = client
 
     async def ensure_exists(self, user_id: uuid.UUID) -> None:
