@@ -47,8 +47,8 @@ bench-tools: ## Install wrk and nginx (Debian packages) for the benchmarks, if m
 	@command -v wrk >/dev/null && { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; }
 
-bench: sync bench-tools ## All benchmarks in one bounded run (≤ 4 min; docs/benchmarks.md); writes bench/results/latest.{json,md}
-	@cd bench && $(UV) run --locked python mesh_bench.py
+bench: sync bench-tools ## All benchmarks in one bounded run (≈ 6 min; docs/benchmarks.md); writes bench/results/latest.{json,md}
+	@cd bench && UV=$(UV) $(UV) run --locked python mesh_bench.py
 
 BASE ?= 31bcee4
 bench-compare: sync bench-tools ## CPU per order against an earlier commit, side by side: make bench-compare BASE=<commit>

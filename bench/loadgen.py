@@ -265,12 +265,17 @@ def busy_cores(
 
 class Nginx:
     """nginx with one worker: a plain keep-alive reverse proxy in front of `upstream` (the
-    baseline the gateway is compared with), or, without an upstream, an OTLP/HTTP sink that
-    answers every export with 204 and keeps nothing (tracing's cost without a collector's)."""
+    baseline the gateway is compared with); or, without an upstream, a backend that answers
+    every request with `body` from memory (what a proxy costs when its backend is never the
+    bottleneck), or with 204 and keeps nothing (an OTLP/HTTP sink: tracing's cost without a
+    collector's)."""
 
-    def __init__(self, *, listen_port: int, upstream: str | None = None) -> None:
+    def __init__(
+        self, *, listen_port: int, upstream: str | None = None, body: str | None = None
+    ) -> None:
         self.port = listen_port
         self.upstream = upstream
+        self.body = body
         self.directory = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -279,6 +284,8 @@ class Nginx:
         return f"http://127.0.0.1:{self.port}"
 
     def _locations(self) -> str:
+        if self.upstream is None and self.body is not None:
+            return f"location / {{ default_type application/json; return 200 '{self.body}'; }}"
         if self.upstream is None:
             return "location / { return 204; }"
         return textwrap.dedent(
@@ -305,6 +312,7 @@ class Nginx:
             events {{ worker_connections 1024; }}
             http {{
                 access_log off;
+                keepalive_requests 1000000;
                 client_max_body_size 64m;
                 client_body_temp_path {self.directory}/body;
                 proxy_temp_path {self.directory}/proxy;

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from base import DEFAULT_BASE, base_environment
 from loadgen import (
     MachineCpu,
     Nginx,
@@ -41,7 +42,7 @@ from loadgen import (
     process_tree,
     wrk,
 )
-from messaging import commit_to_publish, drain_and_consume, purge_queue, wait_until_quiet
+from messaging import commit_to_publish, consume, drain, wait_until_quiet
 from order_flow import ORDER_BODY, order_to_notification
 from report import markdown, ratios_and_targets
 
@@ -74,7 +75,8 @@ FIXED_RATE_SECONDS = 5  # the users service's CPU per GET at ORDER_RATE requests
 LOCUST_SECONDS = _int_env("BENCH_LOCUST_SECONDS", 10)
 LOCUST_USERS = 10
 OUTBOX_BACKLOG = _int_env("BENCH_OUTBOX_BACKLOG", 20_000)
-MESSAGING_WITHIN_SECONDS = 20  # the drain and the consumer stop being counted after this
+MESSAGING_WITHIN_SECONDS = 20  # the drain stops being counted after this
+CONSUME_WITHIN_SECONDS = 40  # and the consumer working off the drained events
 QUIET_SECONDS = 20  # at most, for the events of the order throughput run to be through
 LATENCY_SAMPLES = 200  # commit → publish, one event every 20 ms
 
@@ -294,6 +296,46 @@ async def gateway_overhead(mesh: RunningMesh, token: str) -> dict[str, Any]:
         nginx.stop()
 
 
+# What the users service answers for /api/users/me, from memory.
+MEMORY_BODY = json.dumps(
+    {
+        "id": "3f1c1d2e-1111-2222-3333-444455556666",
+        "email": "bench@example.com",
+        "name": "Bench",
+        "created_at": "2026-12-02T10:00:00+00:00",
+    }
+)
+
+
+async def proxy_cost(mesh: RunningMesh, token: str) -> dict[str, Any]:
+    """Scenario 1b: the same GET through the gateway (auth and rate limiting on) and through
+    nginx to a backend that answers from memory, so the backend is never the bottleneck and
+    each proxy's CPU per request is its own (interleaved)."""
+    backend = Nginx(listen_port=free_port(), body=MEMORY_BODY).start()
+    nginx = Nginx(listen_port=free_port(), upstream=f"127.0.0.1:{backend.port}").start()
+    load = {"headers": _bearer(token)}
+    try:
+        async with second_gateway(
+            mesh, {"USERS_URL": backend.url}, name="gateway-memory-backend"
+        ) as gateway:
+            log("scenario 1b: gateway and nginx in front of a backend answering from memory")
+            return await interleaved(
+                {
+                    "nginx": Target(
+                        nginx.url + USERS_ME, {"nginx": nginx.pid, "backend": backend.pid}, load
+                    ),
+                    "gateway": Target(
+                        gateway.url + USERS_ME,
+                        {"gateway": _pid(gateway), "backend": backend.pid},
+                        load,
+                    ),
+                }
+            )
+    finally:
+        nginx.stop()
+        backend.stop()
+
+
 async def tracing_overhead(
     off: RunningMesh, traced: RunningMesh, sampled_gateway: ServiceProcess, tokens: dict[str, str]
 ) -> dict[str, Any]:
@@ -353,14 +395,14 @@ def _nginx_sink() -> Iterator[Nginx]:
 
 @contextlib.asynccontextmanager
 async def second_gateway(
-    mesh: RunningMesh, env: Mapping[str, str]
+    mesh: RunningMesh, env: Mapping[str, str], *, name: str
 ) -> AsyncIterator[ServiceProcess]:
     """Another gateway in front of `mesh`'s services, on its own port, with `env` added."""
     gateway = mesh.processes["gateway"]
     process = ServiceProcess(
         gateway.package,
         env={**{k: v for k, v in gateway.env.items() if k != "PORT"}, **env},
-        log_path=gateway.log_path.with_name("gateway-sampled.log"),
+        log_path=gateway.log_path.with_name(f"{name}.log"),
     )
     process.start()
     try:
@@ -380,15 +422,23 @@ async def messaging_figures(mesh: RunningMesh) -> dict[str, Any]:
             interval=0.02,
         )
     }
-    log(f"scenario 4: outbox drain of {OUTBOX_BACKLOG} events, consumer")
-    figures["outbox_drain"] = await drain_and_consume(
-        mesh.database_url("orders"),
-        mesh.database_url("notifications"),
-        backlog=OUTBOX_BACKLOG,
-        within=MESSAGING_WITHIN_SECONDS,
+    notifications = mesh.processes["notifications"]
+    log(f"scenario 4: outbox drain of {OUTBOX_BACKLOG} events, the consumer stopped")
+    await asyncio.to_thread(notifications.stop)  # its durable queue keeps what is published
+    figures["outbox_drain"] = await drain(
+        mesh.database_url("orders"), backlog=OUTBOX_BACKLOG, within=MESSAGING_WITHIN_SECONDS
     )
-    figures["outbox_drain"]["left_in_queue_and_purged"] = await purge_queue(
-        mesh.wiring.rabbitmq_url, "notifications"
+
+    async def start_consumer() -> None:
+        notifications.start()
+        await asyncio.to_thread(notifications.wait_ready)
+
+    log(f"scenario 4: the consumer working off {OUTBOX_BACKLOG} events")
+    figures["consumer"] = await consume(
+        mesh.database_url("notifications"),
+        expected=figures["outbox_drain"]["events_published"],
+        within=CONSUME_WITHIN_SECONDS,
+        start_consumer=start_consumer,
     )
     return figures
 
@@ -438,6 +488,65 @@ async def order_latency(
     }
 
 
+# The cost per order against an earlier commit (target: half of it), side by side.
+MESH_PROCESSES = tuple(d.name for d in MESH)
+FIXED_RATE = HALF_ORDER_RATE  # orders/s
+FIXED_RATE_SECONDS = _int_env("BENCH_COMPARE_RATE_SECONDS", 5)
+
+
+@contextlib.asynccontextmanager
+async def base_mesh(workdir: Path, bin_dir: Path) -> AsyncIterator[RunningMesh]:
+    async with running_mesh(
+        workdir / "base", names=MESH_PROCESSES, env={**BASE_ENV, **TRACING_OFF}, bin_dir=bin_dir
+    ) as mesh:
+        yield mesh
+
+
+async def cost_per_order(
+    meshes: Mapping[str, RunningMesh], tokens: Mapping[str, str]
+) -> dict[str, Any]:
+    """Each mesh's CPU per order at 32 connections and at FIXED_RATE, interleaved."""
+    log("cost per order: POST /api/orders at 32 connections, base and new interleaved")
+    saturated = await interleaved(
+        {name: order_post(mesh, tokens[name]) for name, mesh in meshes.items()}
+    )
+    log(f"cost per order: {FIXED_RATE} orders/s, base and new interleaved")
+    names = list(meshes)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for name in [*names, *names[::-1]]:
+        runs[name].append(
+            await order_latency(meshes[name], tokens[name], FIXED_RATE, FIXED_RATE_SECONDS)
+        )
+    return {
+        "connections": {name: _mesh_sum(row) for name, row in saturated.items()},
+        "fixed_rate": {name: _mesh_sum(_merged(rows)) for name, rows in runs.items()},
+        "fixed_rate_orders_per_second": FIXED_RATE,
+    }
+
+
+def _merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of one mesh at the fixed rate as one figure: CPU over all their orders."""
+    orders = sum(run["orders_sent"] for run in runs)
+    cpu = {
+        key: {
+            process: round(sum(run[key][process] * run["orders_sent"] for run in runs) / orders, 3)
+            for process in runs[0][key]
+        }
+        for key in ("cpu_ms_per_request", "servers_cpu_ms_per_request")
+    }
+    return {
+        **cpu,
+        "orders": orders,
+        "p99_ms": [run["p99_ms"] for run in runs],
+        "orders_failed": sum(run["orders_failed"] for run in runs),
+    }
+
+
+def _mesh_sum(row: dict[str, Any]) -> dict[str, Any]:
+    cpu = row["cpu_ms_per_request"]
+    return {**row, "mesh_cpu_ms_per_order": round(sum(cpu[p] for p in MESH_PROCESSES), 3)}
+
+
 @contextlib.asynccontextmanager
 async def side_by_side(
     workdir: Path, sink: Nginx
@@ -467,7 +576,7 @@ async def stop_processes(mesh: RunningMesh) -> None:
     await asyncio.gather(*(asyncio.to_thread(p.stop) for p in mesh.processes.values()))
 
 
-async def run_all(workdir: Path) -> dict[str, Any]:
+async def run_all(workdir: Path, base_commit: str, base_bin: Path) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     log("starting two meshes: tracing off, and tracing on")
     # The sink outlives the meshes, so the last spans leave at once on shutdown.
@@ -477,11 +586,22 @@ async def run_all(workdir: Path) -> dict[str, Any]:
             token = tokens["off"]
             # The traced mesh idles meanwhile (its export threads wake every few seconds).
             figures["gateway_overhead"] = await gateway_overhead(mesh, token)
+            figures["proxy_cost"] = await proxy_cost(mesh, token)
             log("starting a gateway sampling 1 trace in 10 in front of the traced services")
-            async with second_gateway(traced, tracing_sampled(sink)) as sampled_gateway:
+            async with second_gateway(
+                traced, tracing_sampled(sink), name="gateway-sampled"
+            ) as sampled_gateway:
                 figures["tracing"] = await tracing_overhead(mesh, traced, sampled_gateway, tokens)
             log("stopping the traced mesh: what follows has the machine to itself")
             await stop_processes(traced)
+            log(f"starting the mesh of {base_commit[:12]} beside this one")
+            async with base_mesh(workdir, base_bin) as base:
+                meshes = {"base": base, "new": mesh}
+                base_tokens = {"base": await customer_token(base), "new": token}
+                figures["cost_per_order"] = {
+                    **await cost_per_order(meshes, base_tokens),
+                    "base_commit": base_commit,
+                }
             figures["users_at_fixed_rate"] = await cpu_at_fixed_rate(mesh, token)
             figures["order_to_notification"] = await order_latency(mesh, token, ORDER_RATE)
             figures["order_to_notification_half_rate"] = await order_latency(
@@ -495,6 +615,7 @@ async def run_all(workdir: Path) -> dict[str, Any]:
 def main() -> None:
     started = time.monotonic()
     machine = _machine()
+    base_commit, base_bin = base_environment(os.environ.get("BENCH_BASE", DEFAULT_BASE))
     # BENCH_LOG_DIR keeps the processes' logs (for looking into errors); a temporary one otherwise.
     keep = os.environ.get("BENCH_LOG_DIR")
     with contextlib.ExitStack() as stack:
@@ -503,7 +624,7 @@ def main() -> None:
             workdir.mkdir(parents=True, exist_ok=True)
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
-        figures = asyncio.run(run_all(workdir))
+        figures = asyncio.run(run_all(workdir, base_commit, base_bin))
     ratios, targets = ratios_and_targets(figures)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -525,6 +646,8 @@ def main() -> None:
             "tracing_sampled_sampler": f"parentbased_traceidratio {SAMPLED_RATIO}",
             "tracing_sampled_setup": "a second gateway with this sampler in front of the traced "
             "services, which follow its decision",
+            "memory_backend": "nginx answering every request with the body of /api/users/me",
+            "base_commit": base_commit,
         },
         "figures": figures,
         "ratios": ratios,

@@ -1,6 +1,8 @@
 """Messaging in the running mesh: the orders process's outbox relay and the notifications
 process's consumer, fed by rows written straight into the orders outbox (as a committed order
-would write them), so only the messaging path is measured."""
+would write them), so only the messaging path is measured. The relay drains while the
+notifications process is stopped (its queue keeps the events), then the consumer works the
+queue off with the machine to itself."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -72,63 +75,74 @@ async def commit_to_publish(
     }
 
 
-async def drain_and_consume(
-    orders_dsn: str, notifications_dsn: str, *, backlog: int, within: float
-) -> dict[str, Any]:
+async def drain(orders_dsn: str, *, backlog: int, within: float) -> dict[str, Any]:
     """Commits `backlog` events in one transaction, then times the relay emptying the outbox
-    and the consumer storing notifications (both stop counting after `within` s)."""
+    (it stops counting after `within` s)."""
     rows = [_order_created() for _ in range(backlog)]
     orders = await asyncpg.connect(orders_dsn)
-    notifications = await asyncpg.connect(notifications_dsn)
     pending_sql = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
-    stored_sql = "SELECT count(*) FROM notifications"
     try:
-        stored_before: int = await notifications.fetchval(stored_sql)
         async with orders.transaction():
             await orders.executemany(INSERT, rows)
         committed = time.perf_counter()
-        deadline = committed + within
         drained_at: float | None = None
-        stored = stored_before
-        while time.perf_counter() < deadline:
-            if drained_at is None and await orders.fetchval(pending_sql) == 0:
+        while time.perf_counter() < committed + within:
+            if await orders.fetchval(pending_sql) == 0:
                 drained_at = time.perf_counter()
-            stored = await notifications.fetchval(stored_sql)
-            if stored - stored_before >= backlog:
                 break
             await asyncio.sleep(0.1)
-        counted_until = time.perf_counter()
         pending_left: int = await orders.fetchval(pending_sql)
     finally:
         await orders.close()
-        await notifications.close()
     sent = backlog - pending_left
-    drain_seconds = (drained_at or counted_until) - committed
-    consumed = stored - stored_before
-    consume_seconds = counted_until - committed
+    drain_seconds = (drained_at or time.perf_counter()) - committed
     return {
         "backlog_events": backlog,
         "events_published": sent,
         "drained": drained_at is not None,
         "drain_seconds": round(drain_seconds, 2),
         "drain_events_per_second": round(sent / drain_seconds, 1),
-        "notifications_stored": consumed,
-        "consume_seconds": round(consume_seconds, 2),
-        # While the relay is still publishing, the consumer shares the two cores with it.
-        "notifications_per_second": round(consumed / consume_seconds, 1),
     }
 
 
-async def purge_queue(rabbitmq_url: str, name: str) -> int:
-    """Drops what a bounded measurement left in a queue, so the next scenario starts quiet."""
-    connection = await aio_pika.connect(rabbitmq_url)
+async def consume(
+    notifications_dsn: str,
+    *,
+    expected: int,
+    within: float,
+    start_consumer: Callable[[], Awaitable[None]],
+) -> dict[str, Any]:
+    """Starts the consumer on a queue already holding `expected` events and measures how fast
+    it stores their notifications: between the first and the last one stored, by their own
+    `created_at` (a batch's time), so neither the process start nor the polling counts."""
+    notifications = await asyncpg.connect(notifications_dsn)
     try:
-        channel = await connection.channel()
-        queue = await channel.get_queue(name, ensure=True)
-        purged = await queue.purge()
-        return int(purged.message_count or 0)
+        since = await notifications.fetchval("SELECT now()")
+        await start_consumer()
+        deadline = time.perf_counter() + within
+        stored = 0
+        while time.perf_counter() < deadline:
+            stored = await notifications.fetchval(
+                "SELECT count(*) FROM notifications WHERE created_at >= $1", since
+            )
+            if stored >= expected:
+                break
+            await asyncio.sleep(0.1)
+        span: float | None = await notifications.fetchval(
+            "SELECT extract(epoch FROM max(created_at) - min(created_at))::float8"
+            " FROM notifications WHERE created_at >= $1",
+            since,
+        )
     finally:
-        await connection.close()
+        await notifications.close()
+    seconds = max(span or 0.0, 1e-3)
+    return {
+        "events_waiting": expected,
+        "notifications_stored": stored,
+        "stored_all": stored >= expected,
+        "consume_seconds": round(seconds, 2),
+        "notifications_per_second": round(stored / seconds, 1),
+    }
 
 
 async def wait_until_quiet(
