@@ -6,7 +6,9 @@ Environment: HOST (default 0.0.0.0), PORT (default 8000), WEB_CONCURRENCY (worke
 GRACEFUL_TIMEOUT (seconds, default 20; Kubernetes' terminationGracePeriodSeconds must exceed it),
 KEEPALIVE (seconds, default 75: longer than any proxy's idle timeout in front of us),
 GC_YOUNG_THRESHOLD (allocations between young collections in a worker, default 10000;
-Python's own is 700).
+Python's own is 700), LOG_FORMAT (json, the default, or console).
+
+A bad `LOG_FORMAT` stops gunicorn here, in one line, before any worker starts.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ keepalive = int(os.environ.get("KEEPALIVE", "75"))
 preload_app = False
 # One access line per request comes from the app's middleware, in JSON, with trace ids.
 accesslog = None
-logconfig_dict = logging_config(os.environ.get("OTEL_SERVICE_NAME", "gunicorn"))
+logconfig_dict = logging_config(
+    os.environ.get("OTEL_SERVICE_NAME", "gunicorn"),
+    log_format=os.environ.get("LOG_FORMAT", "json"),
+)
 proc_name = os.environ.get("OTEL_SERVICE_NAME")
 # Measured in interleaved A/Bs (docs/benchmarks.md): 12-15 % more GETs per second than
 # Python's 700, young collections of about 5 ms instead of under 1; 50000 made them 20-30 ms.
