@@ -1,6 +1,9 @@
 """Log records on stdout, each carrying `service`, `pid` (which gunicorn worker of a pod),
 `trace_id`, `span_id` and `request_id`: JSON lines for machines (the default), or one readable,
 coloured line per record for a person at a terminal (`LOG_FORMAT=console`).
+
+When logs are exported over OTLP (`meshkit.telemetry`), the same records, stamped and redacted
+the same way, also go to the OpenTelemetry logs bridge (`add_export_handler`).
 """
 
 from __future__ import annotations
@@ -197,3 +200,56 @@ def logging_config(service: str, level: str = "INFO", log_format: str = "json") 
 
 def configure_logging(service: str, level: str = "INFO", log_format: str = "json") -> None:
     logging.config.dictConfig(logging_config(service, level, log_format))
+
+
+class _NotAboutExporting(logging.Filter):
+    """Keeps the records of the exporters and of their HTTP and gRPC clients off the export:
+    a failing export logs, and exporting that record would fail and log again."""
+
+    _SOURCES = ("opentelemetry", "urllib3", "requests", "grpc")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        return not any(name == source or name.startswith(source + ".") for source in self._SOURCES)
+
+
+def _stdout_loggers() -> list[logging.Logger]:
+    """The root logger and every logger that prints on its own (`gunicorn.error`)."""
+    loggers = [logging.getLogger()]
+    loggers += [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+        and any(handler.name == "stdout" for handler in logger.handlers)
+    ]
+    return loggers
+
+
+class _StampedOnce(logging.Filter):
+    """The printed line's filter has normally stamped and redacted the record already (the
+    stdout handler comes before the export handler on every logger); stamp it here only if not."""
+
+    def __init__(self, stamp: logging.Filter) -> None:
+        super().__init__()
+        self.stamp = stamp
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "request_id" in record.__dict__ or bool(self.stamp.filter(record))
+
+
+def add_export_handler(handler: logging.Handler) -> None:
+    """Hand every record that is printed to `handler` as well (after the stdout handler),
+    stamped and redacted as the printed line is."""
+    stdout = next(
+        (h for logger in _stdout_loggers() for h in logger.handlers if h.name == "stdout"), None
+    )
+    stamps = [f for f in stdout.filters if isinstance(f, ContextFilter)] if stdout else []
+    handler.addFilter(_NotAboutExporting())
+    handler.addFilter(_StampedOnce(stamps[0] if stamps else ContextFilter()))
+    for logger in _stdout_loggers():
+        logger.addHandler(handler)
+
+
+def remove_export_handler(handler: logging.Handler) -> None:
+    for logger in _stdout_loggers():
+        logger.removeHandler(handler)

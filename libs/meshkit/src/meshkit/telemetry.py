@@ -2,6 +2,9 @@
 
 Called once per process *after* gunicorn forks (the app is not preloaded), because the SDK's
 export threads do not survive a fork. `shutdown_telemetry()` flushes on a graceful stop.
+
+Traces, metrics and logs go out over OTLP/HTTP; logs are the standard library's records, through
+the OpenTelemetry logs bridge.
 """
 
 from __future__ import annotations
@@ -9,20 +12,26 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 
 from opentelemetry import metrics, trace
+from opentelemetry._logs import set_logger_provider
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from meshkit.logging import NOT_LOGGED, STAMPED, add_export_handler, remove_export_handler
+
 logger = logging.getLogger("meshkit.telemetry")
 
-_state: dict[str, TracerProvider | MeterProvider] = {}
+_state: dict[str, TracerProvider | MeterProvider | LoggerProvider] = {}
+_log_handlers: list[logging.Handler] = []
 
 
 def _truthy(name: str) -> bool:
@@ -37,6 +46,51 @@ def _exports(signal: str) -> bool:
         os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
     )
+
+
+class _WithoutPrintedOnlyFields(LogRecordProcessor):
+    """The printed line's `service`, `trace_id` and `span_id` are the exported record's resource
+    and trace context already, uvicorn's `color_message` is never logged, and fields without a
+    value (no request) are left out."""
+
+    _DROPPED = frozenset((*STAMPED, *NOT_LOGGED)) - {"request_id"}
+
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+        attributes = log_record.log_record.attributes
+        if not isinstance(attributes, MutableMapping):  # the SDK's are (BoundedAttributes)
+            return
+        for key in [k for k, v in attributes.items() if v is None or k in self._DROPPED]:
+            del attributes[key]
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def log_bridge(
+    resource: Resource, exporter: LogRecordExporter
+) -> tuple[LoggerProvider, logging.Handler]:
+    """The standard library's records as OpenTelemetry log records (the logs bridge of
+    opentelemetry-instrumentation-logging), batched to `exporter`; each carries the trace and
+    span it was logged in. The handler is for `meshkit.logging.add_export_handler`."""
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+
+    provider = LoggerProvider(resource=resource)
+    provider.add_log_record_processor(_WithoutPrintedOnlyFields())
+    provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    return provider, LoggingHandler(logger_provider=provider)
+
+
+def _export_logs(resource: Resource) -> None:
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+    provider, handler = log_bridge(resource, OTLPLogExporter())
+    set_logger_provider(provider)
+    add_export_handler(handler)
+    _log_handlers.append(handler)
+    _state["logger"] = provider
 
 
 def build_resource(*, service_name: str, service_version: str, environment: str) -> Resource:
@@ -91,6 +145,9 @@ def configure_telemetry(
     metrics.set_meter_provider(meter_provider)
     _state["tracer"] = tracer_provider
     _state["meter"] = meter_provider
+    # Nothing is added to logging unless logs are exported: not a filter, not a handler.
+    if _exports("logs"):
+        _export_logs(resource)
 
 
 def tracing_enabled() -> bool:
@@ -101,7 +158,10 @@ def tracing_enabled() -> bool:
 
 def shutdown_telemetry() -> None:
     """Flush and stop exporters; safe to call more than once."""
-    for key in ("tracer", "meter"):
+    # Records logged from here on are printed only: the bridge would drop them, and say so.
+    while _log_handlers:
+        remove_export_handler(_log_handlers.pop())
+    for key in ("logger", "tracer", "meter"):
         provider = _state.pop(key, None)
         if provider is None:
             continue
