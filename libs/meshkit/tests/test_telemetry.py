@@ -1,4 +1,5 @@
-"""What logging gets when logs are exported (the OpenTelemetry logs bridge) and when not."""
+"""Which OTLP protocol each signal is exported with, what is refused, and what logging gets
+when logs are exported (the OpenTelemetry logs bridge) and when they are not."""
 
 from __future__ import annotations
 
@@ -15,6 +16,44 @@ from opentelemetry.sdk.resources import Resource
 
 from meshkit import telemetry
 from meshkit.logging import add_export_handler, remove_export_handler, request_id_var
+from meshkit.telemetry import TelemetryConfigError, otlp_protocol
+
+PROTOCOL_VARIABLES = [
+    f"OTEL_EXPORTER_OTLP_{signal}PROTOCOL" for signal in ("", "TRACES_", "METRICS_", "LOGS_")
+]
+
+
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in PROTOCOL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_every_signal_goes_over_http_protobuf_by_default(environment: pytest.MonkeyPatch) -> None:
+    assert [otlp_protocol(s) for s in telemetry.SIGNALS] == ["http/protobuf"] * 3
+
+
+def test_a_signals_own_protocol_wins_over_the_general_one(environment: pytest.MonkeyPatch) -> None:
+    environment.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    environment.setenv("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/protobuf")
+
+    assert [otlp_protocol(s) for s in telemetry.SIGNALS] == ["grpc", "grpc", "http/protobuf"]
+
+
+@pytest.mark.parametrize("value", ["http/json", "grpc+tls", "HTTP"])
+def test_a_protocol_no_exporter_speaks_is_refused_naming_the_variable_and_the_choices(
+    environment: pytest.MonkeyPatch, value: str
+) -> None:
+    environment.setenv("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", value)
+
+    with pytest.raises(TelemetryConfigError) as refused:
+        telemetry.check_telemetry_environment()
+
+    assert str(refused.value) == (
+        f"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL={value!r} is not supported: "
+        "use http/protobuf (the default) or grpc"
+    )
 
 
 def test_exported_records_are_stamped_and_redacted_like_printed_lines() -> None:

@@ -1,6 +1,8 @@
-"""A tiny OTLP/HTTP receiver for tests: what the services export, decoded with opentelemetry-proto.
+"""A tiny OTLP receiver for tests: what the services export, decoded with opentelemetry-proto.
 
-Runs uvicorn in a background thread on a free port; point `OTEL_EXPORTER_OTLP_ENDPOINT` at `.url`.
+OTLP/HTTP on `.url` (uvicorn in a background thread, on a free port) and, when asked for,
+OTLP/gRPC on `.grpc_url` (grpcio's server with the collector's service definitions). Both keep
+spans, metric points and log records in the same lists; `exporter_env()` points a service here.
 """
 
 from __future__ import annotations
@@ -9,18 +11,23 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import uvicorn
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
 )
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -95,6 +102,8 @@ class ReceivedLogRecord:
 @dataclass
 class OtlpReceiver:
     port: int = field(default_factory=free_port)
+    grpc: bool = False  # also receive OTLP/gRPC, on `grpc_port`
+    grpc_port: int = field(default_factory=free_port)
     spans: list[ReceivedSpan] = field(default_factory=list)
     points: list[ReceivedPoint] = field(default_factory=list)
     log_records: list[ReceivedLogRecord] = field(default_factory=list)
@@ -102,6 +111,10 @@ class OtlpReceiver:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"http://127.0.0.1:{self.grpc_port}"
 
     def _store_spans(self, message: ExportTraceServiceRequest) -> None:
         for resource_spans in message.resource_spans:
@@ -200,13 +213,48 @@ class OtlpReceiver:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
+        self._grpc_server = self._start_grpc() if self.grpc else None
         while not self._server.started:
             time.sleep(0.01)
         return self
 
+    def _start_grpc(self) -> Any:
+        receiver = self
+
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: ExportTraceServiceRequest, context: Any) -> Any:  # noqa: N802
+                receiver._store_spans(request)
+                return ExportTraceServiceResponse()
+
+        class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request: ExportMetricsServiceRequest, context: Any) -> Any:  # noqa: N802
+                receiver._store_points(request)
+                return ExportMetricsServiceResponse()
+
+        class Logs(logs_service_pb2_grpc.LogsServiceServicer):
+            def Export(self, request: ExportLogsServiceRequest, context: Any) -> Any:  # noqa: N802
+                receiver._store_log_records(request)
+                return ExportLogsServiceResponse()
+
+        server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            Traces(), server
+        )
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            Metrics(), server
+        )
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            Logs(), server
+        )
+        server.add_insecure_port(f"127.0.0.1:{self.grpc_port}")
+        server.start()
+        return server
+
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(5)
+        if self._grpc_server is not None:
+            self._grpc_server.stop(grace=1).wait(5)
 
     async def wait_for(
         self, condition: Callable[[], bool], *, within: float = 15.0, what: str = "telemetry"
@@ -217,11 +265,11 @@ class OtlpReceiver:
                 raise TimeoutError(f"no {what} after {within}s")
             await asyncio.sleep(0.05)
 
-    def exporter_env(self) -> dict[str, str]:
+    def exporter_env(self, protocol: str = "http/protobuf") -> dict[str, str]:
         """Environment that makes a service export every signal here, quickly."""
         return {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": self.url,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.grpc_url if protocol == "grpc" else self.url,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
             "OTEL_BLRP_SCHEDULE_DELAY": "100",
             "OTEL_METRIC_EXPORT_INTERVAL": "500",

@@ -8,7 +8,7 @@ KEEPALIVE (seconds, default 75: longer than any proxy's idle timeout in front of
 GC_YOUNG_THRESHOLD (allocations between young collections in a worker, default 10000;
 Python's own is 700), LOG_FORMAT (json, the default, or console).
 
-A bad `LOG_FORMAT` stops gunicorn here, in one line, before any worker starts.
+A bad `LOG_FORMAT` or OTLP protocol stops gunicorn here, in one line, before any worker starts.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import os
 from typing import Any
 
 from meshkit.logging import logging_config
-from meshkit.telemetry import shutdown_telemetry
+from meshkit.telemetry import check_telemetry_environment, shutdown_telemetry
+
+check_telemetry_environment()
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
