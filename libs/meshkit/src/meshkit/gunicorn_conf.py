@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 from typing import Any
 
+from meshkit.lifetime import die_with_parent
 from meshkit.logging import logging_config
 from meshkit.telemetry import check_telemetry_environment, shutdown_telemetry
 
@@ -44,6 +46,12 @@ gc_young_threshold = int(os.environ.get("GC_YOUNG_THRESHOLD", "10000"))
 # The runtime control socket defaults to one path per user: several masters on one machine
 # would fight over it, and a read-only root filesystem has no place for it.
 control_socket_disable = True
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """A worker stops when its master dies, even by SIGKILL: the uvicorn worker does not watch
+    its parent, and an orphan would keep serving on the inherited socket (meshkit.lifetime)."""
+    die_with_parent(worker.ppid, signal.SIGTERM)
 
 
 def post_worker_init(worker: Any) -> None:
