@@ -19,8 +19,9 @@ uv: ## Install the pinned uv if it is missing
 sync: uv ## Install the locked environment into .venv
 	@$(UV) sync --locked --quiet
 
+# $$PPID is make itself: the mesh stops when make ends, even when make is killed (SIGKILL).
 run: sync ## Start the whole mesh in the foreground (Ctrl-C stops it)
-	@$(UV) run --locked python -m meshdev.run
+	@$(UV) run --locked python -m meshdev.run --watch-pid $$PPID
 
 migrate: sync ## Create missing databases and migrate them
 	@$(UV) run --locked python -m meshdev.run --migrate-only

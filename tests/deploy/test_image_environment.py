@@ -33,7 +33,7 @@ from meshdev.postgres import asyncpg_dsn, create_database, drop_database, sqlalc
 from meshdev.processes import free_port, production_command
 
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-DEV_TOOLS = ("pytest", "ruff", "mypy", "meshdev", "honcho")
+DEV_TOOLS = ("pytest", "ruff", "mypy", "meshdev")
 # `uv run` tells its children where uv is; plain pytest finds it on PATH.
 UV = os.environ.get("UV") or shutil.which("uv") or "uv"
 

@@ -306,6 +306,18 @@ def test_every_app_pod_exports_telemetry_to_a_collector(
         assert "k8s.pod.name=" in env["OTEL_RESOURCE_ATTRIBUTES"]
 
 
+def test_pods_leave_their_logs_to_the_clusters_log_agent(
+    clusters: dict[str, Cluster], overlay: str
+) -> None:
+    """In a cluster the JSON lines on stdout are the log path (the node's agent ships them);
+    exporting them over OTLP as well would store every line twice. The dev collector has no
+    logs pipeline either."""
+    cluster = clusters[overlay]
+    for deployment in _app_deployments(cluster):
+        env = container_env(_container(deployment), cluster)
+        assert env["OTEL_LOGS_EXPORTER"] == "none", deployment["metadata"]["name"]
+
+
 # ---- overlays ----------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""The compose observability stack: collector -> Jaeger and Prometheus -> Grafana.
+"""The compose observability stack: collector -> Jaeger, Prometheus and Loki -> Grafana.
 
 Every dashboard query must name a metric from deploy/observability/metrics.yaml, the one list
 of metrics the services emit (extend it when a service adds an instrument); the alerting rules
@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -66,7 +67,7 @@ def test_every_dashboard_query_names_an_emitted_metric() -> None:
 def test_every_panel_uses_a_provisioned_datasource() -> None:
     datasources = _yaml(OBSERVABILITY / "grafana/provisioning/datasources/datasources.yaml")
     uids = {source["uid"] for source in datasources["datasources"]}
-    assert {"prometheus", "jaeger"} <= uids
+    assert {"prometheus", "jaeger", "loki"} <= uids
     for path in DASHBOARDS:
         for panel in _panels(json.loads(path.read_text())):
             assert panel["datasource"]["uid"] in uids, panel["title"]
@@ -163,3 +164,57 @@ def test_prometheus_loads_the_rules_of_the_one_rules_file(compose: dict[str, Any
     assert (rules_dir / written.name).match(pattern)
     condition = prometheus["depends_on"]["prometheus-rules"]["condition"]
     assert condition == "service_completed_successfully"
+
+
+def test_logs_go_to_loki_through_the_collector(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    collector = _yaml(OBSERVABILITY / "otel-collector.yaml")
+    assert collector["service"]["pipelines"]["logs"]["exporters"] == ["otlphttp/loki"]
+    endpoint = urlsplit(collector["exporters"]["otlphttp/loki"]["endpoint"])
+    assert endpoint.path == "/otlp", "Loki's native OTLP endpoint (the exporter adds /v1/logs)"
+    assert endpoint.hostname in services
+    loki = _yaml(OBSERVABILITY / "loki.yaml")
+    assert endpoint.port == loki["server"]["http_listen_port"]
+    mounts = {v["target"]: v["source"] for v in services["loki"]["volumes"] if "source" in v}
+    config = next(a.split("=", 1)[1] for a in services["loki"]["command"] if "-config.file" in a)
+    assert mounts[config] == str(OBSERVABILITY / "loki.yaml")
+    # No deployable turns its logs off: every record reaches the collector.
+    for name in ("users", "orders", "notifications", "gateway"):
+        assert services[name]["environment"].get("OTEL_LOGS_EXPORTER", "otlp") == "otlp", name
+
+
+def test_loki_indexes_the_service_and_keeps_per_process_ids_out_of_its_labels() -> None:
+    limits = _yaml(OBSERVABILITY / "loki.yaml")["limits_config"]
+    resource = limits["otlp_config"]["resource_attributes"]
+    labels = {
+        attribute
+        for rule in resource["attributes_config"]
+        if rule["action"] == "index_label"
+        for attribute in rule["attributes"]
+    }
+    # service.name is the `service_name` label the trace → logs query selects streams by.
+    assert "service.name" in labels
+    assert resource["ignore_defaults"] is True
+    assert "service.instance.id" not in labels  # a stream per gunicorn worker otherwise
+    assert limits["allow_structured_metadata"] is True  # trace_id, span_id, request_id
+
+
+def test_a_span_links_to_its_traces_log_lines_and_a_log_line_to_its_trace() -> None:
+    datasources = {
+        source["uid"]: source
+        for source in _yaml(OBSERVABILITY / "grafana/provisioning/datasources/datasources.yaml")[
+            "datasources"
+        ]
+    }
+    to_logs = datasources["jaeger"]["jsonData"]["tracesToLogsV2"]
+    assert datasources[to_logs["datasourceUid"]]["type"] == "loki"
+    assert to_logs["customQuery"] is True
+    # Loki keeps the OTLP record's trace id as structured metadata `trace_id`, not in the line;
+    # `$$` is Grafana's escape for its own `${...}` variables in provisioning files.
+    assert re.fullmatch(
+        r'\{service_name=~"\.\+"\} \| trace_id="\$\$\{__trace\.traceId\}"', to_logs["query"]
+    )
+    (to_trace,) = datasources["loki"]["jsonData"]["derivedFields"]
+    assert (to_trace["matcherType"], to_trace["matcherRegex"]) == ("label", "trace_id")
+    assert to_trace["datasourceUid"] == "jaeger"
+    assert to_trace["url"] == "$${__value.raw}"

@@ -1,4 +1,5 @@
-"""The JSON log line's fields, from the configuration every service process uses."""
+"""Log lines from the configuration every service process uses: JSON for machines, one readable
+line per record for a person (`LOG_FORMAT=console`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,14 @@ import json
 import logging
 import logging.config
 import os
+import re
+import sys
+from collections.abc import Callable
 
-from meshkit.logging import logging_config, request_id_var
+import pytest
+from opentelemetry import trace
+
+from meshkit.logging import ConsoleFormatter, logging_config, request_id_var
 
 
 def test_a_line_names_its_service_worker_and_request() -> None:
@@ -47,3 +54,136 @@ def test_a_line_names_its_service_worker_and_request() -> None:
         "span_id",
         "request_id",
     }
+
+
+def _formatted(log_format: str, emit: Callable[[logging.Logger], None]) -> str:
+    """What one record becomes under `log_format`, formatted and filtered as the services'
+    dictConfig builds them, on a handler of our own."""
+    config = logging_config("orders", log_format=log_format)
+    configurator = logging.config.DictConfigurator(config)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(configurator.configure_formatter(dict(config["formatters"][log_format])))
+    handler.addFilter(configurator.configure_filter(dict(config["filters"]["context"])))
+    logger = logging.getLogger(f"meshkit.test.{log_format}")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    try:
+        emit(logger)
+    finally:
+        logger.removeHandler(handler)
+    return stream.getvalue()
+
+
+def _uvicorn_started(logger: logging.Logger) -> None:
+    # What uvicorn logs when a worker starts: a second copy of the message with ANSI codes.
+    logger.info(
+        "Started server process [%d]",
+        4711,
+        extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"},
+    )
+
+
+def test_json_lines_never_carry_uvicorns_coloured_copy_of_the_message() -> None:
+    line = json.loads(_formatted("json", _uvicorn_started))
+
+    assert line["message"] == "Started server process [4711]"
+    assert "color_message" not in line
+
+
+def test_a_console_line_reads_time_level_service_pid_logger_and_message() -> None:
+    formatter = ConsoleFormatter(colour=False)
+    record = logging.makeLogRecord(
+        {"name": "uvicorn.error", "levelno": logging.INFO, "levelname": "INFO", "process": 4711}
+    )
+    record.msg, record.args, record.service = "Started server process [%d]", (4711,), "orders"
+    record.color_message = "Started server process [\x1b[36m%d\x1b[0m]"
+
+    line = formatter.format(record)
+
+    time, rest = line.split(" ", 1)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", time)
+    assert rest == "INFO    orders/4711 uvicorn.error  Started server process [4711]"
+
+
+def test_a_console_line_ends_with_extra_fields_and_short_trace_and_request_ids() -> None:
+    trace_ids: list[str] = []
+
+    def access_line(logger: logging.Logger) -> None:
+        with trace.get_tracer("test").start_as_current_span("request") as span:
+            trace_ids.append(format(span.get_span_context().trace_id, "032x"))
+            token = request_id_var.set("7d3c1a2b9f0e4d5c")
+            try:
+                logger.info(
+                    "%s %s %s",
+                    "GET",
+                    "/api/orders?token=secret",
+                    200,
+                    extra={"http_status": 200, "duration_ms": 1.25, "client": "127.0.0.1"},
+                )
+            finally:
+                request_id_var.reset(token)
+
+    line = _formatted("console", access_line)
+
+    assert "GET /api/orders?token=[REDACTED] 200" in line
+    assert line.endswith(
+        f"  duration_ms=1.25 client=127.0.0.1  trace={trace_ids[0][:8]} req=7d3c1a2b\n"
+    )
+    assert "http_status" not in line  # already in the message
+
+
+def test_a_console_warning_carries_the_whole_trace_id_to_paste_into_jaeger() -> None:
+    trace_ids: list[str] = []
+
+    def warning(logger: logging.Logger) -> None:
+        with trace.get_tracer("test").start_as_current_span("request") as span:
+            trace_ids.append(format(span.get_span_context().trace_id, "032x"))
+            logger.warning("users answered 503")
+
+    line = _formatted("console", warning)
+
+    assert line.endswith(f"users answered 503  trace={trace_ids[0]}\n")
+
+
+def test_a_console_exception_is_the_usual_traceback_under_its_line() -> None:
+    def failure(logger: logging.Logger) -> None:
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logger.exception("unhandled error on %s", "/api/orders")
+
+    first, *traceback = _formatted("console", failure).splitlines()
+
+    assert first.endswith("meshkit.test.console  unhandled error on /api/orders")
+    assert traceback[0] == "Traceback (most recent call last):"
+    assert traceback[-1] == "RuntimeError: boom"
+
+
+@pytest.mark.parametrize(
+    ("environment", "coloured"),
+    [({}, False), ({"FORCE_COLOR": "1"}, True), ({"FORCE_COLOR": "1", "NO_COLOR": "1"}, False)],
+)
+def test_console_colours_follow_force_color_and_no_color_else_the_terminal(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], coloured: bool
+) -> None:
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # not a terminal
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+    line = _formatted("console", lambda logger: logger.error("failed"))
+
+    assert ("\x1b[31mERROR" in line) is coloured
+    assert ("\x1b[" in line) is coloured
+
+
+def test_log_format_picks_the_formatter_and_refuses_what_it_does_not_know() -> None:
+    assert logging_config("orders")["formatters"]["json"]["()"].endswith("JsonFormatter")
+    assert logging_config("orders", log_format="console")["formatters"] == {
+        "console": {"()": ConsoleFormatter}
+    }
+    with pytest.raises(ValueError, match=r"LOG_FORMAT='pretty' is not supported: use json"):
+        logging_config("orders", log_format="pretty")

@@ -1,6 +1,8 @@
-"""A tiny OTLP/HTTP receiver for tests: what the services export, decoded with opentelemetry-proto.
+"""A tiny OTLP receiver for tests: what the services export, decoded with opentelemetry-proto.
 
-Runs uvicorn in a background thread on a free port; point `OTEL_EXPORTER_OTLP_ENDPOINT` at `.url`.
+OTLP/HTTP on `.url` (uvicorn in a background thread, on a free port) and, when asked for,
+OTLP/gRPC on `.grpc_url` (grpcio's server with the collector's service definitions). Both keep
+spans, metric points and log records in the same lists; `exporter_env()` points a service here.
 """
 
 from __future__ import annotations
@@ -9,14 +11,23 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import uvicorn
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -74,18 +85,38 @@ class ReceivedPoint:
     value: float  # sum/gauge value, or histogram count
 
 
+@dataclass(frozen=True)
+class ReceivedLogRecord:
+    service: str
+    resource: dict[str, Any]
+    scope: str  # the instrumentation scope: the Python logger's name
+    trace_id: str  # "" outside a span
+    span_id: str
+    severity_text: str
+    severity_number: int
+    body: Any
+    attributes: dict[str, Any]
+    time_ns: int
+
+
 @dataclass
 class OtlpReceiver:
     port: int = field(default_factory=free_port)
+    grpc: bool = False  # also receive OTLP/gRPC, on `grpc_port`
+    grpc_port: int = field(default_factory=free_port)
     spans: list[ReceivedSpan] = field(default_factory=list)
     points: list[ReceivedPoint] = field(default_factory=list)
+    log_records: list[ReceivedLogRecord] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def _traces(self, request: Request) -> Response:
-        message = ExportTraceServiceRequest.FromString(await request.body())
+    @property
+    def grpc_url(self) -> str:
+        return f"http://127.0.0.1:{self.grpc_port}"
+
+    def _store_spans(self, message: ExportTraceServiceRequest) -> None:
         for resource_spans in message.resource_spans:
             resource = _attributes(resource_spans.resource.attributes)
             for scope_spans in resource_spans.scope_spans:
@@ -106,12 +137,8 @@ class OtlpReceiver:
                             status_code=span.status.code,
                         )
                     )
-        return Response(
-            ExportTraceServiceResponse().SerializeToString(), media_type="application/x-protobuf"
-        )
 
-    async def _metrics(self, request: Request) -> Response:
-        message = ExportMetricsServiceRequest.FromString(await request.body())
+    def _store_points(self, message: ExportMetricsServiceRequest) -> None:
         for resource_metrics in message.resource_metrics:
             service = str(_attributes(resource_metrics.resource.attributes).get("service.name"))
             for scope_metrics in resource_metrics.scope_metrics:
@@ -127,29 +154,107 @@ class OtlpReceiver:
                                 service, metric.name, _attributes(point.attributes), value
                             )
                         )
-        return Response(
-            ExportMetricsServiceResponse().SerializeToString(), media_type="application/x-protobuf"
-        )
+
+    def _store_log_records(self, message: ExportLogsServiceRequest) -> None:
+        for resource_logs in message.resource_logs:
+            resource = _attributes(resource_logs.resource.attributes)
+            for scope_logs in resource_logs.scope_logs:
+                for record in scope_logs.log_records:
+                    self.log_records.append(
+                        ReceivedLogRecord(
+                            service=str(resource.get("service.name")),
+                            resource=resource,
+                            scope=scope_logs.scope.name,
+                            trace_id=record.trace_id.hex(),
+                            span_id=record.span_id.hex(),
+                            severity_text=record.severity_text,
+                            severity_number=record.severity_number,
+                            body=_value(record.body),
+                            attributes=_attributes(record.attributes),
+                            time_ns=record.time_unix_nano,
+                        )
+                    )
+
+    def _http_route(
+        self, path: str, request_type: Any, store: Callable[[Any], None], response_type: Any
+    ) -> Route:
+        async def receive(request: Request) -> Response:
+            store(request_type.FromString(await request.body()))
+            return Response(
+                response_type().SerializeToString(), media_type="application/x-protobuf"
+            )
+
+        return Route(path, receive, methods=["POST"])
 
     def start(self) -> OtlpReceiver:
         app = Starlette(
             routes=[
-                Route("/v1/traces", self._traces, methods=["POST"]),
-                Route("/v1/metrics", self._metrics, methods=["POST"]),
-                Route("/v1/logs", lambda request: Response(b""), methods=["POST"]),
+                self._http_route(
+                    "/v1/traces",
+                    ExportTraceServiceRequest,
+                    self._store_spans,
+                    ExportTraceServiceResponse,
+                ),
+                self._http_route(
+                    "/v1/metrics",
+                    ExportMetricsServiceRequest,
+                    self._store_points,
+                    ExportMetricsServiceResponse,
+                ),
+                self._http_route(
+                    "/v1/logs",
+                    ExportLogsServiceRequest,
+                    self._store_log_records,
+                    ExportLogsServiceResponse,
+                ),
             ]
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
+        self._grpc_server = self._start_grpc() if self.grpc else None
         while not self._server.started:
             time.sleep(0.01)
         return self
 
+    def _start_grpc(self) -> Any:
+        receiver = self
+
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: ExportTraceServiceRequest, context: Any) -> Any:  # noqa: N802
+                receiver._store_spans(request)
+                return ExportTraceServiceResponse()
+
+        class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request: ExportMetricsServiceRequest, context: Any) -> Any:  # noqa: N802
+                receiver._store_points(request)
+                return ExportMetricsServiceResponse()
+
+        class Logs(logs_service_pb2_grpc.LogsServiceServicer):
+            def Export(self, request: ExportLogsServiceRequest, context: Any) -> Any:  # noqa: N802
+                receiver._store_log_records(request)
+                return ExportLogsServiceResponse()
+
+        server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            Traces(), server
+        )
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            Metrics(), server
+        )
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            Logs(), server
+        )
+        server.add_insecure_port(f"127.0.0.1:{self.grpc_port}")
+        server.start()
+        return server
+
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(5)
+        if self._grpc_server is not None:
+            self._grpc_server.stop(grace=1).wait(5)
 
     async def wait_for(
         self, condition: Callable[[], bool], *, within: float = 15.0, what: str = "telemetry"
@@ -160,11 +265,12 @@ class OtlpReceiver:
                 raise TimeoutError(f"no {what} after {within}s")
             await asyncio.sleep(0.05)
 
-    def exporter_env(self) -> dict[str, str]:
-        """Environment that makes a service export here, quickly."""
+    def exporter_env(self, protocol: str = "http/protobuf") -> dict[str, str]:
+        """Environment that makes a service export every signal here, quickly."""
         return {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": self.url,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.grpc_url if protocol == "grpc" else self.url,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_BLRP_SCHEDULE_DELAY": "100",
             "OTEL_METRIC_EXPORT_INTERVAL": "500",
         }

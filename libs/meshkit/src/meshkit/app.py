@@ -66,7 +66,7 @@ def create_service_app(
     """Build a service's FastAPI app. Engines and clients are created in the lifespan, i.e. in
     each gunicorn worker after the fork, and closed when the worker stops. `default_headers`
     go on every answer that does not set them itself."""
-    configure_logging(settings.service_name, settings.log_level)
+    configure_logging(settings.service_name, settings.log_level, settings.log_format)
     configure_telemetry(
         service_name=settings.service_name,
         service_version=settings.service_version,

@@ -6,17 +6,23 @@ Environment: HOST (default 0.0.0.0), PORT (default 8000), WEB_CONCURRENCY (worke
 GRACEFUL_TIMEOUT (seconds, default 20; Kubernetes' terminationGracePeriodSeconds must exceed it),
 KEEPALIVE (seconds, default 75: longer than any proxy's idle timeout in front of us),
 GC_YOUNG_THRESHOLD (allocations between young collections in a worker, default 10000;
-Python's own is 700).
+Python's own is 700), LOG_FORMAT (json, the default, or console).
+
+A bad `LOG_FORMAT` or OTLP protocol stops gunicorn here, in one line, before any worker starts.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import signal
 from typing import Any
 
+from meshkit.lifetime import die_with_parent
 from meshkit.logging import logging_config
-from meshkit.telemetry import shutdown_telemetry
+from meshkit.telemetry import check_telemetry_environment, shutdown_telemetry
+
+check_telemetry_environment()
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -29,7 +35,10 @@ keepalive = int(os.environ.get("KEEPALIVE", "75"))
 preload_app = False
 # One access line per request comes from the app's middleware, in JSON, with trace ids.
 accesslog = None
-logconfig_dict = logging_config(os.environ.get("OTEL_SERVICE_NAME", "gunicorn"))
+logconfig_dict = logging_config(
+    os.environ.get("OTEL_SERVICE_NAME", "gunicorn"),
+    log_format=os.environ.get("LOG_FORMAT", "json"),
+)
 proc_name = os.environ.get("OTEL_SERVICE_NAME")
 # Measured in interleaved A/Bs (docs/benchmarks.md): 12-15 % more GETs per second than
 # Python's 700, young collections of about 5 ms instead of under 1; 50000 made them 20-30 ms.
@@ -37,6 +46,12 @@ gc_young_threshold = int(os.environ.get("GC_YOUNG_THRESHOLD", "10000"))
 # The runtime control socket defaults to one path per user: several masters on one machine
 # would fight over it, and a read-only root filesystem has no place for it.
 control_socket_disable = True
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """A worker stops when its master dies, even by SIGKILL: the uvicorn worker does not watch
+    its parent, and an orphan would keep serving on the inherited socket (meshkit.lifetime)."""
+    die_with_parent(worker.ppid, signal.SIGTERM)
 
 
 def post_worker_init(worker: Any) -> None:

@@ -1,15 +1,26 @@
-"""JSON log lines on stdout, each carrying `service`, `pid` (which gunicorn worker of a pod),
-`trace_id`, `span_id` and `request_id`."""
+"""Log records on stdout, each carrying `service`, `pid` (which gunicorn worker of a pod),
+`trace_id`, `span_id` and `request_id`: JSON lines for machines (the default), or one readable,
+coloured line per record for a person at a terminal (`LOG_FORMAT=console`).
+
+When logs are exported over OTLP (`meshkit.telemetry`), the same records, stamped and redacted
+the same way, also go to the OpenTelemetry logs bridge (`add_export_handler`).
+"""
 
 from __future__ import annotations
 
 import logging
 import logging.config
+import os
 import re
+import sys
+import zlib
 from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import trace
+from pythonjsonlogger.core import RESERVED_ATTRS
+
+LOG_FORMATS = ("json", "console")
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 # The trace id answered in `X-Trace-Id`, also when the request itself is not traced (probes,
@@ -17,6 +28,10 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 trace_id_var: ContextVar[str | None] = ContextVar("trace_id", default=None)
 
 _SECRET_QUERY = re.compile(r"(?i)((?:access_token|token|password|secret)=)[^&\s\"]+")
+# What ContextFilter stamps on every record.
+STAMPED = ("service", "trace_id", "span_id", "request_id")
+# uvicorn's copy of some messages with ANSI colour codes in it: never worth a field.
+NOT_LOGGED = ("color_message",)
 
 
 def redact(text: str) -> str:
@@ -47,31 +62,124 @@ class ContextFilter(logging.Filter):
         return True
 
 
-def logging_config(service: str, level: str = "INFO") -> dict[str, Any]:
+def _wants_colour() -> bool:
+    """The NO_COLOR / FORCE_COLOR conventions, else whether stdout is a terminal."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR", "0") not in ("", "0"):
+        return True
+    return sys.stdout.isatty()
+
+
+_RESET = "\x1b[0m"
+_DIM = "\x1b[2m"
+_LEVEL_COLOURS = {
+    "DEBUG": "\x1b[34m",
+    "INFO": "\x1b[32m",
+    "WARNING": "\x1b[33m",
+    "ERROR": "\x1b[31m",
+    "CRITICAL": "\x1b[1;31m",
+}
+# A colour per service name, the same in every process (crc32, unlike hash(), is not salted).
+_SERVICE_COLOURS = tuple(f"\x1b[{code}m" for code in (36, 35, 34, 96, 95, 94, 92, 93))
+_STANDARD_ATTRIBUTES = frozenset(
+    (*vars(logging.makeLogRecord({})), "message", "asctime", "taskName", *STAMPED, *NOT_LOGGED)
+)
+# Already in the access line's message.
+_NOT_SHOWN = frozenset(("http_status",))
+
+
+class ConsoleFormatter(logging.Formatter):
+    """One line per record for a person: time, level, service/pid, logger, message, the
+    record's extra fields (`duration_ms=23.4`), then the short trace and request ids:
+
+        13:04:53.078 INFO    orders/4711 meshkit.access  GET /api/orders 200  trace=4bf92f35
+
+    Trace and request ids are shortened to 8 hex digits, enough to follow a request by eye;
+    warnings and errors show the whole trace id, to paste into Jaeger. Exceptions follow as
+    the usual traceback.
+    """
+
+    def __init__(self, colour: bool | None = None) -> None:
+        super().__init__()
+        self.colour = _wants_colour() if colour is None else colour
+
+    def _paint(self, code: str, text: str) -> str:
+        return f"{code}{text}{_RESET}" if self.colour else text
+
+    def format(self, record: logging.LogRecord) -> str:
+        time = f"{self.formatTime(record, '%H:%M:%S')}.{int(record.msecs):03d}"
+        service = getattr(record, "service", "") or ""
+        where = f"{service}/{record.process}" if service else str(record.process)
+        where_colour = _SERVICE_COLOURS[zlib.crc32(service.encode()) % len(_SERVICE_COLOURS)]
+        level = self._paint(_LEVEL_COLOURS.get(record.levelname, ""), f"{record.levelname:<7}")
+        parts = [
+            self._paint(_DIM, time),
+            level,
+            self._paint(where_colour, where),
+            self._paint(_DIM, record.name) + " ",
+            record.getMessage(),
+        ]
+        extras = " ".join(
+            f"{key}={value}"
+            for key, value in vars(record).items()
+            if key not in _STANDARD_ATTRIBUTES and key not in _NOT_SHOWN
+        )
+        if extras:
+            parts.append(" " + self._paint(_DIM, extras))
+        ids = []
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id:
+            ids.append(f"trace={trace_id if record.levelno >= logging.WARNING else trace_id[:8]}")
+        request_id = getattr(record, "request_id", None)
+        if request_id:
+            ids.append(f"req={request_id[:8]}")
+        if ids:
+            parts.append(" " + self._paint(_DIM, " ".join(ids)))
+        line = " ".join(parts)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
+
+
+def _formatter(log_format: str) -> dict[str, Any]:
+    if log_format == "console":
+        return {"()": ConsoleFormatter}
+    if log_format == "json":
+        return {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s "
+            "%(service)s %(process)s %(trace_id)s %(span_id)s %(request_id)s",
+            "rename_fields": {
+                "asctime": "time",
+                "levelname": "level",
+                "name": "logger",
+                "process": "pid",
+            },
+            "reserved_attrs": [*RESERVED_ATTRS, *NOT_LOGGED],
+            "timestamp": False,
+        }
+    raise ValueError(
+        f"LOG_FORMAT={log_format!r} is not supported: use json (the default) or console"
+    )
+
+
+def logging_config(service: str, level: str = "INFO", log_format: str = "json") -> dict[str, Any]:
     """A `dictConfig` for a service process; gunicorn's `logconfig_dict` uses the same one."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"context": {"()": ContextFilter, "service": service}},
-        "formatters": {
-            "json": {
-                "()": "pythonjsonlogger.json.JsonFormatter",
-                "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s "
-                "%(service)s %(process)s %(trace_id)s %(span_id)s %(request_id)s",
-                "rename_fields": {
-                    "asctime": "time",
-                    "levelname": "level",
-                    "name": "logger",
-                    "process": "pid",
-                },
-                "timestamp": False,
-            }
-        },
+        "formatters": {log_format: _formatter(log_format)},
         "handlers": {
             "stdout": {
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stdout",
-                "formatter": "json",
+                "formatter": log_format,
                 "filters": ["context"],
             }
         },
@@ -90,5 +198,58 @@ def logging_config(service: str, level: str = "INFO") -> dict[str, Any]:
     }
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    logging.config.dictConfig(logging_config(service, level))
+def configure_logging(service: str, level: str = "INFO", log_format: str = "json") -> None:
+    logging.config.dictConfig(logging_config(service, level, log_format))
+
+
+class _NotAboutExporting(logging.Filter):
+    """Keeps the records of the exporters and of their HTTP and gRPC clients off the export:
+    a failing export logs, and exporting that record would fail and log again."""
+
+    _SOURCES = ("opentelemetry", "urllib3", "requests", "grpc")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        return not any(name == source or name.startswith(source + ".") for source in self._SOURCES)
+
+
+def _stdout_loggers() -> list[logging.Logger]:
+    """The root logger and every logger that prints on its own (`gunicorn.error`)."""
+    loggers = [logging.getLogger()]
+    loggers += [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+        and any(handler.name == "stdout" for handler in logger.handlers)
+    ]
+    return loggers
+
+
+class _StampedOnce(logging.Filter):
+    """The printed line's filter has normally stamped and redacted the record already (the
+    stdout handler comes before the export handler on every logger); stamp it here only if not."""
+
+    def __init__(self, stamp: logging.Filter) -> None:
+        super().__init__()
+        self.stamp = stamp
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "request_id" in record.__dict__ or bool(self.stamp.filter(record))
+
+
+def add_export_handler(handler: logging.Handler) -> None:
+    """Hand every record that is printed to `handler` as well (after the stdout handler),
+    stamped and redacted as the printed line is."""
+    stdout = next(
+        (h for logger in _stdout_loggers() for h in logger.handlers if h.name == "stdout"), None
+    )
+    stamps = [f for f in stdout.filters if isinstance(f, ContextFilter)] if stdout else []
+    handler.addFilter(_NotAboutExporting())
+    handler.addFilter(_StampedOnce(stamps[0] if stamps else ContextFilter()))
+    for logger in _stdout_loggers():
+        logger.addHandler(handler)
+
+
+def remove_export_handler(handler: logging.Handler) -> None:
+    for logger in _stdout_loggers():
+        logger.removeHandler(handler)

@@ -7,7 +7,7 @@ Standard OpenTelemetry variables (`OTEL_*`) are read by the SDK itself and are n
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +38,9 @@ class ServiceSettings(BaseSettings):
     service_version: str = "0.1.0"
     environment: Environment = Environment.LOCAL
     log_level: str = "INFO"
+    log_format: Literal["json", "console"] = Field(
+        default="json", description="json lines (machines), or one readable line per record."
+    )
 
     database_url: str | None = Field(
         default=None,

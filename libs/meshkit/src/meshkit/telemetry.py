@@ -2,6 +2,10 @@
 
 Called once per process *after* gunicorn forks (the app is not preloaded), because the SDK's
 export threads do not survive a fork. `shutdown_telemetry()` flushes on a graceful stop.
+
+Traces, metrics and logs go out over OTLP, each signal over HTTP/protobuf (the default) or gRPC
+(`OTEL_EXPORTER_OTLP_PROTOCOL`, or `OTEL_EXPORTER_OTLP_{TRACES,METRICS,LOGS}_PROTOCOL` for one
+signal); any other protocol is refused at start-up rather than ignored.
 """
 
 from __future__ import annotations
@@ -9,20 +13,37 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 
 from opentelemetry import metrics, trace
+from opentelemetry._logs import set_logger_provider
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from meshkit.logging import NOT_LOGGED, STAMPED, add_export_handler, remove_export_handler
 
 logger = logging.getLogger("meshkit.telemetry")
 
-_state: dict[str, TracerProvider | MeterProvider] = {}
+_state: dict[str, TracerProvider | MeterProvider | LoggerProvider] = {}
+_log_handlers: list[logging.Handler] = []
+
+SIGNALS = ("traces", "metrics", "logs")
+OTLP_PROTOCOLS = ("http/protobuf", "grpc")
+
+
+class TelemetryConfigError(ValueError):
+    """An `OTEL_*` variable has a value this process cannot honour."""
 
 
 def _truthy(name: str) -> bool:
@@ -37,6 +58,106 @@ def _exports(signal: str) -> bool:
         os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
     )
+
+
+def otlp_protocol(signal: str) -> str:
+    """The OTLP protocol of `signal`: its own variable, else the general one, else
+    http/protobuf. Refuses a value it cannot honour instead of exporting some other way."""
+    for name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = os.environ.get(name, "").strip()
+        if not value:
+            continue
+        if value.lower() not in OTLP_PROTOCOLS:
+            raise TelemetryConfigError(
+                f"{name}={value!r} is not supported: use http/protobuf (the default) or grpc"
+            )
+        return value.lower()
+    return "http/protobuf"
+
+
+def check_telemetry_environment() -> None:
+    """Fail fast, before anything forks, on an OTLP protocol no signal could be exported with."""
+    for signal in SIGNALS:
+        otlp_protocol(signal)
+
+
+def _span_exporter() -> SpanExporter:
+    if otlp_protocol("traces") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+
+        return GrpcSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
+
+
+def _metric_exporter() -> MetricExporter:
+    if otlp_protocol("metrics") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+            OTLPMetricExporter as GrpcMetricExporter,
+        )
+
+        return GrpcMetricExporter()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+    return OTLPMetricExporter()
+
+
+def _log_exporter() -> LogRecordExporter:
+    if otlp_protocol("logs") == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import (
+            OTLPLogExporter as GrpcLogExporter,
+        )
+
+        return GrpcLogExporter()
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+
+    return OTLPLogExporter()
+
+
+class _WithoutPrintedOnlyFields(LogRecordProcessor):
+    """The printed line's `service`, `trace_id` and `span_id` are the exported record's resource
+    and trace context already, uvicorn's `color_message` is never logged, and fields without a
+    value (no request) are left out."""
+
+    _DROPPED = frozenset((*STAMPED, *NOT_LOGGED)) - {"request_id"}
+
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:
+        attributes = log_record.log_record.attributes
+        if not isinstance(attributes, MutableMapping):  # the SDK's are (BoundedAttributes)
+            return
+        for key in [k for k, v in attributes.items() if v is None or k in self._DROPPED]:
+            del attributes[key]
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def log_bridge(
+    resource: Resource, exporter: LogRecordExporter
+) -> tuple[LoggerProvider, logging.Handler]:
+    """The standard library's records as OpenTelemetry log records (the logs bridge of
+    opentelemetry-instrumentation-logging), batched to `exporter`; each carries the trace and
+    span it was logged in. The handler is for `meshkit.logging.add_export_handler`."""
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+
+    provider = LoggerProvider(resource=resource)
+    provider.add_log_record_processor(_WithoutPrintedOnlyFields())
+    provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    return provider, LoggingHandler(logger_provider=provider)
+
+
+def _export_logs(resource: Resource) -> None:
+    provider, handler = log_bridge(resource, _log_exporter())
+    set_logger_provider(provider)
+    add_export_handler(handler)
+    _log_handlers.append(handler)
+    _state["logger"] = provider
 
 
 def build_resource(*, service_name: str, service_version: str, environment: str) -> Resource:
@@ -66,6 +187,7 @@ def configure_telemetry(
     `create_http_client` when this process traces."""
     # New, stable semantic conventions for HTTP and database spans and metrics.
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
+    check_telemetry_environment()
     if "tracer" in _state or _truthy("OTEL_SDK_DISABLED"):
         return
     resource = build_resource(
@@ -74,23 +196,22 @@ def configure_telemetry(
     # The sampler comes from OTEL_TRACES_SAMPLER (default: parentbased_always_on).
     tracer_provider = TracerProvider(resource=resource)
     if _exports("traces"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter()))
     for processor in span_processors:
         tracer_provider.add_span_processor(processor)
 
     readers = list(metric_readers)
     if _exports("metrics"):
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        readers.append(PeriodicExportingMetricReader(_metric_exporter()))
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
 
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     _state["tracer"] = tracer_provider
     _state["meter"] = meter_provider
+    # Nothing is added to logging unless logs are exported: not a filter, not a handler.
+    if _exports("logs"):
+        _export_logs(resource)
 
 
 def tracing_enabled() -> bool:
@@ -101,7 +222,10 @@ def tracing_enabled() -> bool:
 
 def shutdown_telemetry() -> None:
     """Flush and stop exporters; safe to call more than once."""
-    for key in ("tracer", "meter"):
+    # Records logged from here on are printed only: the bridge would drop them, and say so.
+    while _log_handlers:
+        remove_export_handler(_log_handlers.pop())
+    for key in ("logger", "tracer", "meter"):
         provider = _state.pop(key, None)
         if provider is None:
             continue
