@@ -9,9 +9,11 @@ itself to the dead-letter queue:
 
 - A message that is not a valid event (or whose data the handler rejects as malformed) is
   rejected without requeue: the queue dead-letters it straight to `<queue>.dlq`.
-- A handler that fails otherwise (database down, a bug) has the message requeued after a short,
-  growing pause; the quorum queue counts deliveries and dead-letters it at `x-delivery-limit`,
-  so a poison message never loops forever.
+- While the database is unavailable, the batch is kept (not requeued: that would spend the
+  delivery limit) and tried again after growing pauses.
+- A handler that fails otherwise (a defect, a constraint the event breaks) has the message
+  requeued after a short, growing pause; the quorum queue counts deliveries and dead-letters it
+  at `x-delivery-limit`, so a poison message never loops forever.
 - Stopping cancels the subscription first, then waits for the batch in flight to finish;
   what was not handled yet is redelivered.
 
@@ -35,6 +37,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
 from pydantic import ValidationError
 
+from meshkit.db import is_database_unavailable
 from meshkit.messaging.events import TRACE_HEADERS, CloudEvent
 from meshkit.messaging.metrics import consumed_messages, process_duration
 from meshkit.messaging.tracing import span_carrier, start_process_span
@@ -191,28 +194,53 @@ class EventConsumer:
 
     async def _handle(self, batch: list[_Received]) -> None:
         """The whole batch at once, acked with one ack; on failure each message on its own."""
-        try:
-            with trace.use_span(batch[0].span, end_on_exit=False):
-                await self._handler([item.delivery for item in batch if item.delivery])
-        except Exception as exc:
-            if len(batch) == 1:
-                await self._settle_failure(batch[0], exc)
-                return
+        failure = await self._run_handler(batch, batch[0].span)
+        if failure is None:
+            # Every earlier delivery of this channel is settled (batches run one after another).
+            await batch[-1].message.ack(multiple=True)
+        elif len(batch) == 1:
+            await self._settle_failure(batch[0], failure)
+        else:
             # Which one failed? Each alone: the others are stored, the culprit retried.
             await asyncio.gather(*(self._handle_alone(item) for item in batch))
-            return
-        # Every earlier delivery of this channel is settled (batches run one after another).
-        await batch[-1].message.ack(multiple=True)
 
     async def _handle_alone(self, item: _Received) -> None:
-        assert item.delivery is not None
-        try:
-            with trace.use_span(item.span, end_on_exit=False):
-                await self._handler([item.delivery])
-        except Exception as exc:
-            await self._settle_failure(item, exc)
-            return
-        await item.message.ack()
+        failure = await self._run_handler([item], item.span)
+        if failure is None:
+            await item.message.ack()
+        else:
+            await self._settle_failure(item, failure)
+
+    async def _run_handler(self, batch: list[_Received], span: Span) -> Exception | None:
+        """Runs the handler on `batch`; the exception it ended with, if any. While the failure
+        is the database being unavailable, the messages are kept and the batch tried again
+        after a growing pause: requeued, each delivery would spend the delivery limit, and a
+        long enough outage would dead-letter every message in flight."""
+        deliveries = [item.delivery for item in batch if item.delivery is not None]
+        outage = 0
+        while True:
+            try:
+                with trace.use_span(span, end_on_exit=False):
+                    await self._handler(deliveries)
+            except Exception as exc:
+                if self._stopping or not is_database_unavailable(exc):
+                    return exc
+                if outage == 0:
+                    logger.warning(
+                        "database unavailable while handling %d message(s) of %s (%s); "
+                        "keeping them and trying again",
+                        len(batch),
+                        self._queue.name,
+                        exc,
+                    )
+                outage += 1
+                await asyncio.sleep(min(self._max_retry_delay, self._retry_delay * 2**outage))
+                continue
+            if outage:
+                logger.info(
+                    "database back: %d message(s) of %s handled", len(batch), self._queue.name
+                )
+            return None
 
     async def _settle_failure(self, item: _Received, exc: Exception) -> None:
         """Handling `item` alone raised `exc`: dead-letter it, or requeue it after a pause."""

@@ -179,8 +179,10 @@ class RelaySettings:
     @property
     def lease_seconds(self) -> float:
         """How long a claimed row is left to its relay before another may publish it: longer
-        than publishing a whole batch can take, so only a relay that died loses its rows."""
-        return 3 * self.publish_timeout
+        than publishing a whole batch can take (its confirms are waited for at most
+        `publish_timeout`), and short, because it is also how long the rows of a claim whose
+        answer was lost with the database connection wait before they go out."""
+        return self.publish_timeout + 5.0
 
 
 class _RelayStatements:
