@@ -43,7 +43,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 MEMORY = "memory"
-# The storages this module is tested with: memory, and Redis through coredis (limits[async-redis]).
+# Memory, and Redis through coredis (limits[async-redis]): TCP, TLS, a Unix socket.
 SCHEMES = frozenset({MEMORY, "redis", "rediss", "redis+unix"})
 
 
