@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from meshdev.faults import TcpProxy
 from meshdev.processes import free_port
 
 
@@ -179,3 +181,59 @@ async def test_replicas_sharing_a_redis_storage_share_the_limit(
 
     assert [r.status_code for r in first] == [200, 200]
     assert third.status_code == 429
+
+
+@pytest.fixture
+async def redis_link(redis_url: str) -> AsyncIterator[TcpProxy]:
+    """The gateway's only way to the private Redis, to cut or black-hole."""
+    target = urlsplit(redis_url)
+    proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+async def test_without_redis_the_limit_is_still_counted_per_process(
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]],
+    token: str,
+    redis_link: TcpProxy,
+) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        start_gateway(
+            rate_limit_enabled=True,
+            rate_limit="3/minute",
+            rate_limit_storage_uri=f"redis://127.0.0.1:{redis_link.port}",
+        ) as url,
+        httpx.AsyncClient(base_url=url, timeout=5.0) as http,
+    ):
+        await redis_link.cut()
+        responses = [await http.get("/api/orders/echo", headers=headers) for _ in range(4)]
+
+    # Neither closed for everyone nor unlimited: this process counts the client on its own.
+    assert [r.status_code for r in responses] == [200, 200, 200, 429]
+    assert [r.headers["ratelimit-remaining"] for r in responses] == ["2", "1", "0", "0"]
+    assert "retry-after" in responses[3].headers
+
+
+async def test_a_redis_that_never_answers_does_not_hold_requests_up(
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]],
+    token: str,
+    redis_link: TcpProxy,
+) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        start_gateway(
+            rate_limit_enabled=True,
+            rate_limit_storage_uri=f"redis://127.0.0.1:{redis_link.port}",
+        ) as url,
+        # The gateway's own read timeout (1 s here) bounds what a client may wait.
+        httpx.AsyncClient(base_url=url, timeout=1.0) as http,
+    ):
+        assert (await http.get("/api/orders/echo", headers=headers)).status_code == 200
+        await redis_link.blackhole()
+        responses = [await http.get("/api/orders/echo", headers=headers) for _ in range(5)]
+
+    assert [r.status_code for r in responses] == [200] * 5
+    assert all("ratelimit-limit" in r.headers for r in responses)

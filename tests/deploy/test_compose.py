@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
@@ -132,3 +134,22 @@ def test_the_loadgen_profile_runs_the_locustfile_against_the_gateway() -> None:
 
 def test_the_loadgen_runs_only_when_its_profile_is_asked_for(compose: dict[str, Any]) -> None:
     assert "loadgen" not in compose["services"]
+
+
+def test_the_gateway_and_users_count_rate_limits_in_composes_redis(
+    compose: dict[str, Any],
+) -> None:
+    redis = _service(compose, "redis")
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+", redis["image"]), "pinned to a release"
+    assert redis["read_only"] is True
+    assert redis["cap_drop"] == ["ALL"]
+    assert redis["user"] == "10001:10001"
+    assert "ports" not in redis, "reached by the project's containers only"
+    command = redis["command"]
+    assert command[command.index("--save") + 1] == "", "counters only: no snapshots"
+    assert "redis-cli" in redis["healthcheck"]["test"]
+    for name in ("gateway", "users"):
+        service = _service(compose, name)
+        uri = urlsplit(service["environment"]["RATE_LIMIT_STORAGE_URI"])
+        assert (uri.scheme, uri.hostname, uri.port) == ("redis", "redis", 6379), name
+        assert service["depends_on"]["redis"]["condition"] == "service_healthy", name

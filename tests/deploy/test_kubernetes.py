@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from sqlalchemy.engine import make_url
@@ -497,3 +498,89 @@ def test_forwarded_headers_are_trusted_only_behind_a_network_policy(
             for rule in ingress_rules:
                 assert rule.get("from"), f"{name}: an ingress rule admits every peer"
                 assert all("ipBlock" not in peer for peer in rule["from"]), name
+
+
+# ---- rate-limit counters (components/redis) ------------------------------------------------------
+
+RATE_LIMITED = ("gateway", "users")  # the deployables whose limits must hold across replicas
+
+
+def _selects(selector: Manifest, labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels, matchExpressions with In) against a pod's labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def _pod_labels(workload: Manifest) -> dict[str, str]:
+    labels: dict[str, str] = workload["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_every_overlay_shares_the_rate_limit_counters_in_its_redis(
+    clusters: dict[str, Cluster], overlay: str
+) -> None:
+    cluster = clusters[overlay]
+    policies = list(cluster.named("NetworkPolicy").values())
+    for name in RATE_LIMITED:
+        deployment = _deployment(cluster, name)
+        uri = urlsplit(container_env(_container(deployment), cluster)["RATE_LIMIT_STORAGE_URI"])
+        assert uri.scheme == "redis", f"{overlay}/{name}: counters per process"
+        service = cluster.get("Service", uri.hostname or "")
+        assert service is not None, f"{overlay}/{name}: no Service {uri.hostname}"
+        assert [p["port"] for p in service["spec"]["ports"]] == [uri.port]
+        (redis,) = [
+            d
+            for d in cluster.named("Deployment").values()
+            if service["spec"]["selector"].items() <= _pod_labels(d).items()
+        ]
+        client, server = _pod_labels(deployment), _pod_labels(redis)
+        port = {"port": uri.port, "protocol": "TCP"}
+        egress = [
+            rule
+            for policy in policies
+            if _selects(policy["spec"]["podSelector"], client)
+            for rule in policy["spec"].get("egress", [])
+            if port in rule.get("ports", [])
+            and any(_selects(peer["podSelector"], server) for peer in rule["to"])
+        ]
+        assert egress, f"{overlay}: no NetworkPolicy lets {name} reach Redis"
+        ingress = [
+            rule
+            for policy in policies
+            if "Ingress" in policy["spec"]["policyTypes"]
+            and policy["spec"]["podSelector"] != {}
+            and _selects(policy["spec"]["podSelector"], server)
+            for rule in policy["spec"].get("ingress", [])
+            if port in rule.get("ports", [])
+        ]
+        assert any(
+            _selects(peer["podSelector"], client) for rule in ingress for peer in rule["from"]
+        ), f"{overlay}: Redis does not admit {name}"
+
+
+def test_redis_admits_only_the_rate_limited_deployables(
+    clusters: dict[str, Cluster], compose: dict[str, Any], overlay: str
+) -> None:
+    cluster = clusters[overlay]
+    redis = _deployment(cluster, "redis")
+    policy = cluster.get("NetworkPolicy", "redis")
+    assert policy is not None
+    assert _selects(policy["spec"]["podSelector"], _pod_labels(redis))
+    assert policy["spec"]["egress"] == [], "Redis calls nobody"
+    admitted = {
+        workload["metadata"]["name"]
+        for workload in _workloads(cluster)
+        for rule in policy["spec"]["ingress"]
+        for peer in rule["from"]
+        if _selects(peer["podSelector"], _pod_labels(workload))
+    }
+    assert admitted == set(RATE_LIMITED), "not even the users migration Job"
+    container = _container(redis)
+    assert container["image"] == compose["services"]["redis"]["image"], "one Redis version"
+    command = container["command"]
+    assert command[command.index("--save") + 1] == "", "counters only: no snapshots"

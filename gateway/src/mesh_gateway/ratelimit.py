@@ -1,7 +1,8 @@
 """Per-client rate limits at the edge, with the `limits` library.
 
-The memory storage counts per process (each gunicorn worker on its own); set
-`RATE_LIMIT_STORAGE_URI=redis://…` so several workers and replicas share one count.
+The counters are `meshkit.ratelimit`'s: per process with `memory://`, shared by every worker and
+replica with `RATE_LIMIT_STORAGE_URI=redis://…`, and counted in the process's own memory while
+that Redis does not answer (docs/gateway.md, "Rate limits across replicas").
 """
 
 from __future__ import annotations
@@ -11,20 +12,11 @@ import time
 from dataclasses import dataclass
 
 from limits import RateLimitItem, parse_many
-from limits.aio.strategies import (
-    FixedWindowRateLimiter,
-    MovingWindowRateLimiter,
-    RateLimiter,
-    SlidingWindowCounterRateLimiter,
-)
-from limits.storage import storage_from_string
+from limits.aio.strategies import RateLimiter
+
+from meshkit.ratelimit import SharedRateLimiter
 
 NAMESPACE = "gateway"
-STRATEGIES: dict[str, type[RateLimiter]] = {
-    "sliding-window-counter": SlidingWindowCounterRateLimiter,
-    "fixed-window": FixedWindowRateLimiter,
-    "moving-window": MovingWindowRateLimiter,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,20 +39,21 @@ class RateLimitDecision:
 
 
 class ClientRateLimiter:
-    def __init__(self, *, limits: str, storage_uri: str, strategy: str) -> None:
-        uri = storage_uri if storage_uri.startswith("async+") else f"async+{storage_uri}"
-        self._storage = storage_from_string(uri)
-        self._limiter = STRATEGIES[strategy](self._storage)
+    def __init__(self, *, limits: str, counters: SharedRateLimiter) -> None:
+        self._counters = counters
         self._items: list[RateLimitItem] = parse_many(limits)
         if not self._items:
             raise ValueError(f"no rate limit in {limits!r}")
 
     async def hit(self, client_key: str) -> RateLimitDecision:
         """Counts one request of `client_key` against every limit; the tightest one answers."""
+        return await self._counters.run(self._hit, client_key)
+
+    async def _hit(self, limiter: RateLimiter, client_key: str) -> RateLimitDecision:
         decision: RateLimitDecision | None = None
         for item in self._items:
-            allowed = await self._limiter.hit(item, NAMESPACE, client_key)
-            stats = await self._limiter.get_window_stats(item, NAMESPACE, client_key)
+            allowed = await limiter.hit(item, NAMESPACE, client_key)
+            stats = await limiter.get_window_stats(item, NAMESPACE, client_key)
             candidate = RateLimitDecision(
                 allowed=allowed,
                 limit=item.amount,

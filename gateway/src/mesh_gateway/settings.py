@@ -6,12 +6,12 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from meshkit.settings import ServiceSettings
+from meshkit.ratelimit import RateLimitStorageSettings
 
 MIB = 1024 * 1024
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(RateLimitStorageSettings):
     service_name: str = "gateway"
 
     users_url: str | None = Field(
@@ -56,11 +56,6 @@ class GatewaySettings(ServiceSettings):
         default="sliding-window-counter",
         pattern="^(sliding-window-counter|fixed-window|moving-window)$",
     )
-    rate_limit_storage_uri: str = Field(
-        default="memory://",
-        description="`limits` storage; redis://… when several replicas must share counters.",
-    )
-
     cors_allow_origins: list[str] = Field(
         default_factory=list,
         description='JSON list, e.g. ["https://app.example.com"]; empty: no CORS.',

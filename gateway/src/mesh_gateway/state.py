@@ -1,6 +1,6 @@
 """What the gateway's requests need, built in the lifespan (in each worker, after the fork)
-and closed with it: a client and a circuit breaker per upstream, the edge, the two forwarders
-and the merged OpenAPI document (refreshed in the background)."""
+and closed with it: a client and a circuit breaker per upstream, the edge with its rate-limit
+counters, the two forwarders and the merged OpenAPI document (refreshed in the background)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from mesh_gateway.settings import GatewaySettings
 from mesh_gateway.websocket import WebSocketForwarder
 from meshkit.auth import TokenVerifier
 from meshkit.http_client import create_http_client
+from meshkit.ratelimit import SharedRateLimiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,20 +56,17 @@ def _upstream(settings: GatewaySettings, name: str, url: str) -> Upstream:
 async def gateway_state(
     settings: GatewaySettings, routes: RouteTable, verifier: TokenVerifier
 ) -> AsyncIterator[GatewayState]:
-    edge = Edge(
-        verifier=verifier,
-        rate_limiter=(
-            ClientRateLimiter(
-                limits=settings.rate_limit,
-                storage_uri=settings.rate_limit_storage_uri,
-                strategy=settings.rate_limit_strategy,
-            )
-            if settings.rate_limit_enabled
-            else None
-        ),
-        body_limit=settings.body_limit_bytes,
-    )
     async with AsyncExitStack() as stack:
+        rate_limiter = None
+        if settings.rate_limit_enabled:
+            counters = SharedRateLimiter.from_settings(
+                settings, name="gateway", strategy=settings.rate_limit_strategy
+            )
+            stack.callback(counters.close)
+            rate_limiter = ClientRateLimiter(limits=settings.rate_limit, counters=counters)
+        edge = Edge(
+            verifier=verifier, rate_limiter=rate_limiter, body_limit=settings.body_limit_bytes
+        )
         upstreams = {}
         for name, url in settings.upstream_urls().items():
             upstreams[name] = _upstream(settings, name, url)

@@ -1,7 +1,8 @@
 """Failed-login limits per email and per client address (`limits`, moving window).
 
-With the default memory storage each process counts on its own; several replicas must share a
-Redis storage (`RATE_LIMIT_STORAGE_URI=redis://…`) for the limit to hold across them.
+The counters are `meshkit.ratelimit`'s: per process with `memory://`, shared by every replica
+with `RATE_LIMIT_STORAGE_URI=redis://…`, and counted in the process's own memory while that
+Redis does not answer (a login is never refused because the counters are unreachable).
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ import math
 import time
 
 from limits import RateLimitItem, parse
-from limits.aio.strategies import MovingWindowRateLimiter
-from limits.storage import storage_from_string
+from limits.aio.strategies import RateLimiter
 
 from meshkit.problems import TooManyRequestsError
+from meshkit.ratelimit import SharedRateLimiter
 
 
 class LoginLimiter:
-    def __init__(self, *, limit: str, storage_uri: str) -> None:
-        uri = storage_uri if storage_uri.startswith("async+") else f"async+{storage_uri}"
-        self._limiter = MovingWindowRateLimiter(storage_from_string(uri))
+    STRATEGY = "moving-window"
+
+    def __init__(self, *, limit: str, counters: SharedRateLimiter) -> None:
+        self._counters = counters
         self._item: RateLimitItem = parse(limit)
 
     @staticmethod
@@ -32,13 +34,22 @@ class LoginLimiter:
     async def ensure_allowed(self, *, email: str, client: str | None) -> None:
         """Raises 429 while either the email or the client address is over its failure limit."""
         for namespace, key in self._keys(email, client):
-            if not await self._limiter.test(self._item, namespace, key):
-                stats = await self._limiter.get_window_stats(self._item, namespace, key)
+            wait = await self._counters.run(self._wait, namespace, key)
+            if wait is not None:
                 raise TooManyRequestsError(
-                    "Too many failed login attempts; try again later.",
-                    retry_after_seconds=math.ceil(stats.reset_time - time.time()),
+                    "Too many failed login attempts; try again later.", retry_after_seconds=wait
                 )
 
     async def record_failure(self, *, email: str, client: str | None) -> None:
         for namespace, key in self._keys(email, client):
-            await self._limiter.hit(self._item, namespace, key)
+            await self._counters.run(self._hit, namespace, key)
+
+    async def _wait(self, limiter: RateLimiter, namespace: str, key: str) -> int | None:
+        """Seconds until `key` may try again; None while it is under the limit."""
+        if await limiter.test(self._item, namespace, key):
+            return None
+        stats = await limiter.get_window_stats(self._item, namespace, key)
+        return math.ceil(stats.reset_time - time.time())
+
+    async def _hit(self, limiter: RateLimiter, namespace: str, key: str) -> None:
+        await limiter.hit(self._item, namespace, key)

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from meshkit.app import create_service_app, lazy_app
 from meshkit.auth import StaticKeySource, TokenVerifier
 from meshkit.messaging import broker_lifespan, relay_lifespan
+from meshkit.ratelimit import SharedRateLimiter
 from users_service.login_limits import LoginLimiter
 from users_service.models import outbox
 from users_service.routes import routers
@@ -52,14 +53,20 @@ def create_app(settings: UsersSettings | None = None) -> FastAPI:
         app.state.token_verifier = TokenVerifier(
             StaticKeySource(issuer.jwks), issuer=settings.jwt_issuer, audience=settings.jwt_audience
         )
-        app.state.login_limiter = LoginLimiter(
-            limit=settings.login_failure_limit, storage_uri=settings.rate_limit_storage_uri
+        counters = SharedRateLimiter.from_settings(
+            settings, name="login", strategy=LoginLimiter.STRATEGY
         )
-        async with (
-            broker_lifespan(app, settings) as broker,
-            relay_lifespan(app, settings, broker, outbox),
-        ):
-            yield
+        app.state.login_limiter = LoginLimiter(
+            limit=settings.login_failure_limit, counters=counters
+        )
+        try:
+            async with (
+                broker_lifespan(app, settings) as broker,
+                relay_lifespan(app, settings, broker, outbox),
+            ):
+                yield
+        finally:
+            counters.close()
 
     return create_service_app(
         settings,

@@ -7,9 +7,10 @@ from pathlib import Path
 from pydantic import Field
 
 from meshkit.messaging import MessagingSettings
+from meshkit.ratelimit import RateLimitStorageSettings
 
 
-class UsersSettings(MessagingSettings):
+class UsersSettings(MessagingSettings, RateLimitStorageSettings):
     service_name: str = "users"
     database_url: str | None = "postgresql+asyncpg://postgres@127.0.0.1:5432/users"
 
@@ -25,10 +26,6 @@ class UsersSettings(MessagingSettings):
 
     login_failure_limit: str = Field(
         default="10/minute", description="Failed logins allowed per email and per client address."
-    )
-    rate_limit_storage_uri: str = Field(
-        default="memory://",
-        description="`limits` storage; use redis://… when several replicas must share counters.",
     )
 
     def unsafe_settings(self) -> list[str]:

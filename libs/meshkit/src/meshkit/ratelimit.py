@@ -1,0 +1,224 @@
+"""Rate-limit counters shared by every replica, with `limits`, that never take the service down.
+
+`RATE_LIMIT_STORAGE_URI` names the `limits` storage: `memory://` counts in each process (each
+gunicorn worker of each replica on its own, so N processes let a client through N times its
+limit); `redis://host:6379/0` shares one count between all of them.
+
+When the shared storage does not answer within `RATE_LIMIT_STORAGE_TIMEOUT` (refused, reset,
+or a host that swallows packets), the decision is made again on this process's own memory
+counters: requests keep being served, and a single abusive client is still limited per process.
+The first failure is logged at WARNING, once per outage and process; after it the shared storage
+is tried again by one request every `RATE_LIMIT_STORAGE_RETRY_SECONDS`, and the recovery is
+logged once. The gauge `rate_limit.storage.available` is 1 while a process counts in the
+configured storage and 0 while it counts on its own (always 1 with `memory://`).
+
+`limits` has no fallback of its own: its Redis storage raises `limits.errors.StorageError`
+(`wrap_exceptions=True`), or the socket's `OSError` for a connection reset under a command, and
+this module decides what to do with them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Concatenate, ParamSpec, TypeVar
+from urllib.parse import urlsplit
+
+from coredis.retry import NoRetryPolicy
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import STRATEGIES, RateLimiter
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+from pydantic import Field, field_validator
+
+from meshkit.settings import ServiceSettings
+
+logger = logging.getLogger("meshkit.ratelimit")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+MEMORY = "memory"
+# Memory, and Redis through coredis (limits[async-redis]): TCP, TLS, a Unix socket.
+SCHEMES = frozenset({MEMORY, "redis", "rediss", "redis+unix"})
+
+
+# `limits`' own table of its strategies, by the names the settings use.
+_STRATEGIES: Mapping[str, type[RateLimiter]] = STRATEGIES
+
+
+def storage_scheme(uri: str) -> str:
+    return urlsplit(uri).scheme.removeprefix("async+")
+
+
+class RateLimitStorageSettings(ServiceSettings):
+    """Where a service's rate-limit counters live, and how long it waits for them."""
+
+    rate_limit_storage_uri: str = Field(
+        default="memory://",
+        description="`limits` storage: memory:// (per process) or redis://host:port/db "
+        "(shared by every process and replica).",
+    )
+    rate_limit_key_prefix: str = Field(
+        default="mesh",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Prefix of every counter's key in the shared storage (one per mesh "
+        "sharing a Redis).",
+    )
+    rate_limit_storage_timeout: float = Field(
+        default=0.1,
+        gt=0,
+        le=5,
+        description="Seconds to connect to, or wait for an answer of, the shared storage; "
+        "past it the request is counted in this process's memory.",
+    )
+    rate_limit_storage_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="While the shared storage is unreachable, how often one request tries it.",
+    )
+
+    @field_validator("rate_limit_storage_uri")
+    @classmethod
+    def _known_storage(cls, uri: str) -> str:
+        if storage_scheme(uri) not in SCHEMES:
+            raise ValueError(f"a storage URI of {sorted(SCHEMES)}, not {uri!r}")
+        return uri
+
+
+class SharedRateLimiter:
+    """One `limits` strategy over the configured storage, and the same strategy over this
+    process's memory for while that storage does not answer."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        strategy: str,
+        storage_uri: str = "memory://",
+        key_prefix: str = "mesh",
+        timeout: float = 0.1,
+        retry_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self._strategy = _STRATEGIES[strategy]
+        self._local: RateLimiter = self._strategy(MemoryStorage())
+        self._shared: RateLimiter | None = None
+        self._retry_seconds = retry_seconds
+        self._clock = clock
+        self._available = True
+        self._retry_at = 0.0
+        scheme = storage_scheme(storage_uri)
+        if scheme not in SCHEMES:
+            raise ValueError(f"unsupported rate-limit storage {storage_uri!r}")
+        if scheme != MEMORY:
+            storage = storage_from_string(
+                f"async+{storage_uri.removeprefix('async+')}",
+                wrap_exceptions=True,
+                key_prefix=key_prefix,
+                # coredis: bounded waits, and no retries of its own (the fallback is the retry).
+                connect_timeout=timeout,
+                stream_timeout=timeout,
+                retry_policy=_no_retries(),
+            )
+            self._shared = self._strategy(storage)
+        _limiters.add(self)
+
+    @classmethod
+    def from_settings(
+        cls, settings: RateLimitStorageSettings, *, name: str, strategy: str
+    ) -> SharedRateLimiter:
+        return cls(
+            name=name,
+            strategy=strategy,
+            storage_uri=settings.rate_limit_storage_uri,
+            key_prefix=settings.rate_limit_key_prefix,
+            timeout=settings.rate_limit_storage_timeout,
+            retry_seconds=settings.rate_limit_storage_retry_seconds,
+        )
+
+    def close(self) -> None:
+        """Closes the connections to the shared storage (its pool opens new ones if used again).
+        Neither `limits` nor coredis has a close of its own: this is coredis' pool, reached
+        through the `limits` storage."""
+        storage = self._shared.storage if self._shared is not None else None
+        client = getattr(getattr(storage, "bridge", None), "storage", None)
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect()
+
+    @property
+    def available(self) -> bool:
+        """False while this process counts on its own because the shared storage failed."""
+        return self._available
+
+    async def run(
+        self,
+        decide: Callable[Concatenate[RateLimiter, P], Awaitable[T]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """`decide(limiter, ...)` on the shared counters; on this process's own when they fail
+        or are known to be down. A decision runs wholly on one of them."""
+        shared = self._shared
+        if shared is not None:
+            if not self._available:
+                now = self._clock()
+                if now < self._retry_at:
+                    return await decide(self._local, *args, **kwargs)
+                self._retry_at = now + self._retry_seconds  # one probe per period
+            try:
+                result = await decide(shared, *args, **kwargs)
+            # coredis errors arrive wrapped; a connection reset under a pending command
+            # arrives as the socket's own OSError.
+            except (StorageError, OSError) as exc:
+                self._fall_back(exc)
+            else:
+                if not self._available:
+                    self._available = True
+                    logger.info(
+                        "rate-limit storage answers again: %s counts in it again", self.name
+                    )
+                return result
+        return await decide(self._local, *args, **kwargs)
+
+    def _fall_back(self, exc: StorageError | OSError) -> None:
+        self._retry_at = self._clock() + self._retry_seconds
+        if self._available:
+            self._available = False
+            logger.warning(
+                "rate-limit storage unreachable (%s): %s counts in this process until it "
+                "answers again (tried every %s s)",
+                exc.storage_error if isinstance(exc, StorageError) else exc,
+                self.name,
+                self._retry_seconds,
+            )
+
+
+def _no_retries() -> Any:
+    # The options are typed as scalars by `limits`; coredis takes a policy object.
+    return NoRetryPolicy()
+
+
+_limiters: weakref.WeakSet[SharedRateLimiter] = weakref.WeakSet()
+
+
+def _availability(_: CallbackOptions) -> Iterable[Observation]:
+    return [
+        Observation(int(limiter.available), {"rate_limit.limiter": limiter.name})
+        for limiter in list(_limiters)
+    ]
+
+
+metrics.get_meter("meshkit.ratelimit").create_observable_gauge(
+    "rate_limit.storage.available",
+    callbacks=[_availability],
+    description="1 while the process counts rate limits in the configured storage, 0 while it "
+    "counts on its own because that storage does not answer.",
+)
