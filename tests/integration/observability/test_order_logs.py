@@ -57,7 +57,7 @@ async def test_an_orders_log_records_arrive_with_its_trace_id_from_every_service
         assert record.resource["service.instance.id"]
         assert record.resource["deployment.environment.name"] == "test"
     # (A first order may also fetch the signing keys from users, in the same trace.)
-    assert f"GET /internal/users/{me['id']} 200" in [r.body for r in _access(records, "users")]
+    assert f"GET /internal/users/{me['id']} 204" in [r.body for r in _access(records, "users")]
 
     # The JSON line on stdout stays, with the same ids.
     (printed,) = [
