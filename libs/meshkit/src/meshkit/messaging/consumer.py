@@ -57,6 +57,8 @@ class Delivery:
 
 Handler = Callable[[Sequence[Delivery]], Awaitable[None]]
 
+_OUTAGE_RETRY_CAP = 2.0  # seconds between tries of a batch kept while the database is away
+
 
 class MalformedEventError(ValueError):
     """Raise from a handler when the event can never be processed as it is (goes to the DLQ)."""
@@ -234,7 +236,8 @@ class EventConsumer:
                         exc,
                     )
                 outage += 1
-                await asyncio.sleep(min(self._max_retry_delay, self._retry_delay * 2**outage))
+                # Kept messages spend nothing by waiting: look again every few seconds at most.
+                await asyncio.sleep(min(_OUTAGE_RETRY_CAP, self._retry_delay * 2**outage))
                 continue
             if outage:
                 logger.info(

@@ -278,31 +278,41 @@ class OutboxRelay:
         failures = 0
         while not self._stop_requested.is_set():
             self._wake.clear()
-            claimed = 0
             try:
                 await self._broker.wait_connected()
                 claimed = await self.drain_once()
                 failures = 0
                 await self._maybe_purge()
                 await self._maybe_measure_backlog()
+                if claimed < self._settings.batch_size:
+                    await self._idle()
             except BROKER_DOWN_ERRORS as exc:
                 failures += 1
                 logger.warning("outbox relay: broker unavailable (%s); backing off", exc)
                 await self._maybe_measure_backlog()
                 await self._sleep(backoff_delay(failures))
-                continue
             except (DBAPIError, OSError) as exc:
                 failures += 1
                 logger.warning("outbox relay: database unavailable (%s); backing off", exc)
-                await self._sleep(backoff_delay(failures))
-                continue
-            if claimed == self._settings.batch_size:
-                continue  # a backlog: the next claim marks this batch
-            if self._unmarked and await self._sleep(self._settings.mark_delay, wake_early=True):
-                continue  # woken in time: the next claim marks them
+                # The LISTEN connection wakes the relay when it gets through again.
+                await self._sleep(backoff_delay(failures), wake_early=True)
+        try:
             await self._mark_unmarked()
-            await self._sleep(self._settings.poll_interval, wake_early=True)
+        except (DBAPIError, OSError) as exc:
+            logger.warning(
+                "outbox relay: %d published rows not marked on stop (%s); another relay "
+                "publishes them again when their lease ends",
+                len(self._unmarked),
+                exc,
+            )
+
+    async def _idle(self) -> None:
+        """Nothing more to claim now: wait for the next wake-up. Rows still to be marked wait
+        `mark_delay` for a claim to mark them, then are marked on their own."""
+        if self._unmarked and await self._sleep(self._settings.mark_delay, wake_early=True):
+            return  # woken in time: the next claim marks them
         await self._mark_unmarked()
+        await self._sleep(self._settings.poll_interval, wake_early=True)
 
     async def _sleep(self, seconds: float, *, wake_early: bool = False) -> bool:
         """Sleeps, ending early on stop (and on a wake-up if `wake_early`); True if it did."""

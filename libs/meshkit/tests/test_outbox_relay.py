@@ -1,0 +1,110 @@
+"""The outbox relay against a real PostgreSQL (through a fault proxy) and a real RabbitMQ vhost:
+it publishes, marks with its next claim or on its own, and survives the database going away at
+any of those moments."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import aio_pika
+import asyncpg
+import pytest
+from sqlalchemy import MetaData
+
+from meshdev.customers import eventually
+from meshdev.faults import TcpProxy
+from meshdev.postgres import asyncpg_dsn, create_database, drop_database
+from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
+from meshkit.db import Database
+from meshkit.messaging import EVENTS_EXCHANGE, CloudEvent, outbox_table
+from meshkit.messaging.broker import Broker
+from meshkit.messaging.outbox import OutboxRelay, RelaySettings
+
+INSERT = "INSERT INTO outbox (id, event_type, event) VALUES ($1, 'test.event', $2::jsonb)"
+
+
+@pytest.fixture
+async def database_name() -> AsyncIterator[str]:
+    name = await create_database("meshkit_test")
+    table = outbox_table(MetaData())
+    database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}")
+    async with database.transaction() as connection:
+        await connection.run_sync(table.metadata.create_all)
+    await database.dispose()
+    yield name
+    await drop_database(name)
+
+
+@pytest.fixture
+async def vhost() -> AsyncIterator[str]:
+    name = await create_vhost("meshkit_test")
+    yield name
+    await delete_vhost(name)
+
+
+async def test_the_relay_survives_the_database_going_away_before_it_marks(
+    database_name: str, vhost: str
+) -> None:
+    proxy = await TcpProxy("127.0.0.1", 5432).start()
+    database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/{database_name}")
+    broker = Broker(amqp_url(vhost), connection_name="relay-test")
+    broker.start()
+    await broker.wait_connected()
+    received: list[str] = []
+    listener = await aio_pika.connect(amqp_url(vhost))
+    direct = await asyncpg.connect(asyncpg_dsn(database_name))
+    # A long mark delay opens a window between the broker's confirm and the mark.
+    relay = OutboxRelay(
+        database=database,
+        table=outbox_table(MetaData()),
+        broker=broker,
+        settings=RelaySettings(poll_interval=0.2, mark_delay=2.0),
+    )
+    try:
+        channel = await listener.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(EVENTS_EXCHANGE, "test.#")
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            received.append(message.message_id or "")
+
+        await queue.consume(on_message, no_ack=True)
+        relay.start()
+        await asyncio.sleep(1.0)  # its first wake-up (on listening) is spent
+
+        first = _event()
+        await direct.execute(INSERT, first.id, first.model_dump_json())
+
+        async def published(event_id: uuid.UUID) -> bool:
+            return str(event_id) in received
+
+        await eventually(lambda: published(first.id))
+        await proxy.cut()  # before the mark
+        await asyncio.sleep(2.5)  # the mark fails meanwhile
+        await proxy.restore()
+
+        second = _event()
+        await direct.execute(INSERT, second.id, second.model_dump_json())
+        await eventually(lambda: published(second.id))  # the relay still runs
+
+        async def both_marked() -> bool:
+            pending: int = await direct.fetchval(
+                "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+            )
+            return pending == 0
+
+        await eventually(both_marked)
+    finally:
+        await relay.stop()
+        await broker.close()
+        await listener.close()
+        await direct.close()
+        await database.dispose()
+        await proxy.close()
+    assert received.count(str(first.id)) == 1  # marked late, but published once
+
+
+def _event() -> CloudEvent:
+    return CloudEvent(source="test", type="test.event", subject="u1", data={})
