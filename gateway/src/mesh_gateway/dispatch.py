@@ -9,12 +9,12 @@ import time
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
-from opentelemetry import metrics, propagate, trace
+from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import Receive, Scope, Send
 
 from mesh_gateway.routing import Route, RouteTable
-from meshkit.instrumentation import DURATION_BUCKETS
+from meshkit.instrumentation import http_duration
 from meshkit.middleware import RequestContextMiddleware
 from meshkit.telemetry import tracing_enabled
 
@@ -40,12 +40,7 @@ class Gateway:
         self._tracer = trace.get_tracer("mesh_gateway")
         # FastAPI records request durations for its own routes only; forwarded requests are
         # recorded here under the same semantic-convention name, so RED per route covers both.
-        self._duration = metrics.get_meter("mesh_gateway").create_histogram(
-            "http.server.request.duration",
-            unit="s",
-            description="Duration of HTTP server requests.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
+        self._duration = http_duration("mesh_gateway", "server")
         self._with_context = RequestContextMiddleware(
             self._forward, default_headers=SECURITY_HEADERS
         )

@@ -36,6 +36,18 @@ from meshkit.logging import redact
 # The semantic conventions' recommended boundaries for HTTP request durations (seconds).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
+
+def http_duration(scope: str, side: str) -> metrics.Histogram:
+    """`http.<side>.request.duration` (side: server or client), seconds, with the semantic
+    conventions' buckets, on the meter named `scope`."""
+    return metrics.get_meter(scope).create_histogram(
+        f"http.{side}.request.duration",
+        unit="s",
+        description=f"Duration of HTTP {side} requests.",
+        explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+    )
+
+
 _SPAN_KEY = "_meshkit_span"
 
 
@@ -203,12 +215,7 @@ class TracedTransport(httpx.AsyncBaseTransport):
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self._inner = inner
         self._tracer = trace.get_tracer("meshkit.http_client")
-        self._duration = metrics.get_meter("meshkit.http_client").create_histogram(
-            "http.client.request.duration",
-            unit="s",
-            description="Duration of HTTP client requests.",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
+        self._duration = http_duration("meshkit.http_client", "client")
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not is_http_instrumentation_enabled():

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from meshkit.app import create_service_app, lazy_app
 from meshkit.http_client import create_http_client
-from meshkit.messaging import broker_lifespan, relay_lifespan
+from meshkit.messaging import publisher_lifespan
 from orders_service.models import outbox
 from orders_service.routes import routers
 from orders_service.settings import OrdersSettings
@@ -32,10 +32,7 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
         )
         app.state.users = UsersClient(users_http)
         try:
-            async with (
-                broker_lifespan(app, settings) as broker,
-                relay_lifespan(app, settings, broker, outbox),
-            ):
+            async with publisher_lifespan(app, settings, outbox):
                 yield
         finally:
             await users_http.aclose()

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from meshkit.app import create_service_app, lazy_app
 from meshkit.auth import StaticKeySource, TokenVerifier
-from meshkit.messaging import broker_lifespan, relay_lifespan
+from meshkit.messaging import publisher_lifespan
 from meshkit.ratelimit import SharedRateLimiter
 from users_service.login_limits import LoginLimiter
 from users_service.models import outbox
@@ -60,10 +60,7 @@ def create_app(settings: UsersSettings | None = None) -> FastAPI:
             limit=settings.login_failure_limit, counters=counters
         )
         try:
-            async with (
-                broker_lifespan(app, settings) as broker,
-                relay_lifespan(app, settings, broker, outbox),
-            ):
+            async with publisher_lifespan(app, settings, outbox):
                 yield
         finally:
             counters.close()

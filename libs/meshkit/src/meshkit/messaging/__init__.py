@@ -15,7 +15,7 @@ from meshkit.messaging.events import (
     event_message,
     to_message,
 )
-from meshkit.messaging.lifespan import broker_lifespan, relay_lifespan
+from meshkit.messaging.lifespan import broker_lifespan, publisher_lifespan, relay_lifespan
 from meshkit.messaging.outbox import (
     OutboxRelay,
     RelaySettings,
@@ -49,6 +49,7 @@ __all__ = [
     "outbox_insert",
     "outbox_table",
     "outbox_values",
+    "publisher_lifespan",
     "relay_lifespan",
     "to_message",
     "with_outbox_row",

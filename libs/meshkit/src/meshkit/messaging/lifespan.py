@@ -47,3 +47,16 @@ async def relay_lifespan(
         yield relay
     finally:
         await relay.stop()
+
+
+@asynccontextmanager
+async def publisher_lifespan(
+    app: FastAPI, settings: MessagingSettings, outbox: Table
+) -> AsyncIterator[OutboxRelay]:
+    """The broker connection and this process's relay of `outbox`: what a service that only
+    publishes needs."""
+    async with (
+        broker_lifespan(app, settings) as broker,
+        relay_lifespan(app, settings, broker, outbox) as relay,
+    ):
+        yield relay
