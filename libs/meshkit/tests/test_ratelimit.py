@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from meshdev.faults import TcpProxy
 from meshdev.processes import free_port
 from meshdev.pytest_plugin import metric_points
-from meshdev.redis import key_prefix, keys_under, redis_address, redis_url
+from meshdev.redis import key_prefix, keys_under, redis_proxy, redis_url
 from meshkit.ratelimit import RateLimitStorageSettings, SharedRateLimiter
 
 THREE_A_MINUTE = parse("3/minute")
@@ -51,11 +51,8 @@ async def prefix() -> AsyncIterator[str]:
 @pytest.fixture
 async def redis_link() -> AsyncIterator[TcpProxy]:
     """The limiter's only way to the machine's Redis."""
-    proxy = await TcpProxy(*redis_address()).start()
-    try:
+    async with redis_proxy() as proxy:
         yield proxy
-    finally:
-        await proxy.close()
 
 
 @pytest.fixture

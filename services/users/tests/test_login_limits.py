@@ -14,7 +14,7 @@ from asgi_lifespan import LifespanManager
 from meshdev.api import PASSWORD, UsersApi
 from meshdev.faults import TcpProxy
 from meshdev.postgres import truncate_all
-from meshdev.redis import key_prefix, keys_under, redis_address, redis_url
+from meshdev.redis import key_prefix, keys_under, redis_proxy, redis_url
 from users_service.main import create_app
 from users_service.settings import UsersSettings
 
@@ -29,11 +29,8 @@ async def prefix() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def redis_link() -> AsyncIterator[TcpProxy]:
-    proxy = await TcpProxy(*redis_address()).start()
-    try:
+    async with redis_proxy() as proxy:
         yield proxy
-    finally:
-        await proxy.close()
 
 
 @pytest.fixture

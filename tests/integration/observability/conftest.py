@@ -13,11 +13,8 @@ from meshdev.stack import RunningMesh, running_mesh
 
 @pytest.fixture(scope="session")
 def otlp() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver().start()
-    try:
+    with OtlpReceiver() as receiver:
         yield receiver
-    finally:
-        receiver.stop()
 
 
 @pytest.fixture(scope="session")

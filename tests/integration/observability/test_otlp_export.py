@@ -22,11 +22,8 @@ JWKS = "/api/auth/jwks.json"
 
 @pytest.fixture
 def receiver() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver(grpc=True).start()
-    try:
+    with OtlpReceiver(grpc=True) as receiver:
         yield receiver
-    finally:
-        receiver.stop()
 
 
 def _users(

@@ -15,7 +15,7 @@ from meshdev.faults import TcpProxy
 from meshdev.mesh import MESH
 from meshdev.otlp import OtlpReceiver
 from meshdev.processes import ServiceProcess
-from meshdev.redis import key_prefix, redis_address, redis_url
+from meshdev.redis import key_prefix, redis_proxy, redis_url
 from meshdev.stack import RunningMesh, running_mesh
 
 GATEWAYS = ("gateway-a", "gateway-b")  # their OTEL_SERVICE_NAME, to tell their metrics apart
@@ -25,21 +25,15 @@ RETRY_SECONDS = 1  # how often a process tries Redis again while it does not ans
 
 @pytest.fixture(scope="package")
 def otlp() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver().start()
-    try:
+    with OtlpReceiver() as receiver:
         yield receiver
-    finally:
-        receiver.stop()
 
 
 @pytest.fixture(scope="package")
 async def redis_link() -> AsyncIterator[TcpProxy]:
     """The gateways' and users' only way to the machine's Redis."""
-    proxy = await TcpProxy(*redis_address()).start()
-    try:
+    async with redis_proxy() as proxy:
         yield proxy
-    finally:
-        await proxy.close()
 
 
 @pytest.fixture(scope="package")

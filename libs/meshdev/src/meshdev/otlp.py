@@ -256,6 +256,12 @@ class OtlpReceiver:
         if self._grpc_server is not None:
             self._grpc_server.stop(grace=1).wait(5)
 
+    def __enter__(self) -> OtlpReceiver:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     async def wait_for(
         self, condition: Callable[[], bool], *, within: float = 15.0, what: str = "telemetry"
     ) -> None:

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 import coredis
 
+from meshdev.faults import TcpProxy
+
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -56,3 +58,13 @@ async def key_prefix(name: str) -> AsyncIterator[str]:
         yield prefix
     finally:
         await delete_keys_under(prefix)
+
+
+@asynccontextmanager
+async def redis_proxy() -> AsyncIterator[TcpProxy]:
+    """A fault proxy that is the only way to the machine's Redis (`redis_url(port=…)`)."""
+    proxy = await TcpProxy(*redis_address()).start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
