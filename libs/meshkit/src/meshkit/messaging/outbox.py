@@ -339,7 +339,8 @@ class OutboxRelay:
             raise
 
     async def drain_once(self) -> int:
-        """Claim, publish and mark one batch; returns how many rows were claimed."""
+        """Claim (marking the batch before) and publish one batch; returns how many rows were
+        claimed."""
         channel = self._broker.publish_channel
         exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
         settings = self._settings
