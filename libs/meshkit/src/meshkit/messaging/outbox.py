@@ -17,10 +17,11 @@ published again when their lease ends, which consumers absorb by deduplicating o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -77,6 +78,13 @@ BROKER_DOWN_ERRORS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.ChannelClosed,
 )
+
+
+class DatabaseUnavailableError(Exception):
+    """The relay's database did not answer (refused, reset, restarting): told apart from the
+    broker's failures, which are `ConnectionError`s too."""
+
+
 # Raised for one message: unroutable (returned) or refused by the broker (nacked).
 MESSAGE_REFUSED_ERRORS: tuple[type[BaseException], ...] = (
     aio_pika.exceptions.PublishError,
@@ -286,19 +294,19 @@ class OutboxRelay:
                 await self._maybe_measure_backlog()
                 if claimed < self._settings.batch_size:
                     await self._idle()
+            except DatabaseUnavailableError as exc:
+                failures += 1
+                logger.warning("outbox relay: database unavailable (%s); backing off", exc)
+                # The LISTEN connection wakes the relay when it gets through again.
+                await self._sleep(backoff_delay(failures), wake_early=True)
             except BROKER_DOWN_ERRORS as exc:
                 failures += 1
                 logger.warning("outbox relay: broker unavailable (%s); backing off", exc)
                 await self._maybe_measure_backlog()
                 await self._sleep(backoff_delay(failures))
-            except (DBAPIError, OSError) as exc:
-                failures += 1
-                logger.warning("outbox relay: database unavailable (%s); backing off", exc)
-                # The LISTEN connection wakes the relay when it gets through again.
-                await self._sleep(backoff_delay(failures), wake_early=True)
         try:
             await self._mark_unmarked()
-        except (DBAPIError, OSError) as exc:
+        except DatabaseUnavailableError as exc:
             logger.warning(
                 "outbox relay: %d published rows not marked on stop (%s); another relay "
                 "publishes them again when their lease ends",
@@ -313,6 +321,17 @@ class OutboxRelay:
             return  # woken in time: the next claim marks them
         await self._mark_unmarked()
         await self._sleep(self._settings.poll_interval, wake_early=True)
+
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """An autocommit connection for the relay's own statements (no spans: one batch mixes
+        many traces); its failures raise `DatabaseUnavailableError`."""
+        try:
+            with untraced():
+                async with self._database.connect() as connection:
+                    yield connection
+        except (DBAPIError, OSError) as exc:
+            raise DatabaseUnavailableError(str(exc).splitlines()[0]) from exc
 
     async def _sleep(self, seconds: float, *, wake_early: bool = False) -> bool:
         """Sleeps, ending early on stop (and on a wake-up if `wake_early`); True if it did."""
@@ -329,10 +348,9 @@ class OutboxRelay:
             return
         ids, self._unmarked = self._unmarked, []
         try:
-            with untraced():
-                async with self._database.connect() as connection:
-                    await connection.execute(self._statements.mark_sent, {"ids": ids})
-        except (DBAPIError, OSError):
+            async with self._connect() as connection:
+                await connection.execute(self._statements.mark_sent, {"ids": ids})
+        except DatabaseUnavailableError:
             # Published, but still leased: the next claim tries again (or, if this process
             # ends first, another relay publishes them once more when the lease runs out).
             self._unmarked = ids + self._unmarked
@@ -347,20 +365,18 @@ class OutboxRelay:
         statements = self._statements
         # The rows the last batch published are marked sent by this same statement.
         marks, self._unmarked = self._unmarked, []
-        # One batch mixes many traces: no orphan spans for its SQL.
         try:
-            with untraced():
-                async with self._database.connect() as connection:
-                    rows = (
-                        await connection.execute(
-                            statements.claim,
-                            {
-                                "batch": settings.batch_size,
-                                "lease": settings.lease_seconds,
-                                "sent": marks,
-                            },
-                        )
-                    ).all()
+            async with self._connect() as connection:
+                rows = (
+                    await connection.execute(
+                        statements.claim,
+                        {
+                            "batch": settings.batch_size,
+                            "lease": settings.lease_seconds,
+                            "sent": marks,
+                        },
+                    )
+                ).all()
         except BaseException:
             self._unmarked = marks + self._unmarked
             raise
@@ -385,16 +401,15 @@ class OutboxRelay:
         # idle, on their own after `mark_delay`: one statement per batch, not two.
         self._unmarked.extend(sent)
         if refused or broken:
-            with untraced():
-                async with self._database.connect() as connection:
-                    for row, error in refused:
-                        await self._postpone(connection, row, error)
-                    if broken:
-                        # Not confirmed (the broker went away): free them at once rather than
-                        # when the lease ends, so they go out as soon as the broker is back.
-                        await connection.execute(
-                            statements.release, {"ids": [row_id for row_id, _ in broken]}
-                        )
+            async with self._connect() as connection:
+                for row, error in refused:
+                    await self._postpone(connection, row, error)
+                if broken:
+                    # Not confirmed (the broker went away): free them at once rather than
+                    # when the lease ends, so they go out as soon as the broker is back.
+                    await connection.execute(
+                        statements.release, {"ids": [row_id for row_id, _ in broken]}
+                    )
         if broken:
             # The caller backs off.
             raise broken[0][1]
@@ -469,12 +484,15 @@ class OutboxRelay:
         )
 
     async def _maybe_measure_backlog(self) -> None:
+        """Refreshes the `outbox.pending.*` gauges every `backlog_every` seconds; while the
+        database does not answer they keep their last figures (this must not end the relay:
+        it also runs while the broker is away)."""
         if time.monotonic() - self._last_backlog < self._settings.backlog_every:
             return
         self._last_backlog = time.monotonic()
         table = self._table
-        with untraced():
-            async with self._database.connect() as connection:
+        try:
+            async with self._connect() as connection:
                 row = (
                     await connection.execute(
                         select(
@@ -486,6 +504,9 @@ class OutboxRelay:
                         ).where(table.c.sent_at.is_(None))
                     )
                 ).one()
+        except DatabaseUnavailableError as exc:
+            logger.info("outbox relay: backlog not measured (%s)", exc)
+            return
         self.pending_rows = int(row[0])
         self.oldest_pending_age = float(row[1])
 
@@ -500,9 +521,8 @@ class OutboxRelay:
             .limit(5000)
             .scalar_subquery()
         )
-        with untraced():
-            async with self._database.connect() as connection:
-                await connection.execute(delete(table).where(table.c.id.in_(old)))
+        async with self._connect() as connection:
+            await connection.execute(delete(table).where(table.c.id.in_(old)))
 
     async def _listen(self) -> None:
         """Wake on every commit that inserted outbox rows; reconnect when the link drops."""
