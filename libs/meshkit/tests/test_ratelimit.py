@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from meshdev.faults import TcpProxy
 from meshdev.processes import free_port
 from meshdev.pytest_plugin import metric_points
-from meshdev.redis import key_prefix, keys_under, redis_proxy, redis_url
+from meshdev.redis import key_prefix, keys_under, redis_url
 from meshkit.ratelimit import RateLimitStorageSettings, SharedRateLimiter
 
 THREE_A_MINUTE = parse("3/minute")
@@ -46,13 +46,6 @@ class Clock:
 async def prefix() -> AsyncIterator[str]:
     async with key_prefix("meshkit-test") as name:
         yield name
-
-
-@pytest.fixture
-async def redis_link() -> AsyncIterator[TcpProxy]:
-    """The limiter's only way to the machine's Redis."""
-    async with redis_proxy() as proxy:
-        yield proxy
 
 
 @pytest.fixture

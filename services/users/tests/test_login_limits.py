@@ -14,7 +14,7 @@ from asgi_lifespan import LifespanManager
 from meshdev.api import PASSWORD, UsersApi
 from meshdev.faults import TcpProxy
 from meshdev.postgres import truncate_all
-from meshdev.redis import key_prefix, keys_under, redis_proxy, redis_url
+from meshdev.redis import key_prefix, keys_under, redis_url
 from users_service.main import create_app
 from users_service.settings import UsersSettings
 
@@ -25,12 +25,6 @@ Replicas = Callable[[str], AbstractAsyncContextManager[tuple[UsersApi, UsersApi]
 async def prefix() -> AsyncIterator[str]:
     async with key_prefix("users-test") as name:
         yield name
-
-
-@pytest.fixture
-async def redis_link() -> AsyncIterator[TcpProxy]:
-    async with redis_proxy() as proxy:
-        yield proxy
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -9,6 +10,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from meshdev.faults import TcpProxy
+from meshdev.redis import redis_proxy
 from meshkit.telemetry import configure_telemetry
 
 SPANS = InMemorySpanExporter()
@@ -29,6 +32,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def spans() -> InMemorySpanExporter:
     SPANS.clear()
     return SPANS
+
+
+@pytest.fixture
+async def redis_link() -> AsyncIterator[TcpProxy]:
+    """A fault proxy that is the test's only way to the machine's Redis."""
+    async with redis_proxy() as proxy:
+        yield proxy
 
 
 @pytest.fixture
