@@ -552,11 +552,12 @@ async def side_by_side(
     workdir: Path, sink: Nginx
 ) -> AsyncIterator[tuple[RunningMesh, RunningMesh]]:
     """The untraced mesh and the traced one, started at the same time (half the waiting)."""
-    names = [d.name for d in MESH]
     async with contextlib.AsyncExitStack() as stack:
         meshes = (
-            running_mesh(workdir, names=names, env={**BASE_ENV, **TRACING_OFF}),
-            running_mesh(workdir / "traced", names=names, env={**BASE_ENV, **tracing_on(sink)}),
+            running_mesh(workdir, names=MESH_PROCESSES, env={**BASE_ENV, **TRACING_OFF}),
+            running_mesh(
+                workdir / "traced", names=MESH_PROCESSES, env={**BASE_ENV, **tracing_on(sink)}
+            ),
         )
         starting = [asyncio.ensure_future(stack.enter_async_context(mesh)) for mesh in meshes]
         try:
@@ -630,7 +631,7 @@ def main() -> None:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine,
         "setup": {
-            "deployables": [d.name for d in MESH],
+            "deployables": list(MESH_PROCESSES),
             "workers_per_process": 1,
             "connections": CONNECTIONS,
             "seconds_per_wrk_figure": WINDOW_SECONDS * ROUNDS,

@@ -394,8 +394,7 @@ class HttpForwarder:
             elif name == b"host":
                 host = value
         headers = [(name, value) for name, value in raw if name not in skipped]
-        client = scope.get("client")
-        address = client[0].encode() if client else b"unknown"
+        address = client_address(scope).encode()
         if not forwarded_for:
             forwarded_for = address
         elif forwarded_for.rsplit(b",", 1)[-1].strip() != address:

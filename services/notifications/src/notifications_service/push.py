@@ -72,9 +72,9 @@ class PushHub:
 
     async def handle(self, deliveries: Sequence[Delivery]) -> None:
         """Handler of this process's `notification.created` subscription."""
+        if not self._subscribers:
+            return  # nobody listens in this process: nothing to read
         for delivery in deliveries:
-            if not self._subscribers:
-                return  # nobody listens in this process: nothing to read
             try:
                 notification = NotificationRead.model_validate(delivery.event.data)
             except ValueError as exc:
