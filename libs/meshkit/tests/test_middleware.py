@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from starlette.types import Message, Receive, Scope, Send
 
 from meshkit.middleware import RequestContextMiddleware
@@ -25,3 +27,25 @@ async def test_a_websocket_accept_without_headers_gets_the_request_ids() -> None
     headers = dict(sent[0]["headers"])
     assert headers[b"x-request-id"] == b"abc"
     assert len(headers[b"x-trace-id"]) == 32
+
+
+async def test_a_websocket_session_is_a_server_span(spans: InMemorySpanExporter) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+
+    async def receive() -> Message:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Message) -> None:
+        pass
+
+    scope = {"type": "websocket", "path": "/ws", "query_string": b"access_token=abc", "headers": []}
+    await RequestContextMiddleware(app).serve(scope, receive, send, route="/ws")
+
+    (span,) = spans.get_finished_spans()
+    assert (span.name, span.kind) == ("WS /ws", SpanKind.SERVER)
+    attributes = dict(span.attributes or {})
+    assert attributes["network.protocol.name"] == "websocket"
+    assert attributes["url.query"] == "access_token=[REDACTED]"
+    assert "http.request.method" not in attributes

@@ -9,11 +9,14 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, FastAPI
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 
 from meshdev.processes import free_port
+from meshdev.pytest_plugin import metric_points
 from meshkit.app import create_service_app, lazy_app, readiness_checks
 from meshkit.db import Database
 from meshkit.problems import ConflictError, UnprocessableError
@@ -30,6 +33,11 @@ class Thing(BaseModel):
 @router.post("", status_code=201)
 async def create_thing(thing: Thing) -> Thing:
     return thing
+
+
+@router.get("/by-id/{thing_id}")
+async def thing_by_id(thing_id: int) -> Thing:
+    return Thing(name="x", size=thing_id)
 
 
 @router.get("/conflict")
@@ -205,6 +213,85 @@ async def test_incoming_trace_context_is_continued(
     )
 
     assert response.headers["x-trace-id"] == trace_id
+
+
+def _measured(reader: InMemoryMetricReader, route: str) -> dict[tuple[str, int], int]:
+    """Requests measured in `http.server.request.duration` for `route`, by method and status."""
+    return {
+        (p.attributes["http.request.method"], p.attributes.get("http.response.status_code", 0)): (
+            p.count
+        )
+        for p in metric_points(reader, "http.server.request.duration")
+        if p.attributes.get("http.route") == route
+    }
+
+
+async def test_a_request_is_a_server_span_named_by_its_route_template(
+    client: httpx.AsyncClient, spans: InMemorySpanExporter, metric_reader: InMemoryMetricReader
+) -> None:
+    route = "/api/things/by-id/{thing_id}"
+    before = _measured(metric_reader, route).get(("GET", 200), 0)
+
+    response = await client.get("/api/things/by-id/7?token=s3cret&size=1")
+
+    assert response.status_code == 200
+    (span,) = spans.get_finished_spans()
+    assert (span.name, span.kind) == (f"GET {route}", SpanKind.SERVER)
+    attributes = dict(span.attributes or {})
+    assert attributes["http.route"] == route
+    assert attributes["http.request.method"] == "GET"
+    assert attributes["http.response.status_code"] == 200
+    assert attributes["url.path"] == "/api/things/by-id/7"
+    assert attributes["url.query"] == "token=[REDACTED]&size=1"
+    assert span.status.status_code is StatusCode.UNSET
+    assert _measured(metric_reader, route)[("GET", 200)] == before + 1
+
+
+async def test_a_crash_is_an_error_span_and_measured_as_a_500(
+    client: httpx.AsyncClient, spans: InMemorySpanExporter, metric_reader: InMemoryMetricReader
+) -> None:
+    before = _measured(metric_reader, "/api/things/crash").get(("GET", 500), 0)
+
+    assert (await client.get("/api/things/crash")).status_code == 500
+
+    (span,) = spans.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})["error.type"] == "500"
+    assert [event.name for event in span.events] == ["exception"]
+    points = [
+        p
+        for p in metric_points(metric_reader, "http.server.request.duration")
+        if p.attributes.get("http.route") == "/api/things/crash"
+    ]
+    assert {p.attributes.get("error.type") for p in points} == {"500"}
+    assert _measured(metric_reader, "/api/things/crash")[("GET", 500)] == before + 1
+
+
+async def test_a_sampled_out_request_is_measured_but_makes_no_span(
+    client: httpx.AsyncClient, spans: InMemorySpanExporter, metric_reader: InMemoryMetricReader
+) -> None:
+    route = "/api/things/by-id/{thing_id}"
+    before = _measured(metric_reader, route).get(("GET", 200), 0)
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+
+    response = await client.get(
+        "/api/things/by-id/1", headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-00"}
+    )
+
+    assert response.status_code == 200
+    assert response.headers["x-trace-id"] == trace_id  # the caller's trace, not recorded
+    assert spans.get_finished_spans() == ()
+    assert _measured(metric_reader, route)[("GET", 200)] == before + 1
+
+
+async def test_an_unknown_method_is_measured_as_other(
+    client: httpx.AsyncClient, metric_reader: InMemoryMetricReader
+) -> None:
+    before = _measured(metric_reader, "/api/things").get(("_OTHER", 405), 0)
+
+    assert (await client.request("BREW", "/api/things")).status_code == 405
+
+    assert _measured(metric_reader, "/api/things")[("_OTHER", 405)] == before + 1
 
 
 async def test_health_is_200_and_probes_make_no_spans(

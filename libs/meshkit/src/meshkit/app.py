@@ -12,7 +12,7 @@ from opentelemetry import trace
 
 from meshkit.auth import JwksKeySource, TokenVerifier
 from meshkit.db import Database
-from meshkit.health import PROBE_PATHS, ReadinessCheck, health_router
+from meshkit.health import ReadinessCheck, health_router
 from meshkit.http_client import create_http_client
 from meshkit.logging import configure_logging
 from meshkit.middleware import RequestContextMiddleware
@@ -48,10 +48,6 @@ def readiness_checks(app: FastAPI) -> MutableMapping[str, ReadinessCheck]:
     """The app's named readiness checks; a service lifespan adds its own (e.g. the broker)."""
     checks: MutableMapping[str, ReadinessCheck] = app.state.readiness
     return checks
-
-
-def _is_probe(scope: MutableMapping[str, Any]) -> bool:
-    return scope.get("path") in PROBE_PATHS
 
 
 def create_service_app(
@@ -112,13 +108,9 @@ def create_service_app(
         description=description,
         version=settings.service_version,
         lifespan=service_lifespan,
-        telemetry={
-            "exclude": _is_probe,
-            # Request and route spans only: per-dependency spans cost more than they tell.
-            "operation_spans": False,
-            "logs": False,
-            "auto_configure": False,
-        },
+        # The server span and its duration are RequestContextMiddleware's (ServerTelemetry):
+        # FastAPI's own cost a request the sampler drops as much as the rest of its telemetry.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "auto_configure": False},
     )
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, default_headers=default_headers)

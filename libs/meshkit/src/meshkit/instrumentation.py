@@ -1,13 +1,15 @@
-"""Spans and metrics for the two calls every request makes: SQL statements and outgoing HTTP.
+"""Spans and metrics for what every request is and does: the request a process serves, its SQL
+statements and its outgoing HTTP calls.
 
-A traced request pays about the same here as with the contrib packages
-(opentelemetry-instrumentation-sqlalchemy and -httpx): the cost is the span. A request that the
-sampler dropped does not: the contrib packages still build attributes, start a non-recording
-span and record four pool-usage measurements per checkout, which cost the mesh a tenth of its
-throughput at one trace in ten (docs/benchmarks.md, "What tracing costs"). These make the same
-spans (stable semantic conventions) from attributes computed once per engine, nothing at all
-below a span that does not record (only `traceparent` passes the decision on), and read the
-pool's usage and limit when metrics are collected.
+A traced request pays about the same here as with FastAPI's native telemetry and the contrib
+packages (opentelemetry-instrumentation-sqlalchemy and -httpx): the cost is the span. A request
+that the sampler dropped does not: those still build the span's attributes, start non-recording
+spans, parse the `Host` header, wrap `send` and `receive` once more, count the request in and
+out of `http.server.active_requests` and record four pool-usage measurements per checkout
+(docs/benchmarks.md, "What tracing costs"). These make the same spans (stable semantic
+conventions) with attributes built only for a span that records, nothing at all below a span
+that does not (only `traceparent` passes the decision on), one duration measurement per
+request, and read the pool's usage and limit when metrics are collected.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import functools
 import re
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -30,6 +32,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import ExceptionContext
+from starlette.types import Receive, Scope, Send
 
 from meshkit.logging import redact
 
@@ -46,6 +49,124 @@ def http_duration(scope: str, side: str) -> metrics.Histogram:
         description=f"Duration of HTTP {side} requests.",
         explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
     )
+
+
+# Any other method is "_OTHER" in spans and metrics (semantic conventions): a client choosing
+# methods must not choose the metric's series.
+_KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
+)
+_PROPAGATED_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
+
+RequestHandler = Callable[[Scope, Receive, Send], Awaitable[int]]
+
+
+def _route_template(scope: Scope) -> str | None:
+    """The matched route's path template (`/api/users/{user_id}`), once the app has routed.
+    Services include their routers without a prefix of the inclusion (the prefix is the
+    router's own), so the route's template is the whole path's."""
+    return getattr(scope.get("route"), "path_format", None)
+
+
+class ServerTelemetry:
+    """The SERVER span and the `http.server.request.duration` measurement of each request
+    (WebSocket sessions: the span only), around a handler that answers with the status sent.
+
+    The span continues the caller's trace (`traceparent`). Its attributes are built only when
+    it records; its name and `http.route` are the route given (the gateway knows it before
+    forwarding) or the template the app matched."""
+
+    def __init__(self) -> None:
+        self._tracer = trace.get_tracer("meshkit.server")
+        self._duration = http_duration("meshkit.server", "server")
+
+    async def serve(
+        self,
+        handle: RequestHandler,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        route: str | None = None,
+        span_attributes: Mapping[str, str] | None = None,
+    ) -> None:
+        is_http = scope["type"] == "http"
+        method = scope["method"] if is_http else "WS"
+        if method not in _KNOWN_METHODS and is_http:
+            method = "_OTHER"
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in _PROPAGATED_HEADERS
+        }
+        started = time.perf_counter()
+        span = self._tracer.start_span(
+            f"{method} {route}" if route else method,
+            context=propagate.extract(carrier) if carrier else None,
+            kind=SpanKind.SERVER,
+        )
+        recording = span.is_recording()
+        if recording:
+            span.set_attributes(_request_attributes(scope, method))
+            if span_attributes:
+                span.set_attributes(span_attributes)
+        status = 0
+        error: str | None = None
+        with trace.use_span(
+            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        ):
+            try:
+                status = await handle(scope, receive, send)
+            except BaseException as exc:
+                error = type(exc).__qualname__
+                raise
+            finally:
+                route = route or _route_template(scope)
+                if error is None and is_http and (status >= 500 or not status):
+                    error = str(status or "incomplete")
+                if recording:
+                    if route:
+                        span.update_name(f"{method} {route}")
+                        span.set_attribute("http.route", route)
+                    if status:
+                        span.set_attribute("http.response.status_code", status)
+                    if error is not None:
+                        span.set_attribute("error.type", error)
+                        span.set_status(StatusCode.ERROR)
+                if is_http:
+                    # While the span is current: a kept trace becomes the measurement's exemplar.
+                    attributes: dict[str, str | int] = {
+                        "http.request.method": method,
+                        "url.scheme": scope.get("scheme", "http"),
+                    }
+                    if route:
+                        attributes["http.route"] = route
+                    if status:
+                        attributes["http.response.status_code"] = status
+                    if error is not None:
+                        attributes["error.type"] = error
+                    self._duration.record(time.perf_counter() - started, attributes)
+
+
+def _request_attributes(scope: Scope, method: str) -> dict[str, str]:
+    """What a recorded server span says of its request (the query without credentials)."""
+    client = scope.get("client")
+    attributes = {
+        "url.path": scope["path"],
+        "url.scheme": scope.get("scheme", "http"),
+        "network.protocol.version": scope.get("http_version", "1.1"),
+        "client.address": client[0] if client else "",
+    }
+    if scope["type"] == "http":
+        attributes["http.request.method"] = method
+        if method == "_OTHER":
+            attributes["http.request.method_original"] = scope["method"]
+    else:
+        attributes["network.protocol.name"] = "websocket"
+    query = scope.get("query_string", b"")
+    if query:
+        attributes["url.query"] = redact(query.decode("latin-1"))
+    return attributes
 
 
 _SPAN_KEY = "_meshkit_span"

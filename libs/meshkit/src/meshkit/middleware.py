@@ -1,4 +1,5 @@
-"""Request ids, trace ids and one access-log line per request, as a lean pure-ASGI middleware."""
+"""The server span, request ids, trace ids and one access-log line per request, as one lean
+pure-ASGI middleware."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
@@ -14,8 +15,10 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshkit.health import PROBE_PATHS
+from meshkit.instrumentation import ServerTelemetry
 from meshkit.logging import redact, request_id_var, trace_id_var
 from meshkit.problems import problem_response
+from meshkit.telemetry import tracing_enabled
 
 access_logger = logging.getLogger("meshkit.access")
 error_logger = logging.getLogger("meshkit.errors")
@@ -49,21 +52,41 @@ def _trace_id(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Adds `X-Request-ID` and `X-Trace-Id` (and `default_headers` the app did not set itself)
-    to every answer, logs each request, and turns crashes into problems — in one wrapper of
-    `send`, the only one a request passes through."""
+    """Serves each request in its server span (`ServerTelemetry`; none for the probes, or with
+    tracing off), adds `X-Request-ID` and `X-Trace-Id` (and `default_headers` the app did not
+    set itself) to every answer, logs each request, and turns crashes into problems — in one
+    wrapper of `send`, the only one a request passes through."""
 
     def __init__(
         self, app: ASGIApp, *, default_headers: Sequence[tuple[bytes, bytes]] = ()
     ) -> None:
         self.app = app
         self.default_headers = tuple(default_headers)
+        self._telemetry = ServerTelemetry()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        await self.handle(scope, receive, send)
+        await self.serve(scope, receive, send)
+
+    async def serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        route: str | None = None,
+        span_attributes: Mapping[str, str] | None = None,
+    ) -> None:
+        """One HTTP or WebSocket request; `route` names it when the caller knows it before the
+        app has routed, `span_attributes` go on its span when the span records."""
+        if scope["path"] in PROBE_PATHS or not tracing_enabled():
+            await self.handle(scope, receive, send)
+        else:
+            await self._telemetry.serve(
+                self.handle, scope, receive, send, route=route, span_attributes=span_attributes
+            )
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Serves one HTTP or WebSocket request; returns the status answered (0 if none)."""
