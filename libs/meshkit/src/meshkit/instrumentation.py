@@ -35,6 +35,7 @@ from sqlalchemy.engine.interfaces import ExceptionContext
 from starlette.types import Receive, Scope, Send
 
 from meshkit.logging import redact
+from meshkit.telemetry import tracing_enabled
 
 # The semantic conventions' recommended boundaries for HTTP request durations (seconds).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
@@ -69,20 +70,21 @@ def _route_template(scope: Scope) -> str | None:
 
 
 class ServerTelemetry:
-    """The SERVER span and the `http.server.request.duration` measurement of each request
-    (WebSocket sessions: the span only), around a handler that answers with the status sent.
+    """Serves each request through `handle` (which answers with the status it sent) inside its
+    SERVER span, and records its `http.server.request.duration` (WebSocket sessions: the span
+    only). While tracing is off, requests go straight to `handle`.
 
     The span continues the caller's trace (`traceparent`). Its attributes are built only when
     it records; its name and `http.route` are the route given (the gateway knows it before
     forwarding) or the template the app matched."""
 
-    def __init__(self) -> None:
+    def __init__(self, handle: RequestHandler) -> None:
+        self._handle = handle
         self._tracer = trace.get_tracer("meshkit.server")
         self._duration = http_duration("meshkit.server", "server")
 
-    async def serve(
+    async def __call__(
         self,
-        handle: RequestHandler,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -90,6 +92,12 @@ class ServerTelemetry:
         route: str | None = None,
         span_attributes: Mapping[str, str] | None = None,
     ) -> None:
+        """`route` names the request when the caller knows it before the app has routed;
+        `span_attributes` go on the span when it records."""
+        handle = self._handle
+        if not tracing_enabled():
+            await handle(scope, receive, send)
+            return
         is_http = scope["type"] == "http"
         method = scope["method"] if is_http else "WS"
         if method not in _KNOWN_METHODS and is_http:

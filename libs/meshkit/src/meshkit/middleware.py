@@ -7,7 +7,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
@@ -18,7 +18,6 @@ from meshkit.health import PROBE_PATHS
 from meshkit.instrumentation import ServerTelemetry
 from meshkit.logging import redact, request_id_var, trace_id_var
 from meshkit.problems import problem_response
-from meshkit.telemetry import tracing_enabled
 
 access_logger = logging.getLogger("meshkit.access")
 error_logger = logging.getLogger("meshkit.errors")
@@ -62,31 +61,17 @@ class RequestContextMiddleware:
     ) -> None:
         self.app = app
         self.default_headers = tuple(default_headers)
-        self._telemetry = ServerTelemetry()
+        # `serve(scope, receive, send, route=…, span_attributes=…)`: `handle` in its server span.
+        self.serve = ServerTelemetry(self.handle)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        await self.serve(scope, receive, send)
-
-    async def serve(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        *,
-        route: str | None = None,
-        span_attributes: Mapping[str, str] | None = None,
-    ) -> None:
-        """One HTTP or WebSocket request; `route` names it when the caller knows it before the
-        app has routed, `span_attributes` go on its span when the span records."""
-        if scope["path"] in PROBE_PATHS or not tracing_enabled():
-            await self.handle(scope, receive, send)
+        if scope["path"] in PROBE_PATHS:
+            await self.handle(scope, receive, send)  # probes make no span and no measurement
         else:
-            await self._telemetry.serve(
-                self.handle, scope, receive, send, route=route, span_attributes=span_attributes
-            )
+            await self.serve(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> int:
         """Serves one HTTP or WebSocket request; returns the status answered (0 if none)."""
