@@ -194,18 +194,30 @@ async def redis_link(redis_url: str) -> AsyncIterator[TcpProxy]:
         await proxy.close()
 
 
+@pytest.fixture
+def gateway_behind_redis_link(
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]], redis_link: TcpProxy
+) -> Callable[..., AbstractAsyncContextManager[str]]:
+    """`start_gateway` with rate limiting on, its counters in Redis through `redis_link`."""
+
+    def start(**settings: object) -> AbstractAsyncContextManager[str]:
+        return start_gateway(
+            rate_limit_enabled=True,
+            rate_limit_storage_uri=f"redis://127.0.0.1:{redis_link.port}",
+            **settings,
+        )
+
+    return start
+
+
 async def test_without_redis_the_limit_is_still_counted_per_process(
-    start_gateway: Callable[..., AbstractAsyncContextManager[str]],
+    gateway_behind_redis_link: Callable[..., AbstractAsyncContextManager[str]],
     token: str,
     redis_link: TcpProxy,
 ) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     async with (
-        start_gateway(
-            rate_limit_enabled=True,
-            rate_limit="3/minute",
-            rate_limit_storage_uri=f"redis://127.0.0.1:{redis_link.port}",
-        ) as url,
+        gateway_behind_redis_link(rate_limit="3/minute") as url,
         httpx.AsyncClient(base_url=url, timeout=5.0) as http,
     ):
         await redis_link.cut()
@@ -218,16 +230,13 @@ async def test_without_redis_the_limit_is_still_counted_per_process(
 
 
 async def test_a_redis_that_never_answers_does_not_hold_requests_up(
-    start_gateway: Callable[..., AbstractAsyncContextManager[str]],
+    gateway_behind_redis_link: Callable[..., AbstractAsyncContextManager[str]],
     token: str,
     redis_link: TcpProxy,
 ) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     async with (
-        start_gateway(
-            rate_limit_enabled=True,
-            rate_limit_storage_uri=f"redis://127.0.0.1:{redis_link.port}",
-        ) as url,
+        gateway_behind_redis_link() as url,
         # The gateway's own read timeout (1 s here) bounds what a client may wait.
         httpx.AsyncClient(base_url=url, timeout=1.0) as http,
     ):

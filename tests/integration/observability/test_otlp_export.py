@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -24,6 +24,27 @@ JWKS = "/api/auth/jwks.json"
 def receiver() -> Iterator[OtlpReceiver]:
     with OtlpReceiver(grpc=True) as receiver:
         yield receiver
+
+
+@pytest.fixture
+def exporting_users(
+    receiver: OtlpReceiver,
+    throwaway_database: str,
+    jwt_key_file: Path,
+    log_dir: Path,
+    rabbitmq_url: str,
+) -> Callable[[Mapping[str, str]], ServiceProcess]:
+    """A users process with its database, broker and signing key, and `env` added."""
+
+    def users(env: Mapping[str, str]) -> ServiceProcess:
+        return _users(
+            log_dir,
+            {"JWT_PRIVATE_KEY_FILE": str(jwt_key_file), **env},
+            database=throwaway_database,
+            rabbitmq_url=rabbitmq_url,
+        )
+
+    return users
 
 
 def _users(
@@ -43,18 +64,9 @@ def _users(
 
 
 async def test_a_service_exports_traces_metrics_and_logs_over_grpc(
-    receiver: OtlpReceiver,
-    throwaway_database: str,
-    jwt_key_file: Path,
-    log_dir: Path,
-    rabbitmq_url: str,
+    receiver: OtlpReceiver, exporting_users: Callable[[Mapping[str, str]], ServiceProcess]
 ) -> None:
-    process = _users(
-        log_dir,
-        {"JWT_PRIVATE_KEY_FILE": str(jwt_key_file), **receiver.exporter_env("grpc")},
-        database=throwaway_database,
-        rabbitmq_url=rabbitmq_url,
-    )
+    process = exporting_users(receiver.exporter_env("grpc"))
     try:
         process.start()
         await asyncio.to_thread(process.wait_ready, path="/healthz")
@@ -79,24 +91,16 @@ async def test_a_service_exports_traces_metrics_and_logs_over_grpc(
 
 
 async def test_the_exporters_own_records_are_printed_but_never_exported(
-    receiver: OtlpReceiver,
-    throwaway_database: str,
-    jwt_key_file: Path,
-    log_dir: Path,
-    rabbitmq_url: str,
+    receiver: OtlpReceiver, exporting_users: Callable[[Mapping[str, str]], ServiceProcess]
 ) -> None:
     """A failing export logs; exporting that record would fail and log again, forever."""
     nowhere = f"http://127.0.0.1:{free_port()}/v1/traces"
-    process = _users(
-        log_dir,
+    process = exporting_users(
         {
-            "JWT_PRIVATE_KEY_FILE": str(jwt_key_file),
             **receiver.exporter_env(),
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": nowhere,  # spans fail, logs arrive
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "1",
-        },
-        database=throwaway_database,
-        rabbitmq_url=rabbitmq_url,
+        }
     )
     earlier_logs = len(process.logs())
     try:
