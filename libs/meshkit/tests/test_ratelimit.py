@@ -132,16 +132,19 @@ async def test_a_storage_that_never_answers_delays_one_request_by_the_timeout_at
     assert following.count(False) == 17  # counted per process meanwhile
 
 
+def _retrying_on_a_clock(
+    counters: Counters, url: str, prefix: str, strategy: str
+) -> tuple[SharedRateLimiter, Clock]:
+    """A limiter that tries its storage again every 5 s of a clock the test moves."""
+    clock = Clock()
+    return counters(url, prefix, strategy=strategy, retry_seconds=5, clock=clock), clock
+
+
 async def test_counting_returns_to_the_shared_storage_when_it_answers_again(
     prefix: str, redis_link: TcpProxy, counters: Counters, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = Clock()
-    limiter = counters(
-        redis_url(port=redis_link.port),
-        prefix,
-        strategy="moving-window",
-        retry_seconds=5,
-        clock=clock,
+    limiter, clock = _retrying_on_a_clock(
+        counters, redis_url(port=redis_link.port), prefix, "moving-window"
     )
     await redis_link.cut()
     assert await _hits(limiter, 1) == [True]
@@ -167,13 +170,8 @@ async def test_counting_returns_to_the_shared_storage_when_it_answers_again(
 async def test_one_probe_per_retry_period_while_the_storage_is_down(
     prefix: str, redis_link: TcpProxy, counters: Counters
 ) -> None:
-    clock = Clock()
-    limiter = counters(
-        redis_url(port=redis_link.port),
-        prefix,
-        strategy="fixed-window",
-        retry_seconds=5,
-        clock=clock,
+    limiter, clock = _retrying_on_a_clock(
+        counters, redis_url(port=redis_link.port), prefix, "fixed-window"
     )
     await redis_link.cut()
     probes = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +59,16 @@ def _value(value: AnyValue) -> Any:
 
 def _attributes(pairs: Any) -> dict[str, Any]:
     return {pair.key: _value(pair.value) for pair in pairs if isinstance(pair, KeyValue)}
+
+
+def _scoped(resources: Any, scopes: str, items: str) -> Iterator[tuple[dict[str, Any], Any, Any]]:
+    """(resource attributes, scope, item) of every item of an export request: the same three
+    levels in every signal (resource → scope → spans, metrics or log records)."""
+    for resource in resources:
+        attributes = _attributes(resource.resource.attributes)
+        for scope in getattr(resource, scopes):
+            for item in getattr(scope, items):
+                yield attributes, scope, item
 
 
 @dataclass(frozen=True)
@@ -117,63 +127,53 @@ class OtlpReceiver:
         return f"http://127.0.0.1:{self.grpc_port}"
 
     def _store_spans(self, message: ExportTraceServiceRequest) -> None:
-        for resource_spans in message.resource_spans:
-            resource = _attributes(resource_spans.resource.attributes)
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    self.spans.append(
-                        ReceivedSpan(
-                            service=str(resource.get("service.name")),
-                            resource=resource,
-                            trace_id=span.trace_id.hex(),
-                            span_id=span.span_id.hex(),
-                            parent_span_id=span.parent_span_id.hex(),
-                            name=span.name,
-                            kind=SPAN_KINDS[span.kind],
-                            attributes=_attributes(span.attributes),
-                            links=tuple(link.trace_id.hex() for link in span.links),
-                            start_ns=span.start_time_unix_nano,
-                            end_ns=span.end_time_unix_nano,
-                            status_code=span.status.code,
-                        )
-                    )
+        for resource, _, span in _scoped(message.resource_spans, "scope_spans", "spans"):
+            self.spans.append(
+                ReceivedSpan(
+                    service=str(resource.get("service.name")),
+                    resource=resource,
+                    trace_id=span.trace_id.hex(),
+                    span_id=span.span_id.hex(),
+                    parent_span_id=span.parent_span_id.hex(),
+                    name=span.name,
+                    kind=SPAN_KINDS[span.kind],
+                    attributes=_attributes(span.attributes),
+                    links=tuple(link.trace_id.hex() for link in span.links),
+                    start_ns=span.start_time_unix_nano,
+                    end_ns=span.end_time_unix_nano,
+                    status_code=span.status.code,
+                )
+            )
 
     def _store_points(self, message: ExportMetricsServiceRequest) -> None:
-        for resource_metrics in message.resource_metrics:
-            service = str(_attributes(resource_metrics.resource.attributes).get("service.name"))
-            for scope_metrics in resource_metrics.scope_metrics:
-                for metric in scope_metrics.metrics:
-                    kind = metric.WhichOneof("data")
-                    for point in getattr(metric, kind).data_points if kind else ():
-                        if kind in ("histogram", "exponential_histogram"):
-                            value = float(point.count)
-                        else:
-                            value = float(point.as_double or point.as_int)
-                        self.points.append(
-                            ReceivedPoint(
-                                service, metric.name, _attributes(point.attributes), value
-                            )
-                        )
+        for resource, _, metric in _scoped(message.resource_metrics, "scope_metrics", "metrics"):
+            service = str(resource.get("service.name"))
+            kind = metric.WhichOneof("data")
+            for point in getattr(metric, kind).data_points if kind else ():
+                if kind in ("histogram", "exponential_histogram"):
+                    value = float(point.count)
+                else:
+                    value = float(point.as_double or point.as_int)
+                self.points.append(
+                    ReceivedPoint(service, metric.name, _attributes(point.attributes), value)
+                )
 
     def _store_log_records(self, message: ExportLogsServiceRequest) -> None:
-        for resource_logs in message.resource_logs:
-            resource = _attributes(resource_logs.resource.attributes)
-            for scope_logs in resource_logs.scope_logs:
-                for record in scope_logs.log_records:
-                    self.log_records.append(
-                        ReceivedLogRecord(
-                            service=str(resource.get("service.name")),
-                            resource=resource,
-                            scope=scope_logs.scope.name,
-                            trace_id=record.trace_id.hex(),
-                            span_id=record.span_id.hex(),
-                            severity_text=record.severity_text,
-                            severity_number=record.severity_number,
-                            body=_value(record.body),
-                            attributes=_attributes(record.attributes),
-                            time_ns=record.time_unix_nano,
-                        )
-                    )
+        for resource, scope, record in _scoped(message.resource_logs, "scope_logs", "log_records"):
+            self.log_records.append(
+                ReceivedLogRecord(
+                    service=str(resource.get("service.name")),
+                    resource=resource,
+                    scope=scope.scope.name,
+                    trace_id=record.trace_id.hex(),
+                    span_id=record.span_id.hex(),
+                    severity_text=record.severity_text,
+                    severity_number=record.severity_number,
+                    body=_value(record.body),
+                    attributes=_attributes(record.attributes),
+                    time_ns=record.time_unix_nano,
+                )
+            )
 
     def _http_route(
         self, path: str, request_type: Any, store: Callable[[Any], None], response_type: Any
