@@ -33,6 +33,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import ExceptionContext
 from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocketDisconnect
 
 from meshkit.logging import redact
 from meshkit.telemetry import tracing_enabled
@@ -60,6 +61,11 @@ _KNOWN_METHODS = frozenset(
 _PROPAGATED_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
 
 RequestHandler = Callable[[Scope, Receive, Send], Awaitable[int]]
+
+
+def normal_close(exc: BaseException) -> bool:
+    """A WebSocket client that closed normally (1000) or went away (1001): no error."""
+    return isinstance(exc, WebSocketDisconnect) and exc.code in (1000, 1001)
 
 
 def _route_template(scope: Scope) -> str | None:
@@ -126,7 +132,8 @@ class ServerTelemetry:
             try:
                 status = await handle(scope, receive, send)
             except BaseException as exc:
-                error = type(exc).__qualname__
+                if not normal_close(exc):
+                    error = type(exc).__qualname__
                 raise
             finally:
                 route = route or _route_template(scope)

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meshkit.health import PROBE_PATHS
-from meshkit.instrumentation import ServerTelemetry
+from meshkit.instrumentation import ServerTelemetry, normal_close
 from meshkit.logging import redact, request_id_var, trace_id_var
 from meshkit.problems import problem_response
 
@@ -106,6 +106,8 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_ids)
         except Exception as exc:
+            if normal_close(exc):
+                raise  # the client closed, as WebSocket clients do: not an error
             span = trace.get_current_span()
             span.record_exception(exc)
             span.set_status(StatusCode.ERROR, type(exc).__name__)
