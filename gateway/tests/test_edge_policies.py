@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
@@ -194,34 +195,37 @@ async def redis_link(redis_url: str) -> AsyncIterator[TcpProxy]:
         await proxy.close()
 
 
-@pytest.fixture
-def gateway_behind_redis_link(
-    start_gateway: Callable[..., AbstractAsyncContextManager[str]], redis_link: TcpProxy
-) -> Callable[..., AbstractAsyncContextManager[str]]:
-    """`start_gateway` with rate limiting on, its counters in Redis through `redis_link`."""
+@dataclass(frozen=True)
+class RedisLinked:
+    """Gateways whose rate-limit counters live in Redis behind `link`, a fault proxy."""
 
-    def start(**settings: object) -> AbstractAsyncContextManager[str]:
-        return start_gateway(
+    link: TcpProxy
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]]
+
+    def start(self, **settings: object) -> AbstractAsyncContextManager[str]:
+        return self.start_gateway(
             rate_limit_enabled=True,
-            rate_limit_storage_uri=f"redis://127.0.0.1:{redis_link.port}",
+            rate_limit_storage_uri=f"redis://127.0.0.1:{self.link.port}",
             **settings,
         )
 
-    return start
+
+@pytest.fixture
+def redis_linked(
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]], redis_link: TcpProxy
+) -> RedisLinked:
+    return RedisLinked(redis_link, start_gateway)
 
 
 async def test_without_redis_the_limit_is_still_counted_per_process(
-    gateway_behind_redis_link: Callable[..., AbstractAsyncContextManager[str]],
-    token: str,
-    redis_link: TcpProxy,
+    redis_linked: RedisLinked, auth: dict[str, str]
 ) -> None:
-    headers = {"Authorization": f"Bearer {token}"}
     async with (
-        gateway_behind_redis_link(rate_limit="3/minute") as url,
+        redis_linked.start(rate_limit="3/minute") as url,
         httpx.AsyncClient(base_url=url, timeout=5.0) as http,
     ):
-        await redis_link.cut()
-        responses = [await http.get("/api/orders/echo", headers=headers) for _ in range(4)]
+        await redis_linked.link.cut()
+        responses = [await http.get("/api/orders/echo", headers=auth) for _ in range(4)]
 
     # Neither closed for everyone nor unlimited: this process counts the client on its own.
     assert [r.status_code for r in responses] == [200, 200, 200, 429]
@@ -230,19 +234,16 @@ async def test_without_redis_the_limit_is_still_counted_per_process(
 
 
 async def test_a_redis_that_never_answers_does_not_hold_requests_up(
-    gateway_behind_redis_link: Callable[..., AbstractAsyncContextManager[str]],
-    token: str,
-    redis_link: TcpProxy,
+    redis_linked: RedisLinked, auth: dict[str, str]
 ) -> None:
-    headers = {"Authorization": f"Bearer {token}"}
     async with (
-        gateway_behind_redis_link() as url,
+        redis_linked.start() as url,
         # The gateway's own read timeout (1 s here) bounds what a client may wait.
         httpx.AsyncClient(base_url=url, timeout=1.0) as http,
     ):
-        assert (await http.get("/api/orders/echo", headers=headers)).status_code == 200
-        await redis_link.blackhole()
-        responses = [await http.get("/api/orders/echo", headers=headers) for _ in range(5)]
+        assert (await http.get("/api/orders/echo", headers=auth)).status_code == 200
+        await redis_linked.link.blackhole()
+        responses = [await http.get("/api/orders/echo", headers=auth) for _ in range(5)]
 
     assert [r.status_code for r in responses] == [200] * 5
     assert all("ratelimit-limit" in r.headers for r in responses)

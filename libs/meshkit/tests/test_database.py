@@ -21,7 +21,7 @@ from meshdev.postgres import ADMIN_DSN, create_database, drop_database, sqlalche
 from meshdev.pytest_plugin import metric_points
 from meshkit.db import Database, is_database_unavailable, new_metadata
 from meshkit.instrumentation import statement_operation
-from meshkit.pagination import Cursor, PageParams, build_page, paginate_newest_first
+from meshkit.pagination import Cursor, PageParams, build_page, newest_first
 from meshkit.problems import UnprocessableError
 
 TRACER = trace.get_tracer("tests")
@@ -249,13 +249,12 @@ async def test_pages_cover_every_row_once_even_with_equal_timestamps(database: D
     while True:
         params = PageParams(limit=7, cursor=cursor)
         async with database.connect() as connection:
-            statement = paginate_newest_first(
-                select(items).where(items.c.created_at.between(moment - timedelta(days=1), moment)),
-                created_at=items.c.created_at,
-                id_=items.c.id,
+            rows = await newest_first(
+                connection,
+                items,
+                items.c.created_at.between(moment - timedelta(days=1), moment),
                 params=params,
             )
-            rows = (await connection.execute(statement)).all()
         page = build_page(
             rows,
             params=params,

@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import MetaData, text
+from sqlalchemy import ColumnElement, MetaData, Table, and_, bindparam, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -21,6 +21,13 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+def owners_row(table: Table, id_parameter: str) -> ColumnElement[bool]:
+    """The row of `table` whose `id` is the statement's `id_parameter` and whose `user_id` is
+    its `owner_id`: what a statement that changes only the caller's own row selects. (Not
+    `user_id`: a column of an UPDATE's own table may not name a parameter.)"""
+    return and_(table.c.id == bindparam(id_parameter), table.c.user_id == bindparam("owner_id"))
 
 
 # SQLSTATEs that mean "the server cannot serve you right now", not "your statement is wrong":

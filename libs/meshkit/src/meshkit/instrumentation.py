@@ -320,22 +320,18 @@ def instrument_engine(engine: Engine) -> None:
     if not _pool_gauges:
         # Read at collection time: nothing is recorded per checkout.
         meter = metrics.get_meter("meshkit.db")
-        _pool_gauges.append(
-            meter.create_observable_up_down_counter(
-                "db.client.connections.usage",
-                callbacks=[_pool_usage],
-                unit="{connection}",
-                description="Connections of the pool by state (idle, used).",
+        for name, callback, description in (
+            ("db.client.connections.usage", _pool_usage, "Connections of the pool, idle or used."),
+            ("db.client.connections.max", _pool_limit, "The pool's size plus its overflow."),
+        ):
+            _pool_gauges.append(
+                meter.create_observable_up_down_counter(
+                    name,
+                    callbacks=[callback],
+                    unit="{connection}",
+                    description=description,
+                )
             )
-        )
-        _pool_gauges.append(
-            meter.create_observable_up_down_counter(
-                "db.client.connections.max",
-                callbacks=[_pool_limit],
-                unit="{connection}",
-                description="The most connections the pool opens (its size and overflow).",
-            )
-        )
     statements = _StatementTracer(engine)
     event.listen(engine, "before_cursor_execute", statements.before)
     event.listen(engine, "after_cursor_execute", statements.after)

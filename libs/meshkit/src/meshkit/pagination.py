@@ -17,7 +17,9 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, Select, tuple_
+from sqlalchemy import ColumnElement, Table, select, tuple_
+from sqlalchemy import Row as ResultRow
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meshkit.problems import UnprocessableError
 
@@ -77,19 +79,19 @@ def page_params(
 PageParamsDep = Annotated[PageParams, Depends(page_params)]
 
 
-def paginate_newest_first(
-    statement: Select[Any],
-    *,
-    created_at: ColumnElement[datetime],
-    id_: ColumnElement[uuid.UUID],
-    params: PageParams,
-) -> Select[Any]:
-    """Orders newest first and fetches one row more than the page, to know if another follows."""
+async def newest_first(
+    connection: AsyncConnection, table: Table, *where: ColumnElement[bool], params: PageParams
+) -> Sequence[ResultRow[Any]]:
+    """`table`'s rows matching `where`, newest first (`created_at`, then `id`), after the
+    cursor's: one row more than the page, so that `build_page` knows if another follows."""
+    created_at, id_ = table.c.created_at, table.c.id
+    statement = select(table).where(*where)
     if params.cursor is not None:
         statement = statement.where(
             tuple_(created_at, id_) < tuple_(params.cursor.created_at, params.cursor.id)
         )
-    return statement.order_by(created_at.desc(), id_.desc()).limit(params.limit + 1)
+    page = statement.order_by(created_at.desc(), id_.desc()).limit(params.limit + 1)
+    return (await connection.execute(page)).all()
 
 
 def build_page(

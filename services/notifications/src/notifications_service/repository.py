@@ -6,10 +6,11 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ARRAY, Boolean, DateTime, Row, String, Uuid, bindparam, select, text, update
+from sqlalchemy import ARRAY, Boolean, DateTime, Row, String, Uuid, bindparam, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from meshkit.pagination import PageParams, paginate_newest_first
+from meshkit.db import owners_row
+from meshkit.pagination import PageParams, newest_first
 from notifications_service.models import notifications
 
 # A whole batch of notifications and their `notification.created` rows in one statement: rows
@@ -80,23 +81,14 @@ async def add_notifications(
 async def list_notifications(
     connection: AsyncConnection, *, user_id: uuid.UUID, params: PageParams
 ) -> Sequence[Row[Any]]:
-    statement = paginate_newest_first(
-        select(notifications).where(notifications.c.user_id == user_id),
-        created_at=notifications.c.created_at,
-        id_=notifications.c.id,
-        params=params,
+    return await newest_first(
+        connection, notifications, notifications.c.user_id == user_id, params=params
     )
-    rows: Sequence[Row[Any]] = (await connection.execute(statement)).all()
-    return rows
 
 
 _MARK_READ = (
     update(notifications)
-    .where(
-        notifications.c.id == bindparam("notification_id"),
-        # Not `user_id`: a column of the UPDATE's own table may not name a parameter.
-        notifications.c.user_id == bindparam("owner_id"),
-    )
+    .where(owners_row(notifications, "notification_id"))
     .values(read=True)
     .returning(*notifications.c)
 )

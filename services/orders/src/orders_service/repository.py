@@ -11,7 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meshkit import messaging
-from meshkit.pagination import PageParams, paginate_newest_first
+from meshkit.db import owners_row
+from meshkit.pagination import PageParams, newest_first
 from orders_service.models import OrderStatus, orders, outbox
 
 
@@ -77,25 +78,13 @@ async def get_order(
 async def list_orders(
     connection: AsyncConnection, *, user_id: uuid.UUID, params: PageParams
 ) -> Sequence[Row[Any]]:
-    statement = paginate_newest_first(
-        select(orders).where(orders.c.user_id == user_id),
-        created_at=orders.c.created_at,
-        id_=orders.c.id,
-        params=params,
-    )
-    rows: Sequence[Row[Any]] = (await connection.execute(statement)).all()
-    return rows
+    return await newest_first(connection, orders, orders.c.user_id == user_id, params=params)
 
 
 # One statement, so two concurrent cancels cannot both succeed.
 _CANCEL = (
     update(orders)
-    .where(
-        orders.c.id == bindparam("order_id"),
-        # Not `user_id`: a column of the UPDATE's own table may not name a parameter.
-        orders.c.user_id == bindparam("owner_id"),
-        orders.c.status == OrderStatus.CREATED,
-    )
+    .where(owners_row(orders, "order_id"), orders.c.status == OrderStatus.CREATED)
     .values(status=OrderStatus.CANCELLED, updated_at=func.now())
     .returning(*orders.c)
 )
