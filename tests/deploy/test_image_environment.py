@@ -110,7 +110,7 @@ def container_env(
     """The compose environment of the deployable, pointed at throw-away local resources."""
     env = {k: str(v) for k, v in compose["services"][deployable.name]["environment"].items()}
     env = {k: v for k, v in env.items() if not k.startswith("OTEL_EXPORTER_")}
-    database = vhost = None
+    database = vhost = user = None
     try:
         if "DATABASE_URL" in env:
             database = asyncio.run(create_database(f"image_{deployable.name}"))
@@ -120,9 +120,11 @@ def container_env(
         if "RABBITMQ_URL" in env:
             # Production settings refuse the guest account: a throw-away user and vhost.
             vhost = f"image_{secrets.token_hex(4)}"
-            password = secrets.token_urlsafe(16)
+            # Hex: a URL-safe token may start with "-", which rabbitmqctl reads as an option.
+            password = secrets.token_hex(16)
             _rabbitmqctl("add_vhost", vhost)
             _rabbitmqctl("add_user", vhost, password)
+            user = vhost
             _rabbitmqctl("set_permissions", "-p", vhost, vhost, ".*", ".*", ".*")
             broker = urlsplit(RABBITMQ_URL)
             env["RABBITMQ_URL"] = (
@@ -145,7 +147,8 @@ def container_env(
             asyncio.run(drop_database(database))
         if vhost is not None:
             _rabbitmqctl("delete_vhost", vhost)
-            _rabbitmqctl("delete_user", vhost)
+        if user is not None:
+            _rabbitmqctl("delete_user", user)
 
 
 def test_the_image_migrates_and_serves_with_the_compose_environment(
