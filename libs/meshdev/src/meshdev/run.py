@@ -111,11 +111,23 @@ def local_wiring() -> Wiring:
 
 def migrate(wiring: Wiring) -> None:
     asyncio.run(create_missing_databases(list(wiring.databases.values())))
-    for deployable in MESH:
-        if deployable.database is None:
-            continue
-        env = {**os.environ, **wiring.env_for(deployable)}
-        subprocess.run([sys.executable, "-m", f"{deployable.package}.migrate"], env=env, check=True)
+    # Side by side: each database is its own, and a migration is mostly Python starting up.
+    running = [
+        subprocess.Popen(
+            [sys.executable, "-m", f"{deployable.package}.migrate"],
+            env={**os.environ, **wiring.env_for(deployable)},
+        )
+        for deployable in MESH
+        if deployable.database is not None
+    ]
+    try:
+        failed = [process for process in running if process.wait() != 0]
+    finally:  # interrupted (Ctrl-C): none goes on alone
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+    if failed:
+        raise subprocess.CalledProcessError(failed[0].returncode, failed[0].args)
 
 
 @dataclass(frozen=True)

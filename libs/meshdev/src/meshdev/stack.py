@@ -102,7 +102,7 @@ async def running_mesh(
     env: Mapping[str, str] | None = None,
     bin_dir: Path | None = None,
 ) -> AsyncIterator[RunningMesh]:
-    """Starts `names` (in order, each ready before the next) and removes everything after.
+    """Starts `names` (side by side) and removes everything after.
     `broker_port` / `postgres_port` point the services at another port (a fault proxy) for the
     broker / the database; throw-away databases and migrations always go direct. `bin_dir`
     runs another environment's code (its `python` and `gunicorn`) instead of this one's."""
@@ -127,7 +127,8 @@ async def running_mesh(
             environment="test",
         )
         mesh = RunningMesh(wiring=wiring, vhost=vhost)
-        for deployable in deployables:
+
+        async def start(deployable: Deployable) -> None:
             process_env = {**wiring.env_for(deployable), **SMALL_POOLS, **(env or {})}
             if deployable.database is not None:
                 direct = dataclasses.replace(wiring, postgres_url=direct_postgres)
@@ -150,4 +151,8 @@ async def running_mesh(
             process.start()
             mesh.processes[deployable.name] = process
             await asyncio.to_thread(process.wait_ready)
+
+        # All at once, as a cluster starts them: no deployable waits for another to be ready
+        # (each retries its peers), and a mesh is up in the time of its slowest member.
+        await asyncio.gather(*(start(deployable) for deployable in deployables))
         yield mesh
