@@ -52,8 +52,9 @@ bench: sync bench-tools ## All benchmarks in one bounded run (≈ 6 min; docs/be
 	@cd bench && UV=$(UV) $(UV) run --locked python mesh_bench.py
 
 BASE ?= 31bcee4
-bench-compare: sync bench-tools ## CPU per order against an earlier commit, side by side: make bench-compare BASE=<commit>
-	@cd bench && UV=$(UV) $(UV) run --locked python compare.py --base $(BASE)
+TRACING ?= off
+bench-compare: sync bench-tools ## CPU per order against an earlier commit, side by side: make bench-compare BASE=<commit> [TRACING=sampled]
+	@cd bench && UV=$(UV) $(UV) run --locked python compare.py --base $(BASE) --tracing $(TRACING)
 
 # ---- deployment: Dockerfile, compose, Kubernetes (docs/deployment.md) ----------------------------
 TOOLS := .tools

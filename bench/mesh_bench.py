@@ -385,7 +385,7 @@ def locust_smoke(mesh: RunningMesh, directory: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _nginx_sink() -> Iterator[Nginx]:
+def nginx_sink() -> Iterator[Nginx]:
     sink = Nginx(listen_port=free_port()).start()
     try:
         yield sink
@@ -495,9 +495,15 @@ FIXED_RATE_SECONDS = _int_env("BENCH_COMPARE_RATE_SECONDS", 5)
 
 
 @contextlib.asynccontextmanager
-async def base_mesh(workdir: Path, bin_dir: Path) -> AsyncIterator[RunningMesh]:
+async def base_mesh(
+    workdir: Path, bin_dir: Path, *, env: Mapping[str, str] | None = None
+) -> AsyncIterator[RunningMesh]:
+    """The base commit's mesh, untraced unless `env` says otherwise."""
     async with running_mesh(
-        workdir / "base", names=MESH_PROCESSES, env={**BASE_ENV, **TRACING_OFF}, bin_dir=bin_dir
+        workdir / "base",
+        names=MESH_PROCESSES,
+        env=env or {**BASE_ENV, **TRACING_OFF},
+        bin_dir=bin_dir,
     ) as mesh:
         yield mesh
 
@@ -581,7 +587,7 @@ async def run_all(workdir: Path, base_commit: str, base_bin: Path) -> dict[str, 
     figures: dict[str, Any] = {}
     log("starting two meshes: tracing off, and tracing on")
     # The sink outlives the meshes, so the last spans leave at once on shutdown.
-    with _nginx_sink() as sink:
+    with nginx_sink() as sink:
         async with side_by_side(workdir, sink) as (mesh, traced):
             tokens = {"off": await customer_token(mesh), "traced": await customer_token(traced)}
             token = tokens["off"]

@@ -204,10 +204,11 @@ def cost_lines(cost: Mapping[str, Any]) -> list[str]:
     commit's mesh and in this one's, and new ÷ base."""
     rate = cost["fixed_rate_orders_per_second"]
     columns = {"32 connections": cost["connections"], f"{rate} orders/s": cost["fixed_rate"]}
+    traced = f", tracing {cost['tracing']}" if "tracing" in cost else ""
     lines = [
         f"CPU-ms per order, base {cost['base_commit'][:12]} against this checkout, measured "
-        "side by side in interleaved windows (PostgreSQL and RabbitMQ: the machine's servers "
-        "during each mesh's windows).",
+        f"side by side in interleaved windows{traced} (PostgreSQL and RabbitMQ: the machine's "
+        "servers during each mesh's windows).",
         "",
         "| process | " + " | ".join(f"base, {c} | new, {c} | new ÷ base" for c in columns) + " |",
         "|---|" + "---:|---:|---:|" * len(columns),
