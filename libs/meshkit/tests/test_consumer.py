@@ -5,13 +5,17 @@ the database is unavailable."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
+from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from meshdev.customers import eventually
+from meshdev.pytest_plugin import metric_points
 from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
 from meshkit.messaging import (
     EVENTS_EXCHANGE,
@@ -49,11 +53,33 @@ def _event(n: int) -> CloudEvent:
     return CloudEvent(source="test", type="test.event", subject="u1", data={"n": n})
 
 
-async def _publish(channel: AbstractChannel, events: Sequence[CloudEvent]) -> None:
+async def _publish(
+    channel: AbstractChannel,
+    events: Sequence[CloudEvent],
+    trace_headers: Mapping[str, str] | None = None,
+) -> None:
     exchange = await channel.get_exchange(EVENTS_EXCHANGE)
+    headers = dict(trace_headers or {})
     await asyncio.gather(
-        *(exchange.publish(to_message(e, trace_headers={}), routing_key=e.type) for e in events)
+        *(
+            exchange.publish(to_message(e, trace_headers=headers), routing_key=e.type)
+            for e in events
+        )
     )
+
+
+def _consumed(reader: InMemoryMetricReader) -> dict[str | None, int]:
+    """`messaging.client.consumed.messages` of this queue's `test.event`s, by `error.type`."""
+    counts: dict[str | None, int] = {}
+    for point in metric_points(reader, "messaging.client.consumed.messages"):
+        attributes = point.attributes
+        if (
+            attributes["messaging.destination.subscription.name"] == QUEUE
+            and attributes["messaging.rabbitmq.destination.routing_key"] == "test.event"
+        ):
+            error = attributes.get("error.type")
+            counts[error] = counts.get(error, 0) + point.value
+    return counts
 
 
 async def _left_in(channel: AbstractChannel, name: str) -> int:
@@ -62,9 +88,10 @@ async def _left_in(channel: AbstractChannel, name: str) -> int:
 
 
 async def test_a_busy_queue_is_handled_in_batches_and_each_event_once(
-    channel: AbstractChannel, queue: AbstractQueue
+    channel: AbstractChannel, queue: AbstractQueue, metric_reader: InMemoryMetricReader
 ) -> None:
     batches: list[list[int]] = []
+    before = _consumed(metric_reader).get(None, 0)
 
     async def slow_store(deliveries: Sequence[Delivery]) -> None:
         batches.append([d.event.data["n"] for d in deliveries])
@@ -86,15 +113,21 @@ async def test_a_busy_queue_is_handled_in_batches_and_each_event_once(
     assert max(map(len, batches)) > 1
     assert all(len(batch) <= 50 for batch in batches)
     assert await _left_in(channel, QUEUE) == 0  # all acked
+    # Counted once per batch, as many as there were messages.
+    assert _consumed(metric_reader).get(None, 0) - before == 120
 
 
 async def test_a_poison_message_goes_to_the_dead_letter_queue_alone(
-    channel: AbstractChannel, queue: AbstractQueue
+    channel: AbstractChannel, queue: AbstractQueue, metric_reader: InMemoryMetricReader
 ) -> None:
     stored: list[int] = []
+    poison_alone = 0  # the poison message handled on its own: each time a failure
+    before = _consumed(metric_reader)
 
     async def store(deliveries: Sequence[Delivery]) -> None:
+        nonlocal poison_alone
         if any(d.event.data["n"] == 3 for d in deliveries):
+            poison_alone += len(deliveries) == 1
             raise ValueError("a row no constraint lets in")
         stored.extend(d.event.data["n"] for d in deliveries)
 
@@ -111,6 +144,9 @@ async def test_a_poison_message_goes_to_the_dead_letter_queue_alone(
         await consumer.stop()
 
     assert sorted(set(stored)) == [0, 1, 2, 4, 5]
+    after = _consumed(metric_reader)
+    assert after.get(None, 0) - before.get(None, 0) == len(stored)
+    assert after.get("ValueError", 0) - before.get("ValueError", 0) == poison_alone > 1
 
 
 async def test_messages_are_kept_while_the_database_is_unavailable(
@@ -143,3 +179,51 @@ async def test_messages_are_kept_while_the_database_is_unavailable(
     assert len({id(delivery) for delivery in seen}) == 1  # one delivery, tried six times
     assert await _left_in(channel, QUEUE) == 0
     assert await _left_in(channel, f"{QUEUE}.dlq") == 0
+
+
+async def test_a_message_of_an_unsampled_trace_is_processed_in_that_trace_without_a_span(
+    channel: AbstractChannel, queue: AbstractQueue, spans: InMemorySpanExporter
+) -> None:
+    """The caller's decision holds (the sampler follows the parent): a span started there
+    would record nothing, so none is started and the carried context is current."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parents = {
+        "sampled": f"00-{trace_id}-00f067aa0ba902b7-01",
+        "unsampled": f"00-{trace_id}-00f067aa0ba902b8-00",
+    }
+    seen: dict[int, tuple[trace.SpanContext, Mapping[str, str]]] = {}
+
+    async def store(deliveries: Sequence[Delivery]) -> None:
+        current = trace.get_current_span().get_span_context()
+        for delivery in deliveries:
+            seen[delivery.event.data["n"]] = (current, delivery.trace)
+
+    consumer = EventConsumer(queue, store, max_batch=1)
+    await consumer.start()
+    try:
+        await _publish(channel, [_event(0)], {"traceparent": parents["unsampled"]})
+        await _publish(channel, [_event(1)], {"traceparent": parents["sampled"]})
+
+        async def both_handled() -> bool:
+            return len(seen) == 2
+
+        await eventually(both_handled)
+    finally:
+        await consumer.stop()
+
+    unsampled, unsampled_headers = seen[0]
+    assert (format(unsampled.trace_id, "032x"), format(unsampled.span_id, "016x")) == (
+        trace_id,
+        "00f067aa0ba902b8",
+    )
+    assert not unsampled.trace_flags.sampled
+    assert unsampled_headers == {"traceparent": parents["unsampled"]}  # passed on as it came
+
+    [span] = [s for s in spans.get_finished_spans() if s.name == f"process {QUEUE}"]
+    assert span.parent is not None
+    assert format(span.parent.span_id, "016x") == "00f067aa0ba902b7"
+    sampled, sampled_headers = seen[1]
+    assert sampled.span_id == span.context.span_id
+    assert sampled_headers["traceparent"] == (
+        f"00-{trace_id}-{format(span.context.span_id, '016x')}-01"
+    )

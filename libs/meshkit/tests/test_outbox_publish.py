@@ -1,5 +1,6 @@
 """What the outbox relay puts on a message: the trace context of the request that wrote the row,
-continued by a publish span when this process traces, passed on unchanged when it does not."""
+continued by a publish span when this process traces, passed on unchanged when it does not or
+when that request was not sampled."""
 
 from __future__ import annotations
 
@@ -97,3 +98,14 @@ async def test_without_tracing_a_row_without_context_publishes_without_headers(
     message = await _publish_one(None)
 
     assert message.headers == {}
+
+
+async def test_a_row_of_an_unsampled_request_travels_on_unchanged_without_a_span(
+    spans: InMemorySpanExporter,
+) -> None:
+    unsampled = f"00-{TRACE_ID}-00f067aa0ba902b7-00"
+
+    message = await _publish_one(unsampled)
+
+    assert message.headers == {"traceparent": unsampled}
+    assert spans.get_finished_spans() == ()

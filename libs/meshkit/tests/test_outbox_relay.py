@@ -1,6 +1,6 @@
 """The outbox relay against a real PostgreSQL (through a fault proxy) and a real RabbitMQ vhost:
-it publishes, marks with its next claim or on its own, and survives the database going away at
-any of those moments."""
+it publishes, marks with its next claim or on its own, survives the database going away at
+any of those moments, and counts what it sent."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 import aio_pika
 import asyncpg
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from sqlalchemy import MetaData
 
 from meshdev.customers import eventually
 from meshdev.faults import TcpProxy
 from meshdev.postgres import asyncpg_dsn, create_database, drop_database
+from meshdev.pytest_plugin import metric_points
 from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
 from meshkit.db import Database
 from meshkit.messaging import EVENTS_EXCHANGE, CloudEvent, outbox_table
@@ -108,5 +110,50 @@ async def test_the_relay_survives_the_database_going_away_before_it_marks(
     assert received.count(str(first.id)) == 1  # marked late, but published once
 
 
-def _event() -> CloudEvent:
-    return CloudEvent(source="test", type="test.event", subject="u1", data={})
+def _event(event_type: str = "test.event") -> CloudEvent:
+    return CloudEvent(source="test", type=event_type, subject="u1", data={})
+
+
+def _sent(reader: InMemoryMetricReader, routing_key: str) -> dict[str | None, int]:
+    """`messaging.client.sent.messages` for `routing_key`, by `error.type` (None: sent)."""
+    counts: dict[str | None, int] = {}
+    for point in metric_points(reader, "messaging.client.sent.messages"):
+        if point.attributes["messaging.rabbitmq.destination.routing_key"] == routing_key:
+            error = point.attributes.get("error.type")
+            counts[error] = counts.get(error, 0) + point.value
+    return counts
+
+
+async def test_a_batch_is_counted_by_event_type_and_outcome(
+    database_name: str, vhost: str, metric_reader: InMemoryMetricReader
+) -> None:
+    database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database_name}")
+    broker = Broker(amqp_url(vhost), connection_name="relay-test")
+    broker.start()
+    await broker.wait_connected()
+    listener = await aio_pika.connect(amqp_url(vhost))
+    direct = await asyncpg.connect(asyncpg_dsn(database_name))
+    relay = OutboxRelay(database=database, table=outbox_table(MetaData()), broker=broker)
+    try:
+        channel = await listener.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(EVENTS_EXCHANGE, "test.counted")  # nothing takes "test.unrouted"
+        for event in [_event("test.counted") for _ in range(5)] + [_event("test.unrouted")]:
+            await direct.execute(
+                "INSERT INTO outbox (id, event_type, event) VALUES ($1, $2, $3::jsonb)",
+                event.id,
+                event.type,
+                event.model_dump_json(),
+            )
+
+        assert await relay.drain_once() == 6  # one batch
+
+        assert _sent(metric_reader, "test.counted") == {None: 5}
+        [(error, refused)] = _sent(metric_reader, "test.unrouted").items()
+        assert error is not None
+        assert refused == 1
+    finally:
+        await broker.close()
+        await listener.close()
+        await direct.close()
+        await database.dispose()

@@ -10,9 +10,12 @@ import subprocess
 import sys
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler
 
 from meshkit import telemetry
 from meshkit.logging import add_export_handler, remove_export_handler, request_id_var
@@ -125,3 +128,29 @@ def test_logging_gets_the_bridge_only_when_logs_are_exported(
         timeout=60,
     )
     assert json.loads(done.stdout) == [handlers, handlers]
+
+
+def _caller(flags: str) -> Context:
+    carrier = {"traceparent": f"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-{flags}"}
+    return propagate.extract(carrier)
+
+
+@pytest.mark.parametrize(
+    ("sampler", "parent", "expected"),
+    [
+        # The default (parentbased_always_on) follows the caller: its "not sampled" holds.
+        (ParentBased(ALWAYS_ON), _caller("00"), True),
+        (ParentBased(ALWAYS_ON), _caller("01"), False),
+        # No caller: the sampler decides on its own.
+        (ParentBased(ALWAYS_ON), Context(), False),
+        # A sampler that ignores the caller may record under an unsampled one.
+        (ALWAYS_ON, _caller("00"), False),
+    ],
+    ids=["caller-not-sampled", "caller-sampled", "no-caller", "sampler-ignores-caller"],
+)
+def test_sampled_out_only_where_the_sampler_follows_an_unsampled_caller(
+    monkeypatch: pytest.MonkeyPatch, sampler: Sampler, parent: Context, expected: bool
+) -> None:
+    monkeypatch.setitem(telemetry._state, "tracer", TracerProvider(sampler=sampler))
+
+    assert telemetry.sampled_out(parent) is expected

@@ -36,7 +36,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from meshkit.logging import redact
-from meshkit.telemetry import tracing_enabled
+from meshkit.telemetry import sampled_out, tracing_enabled
 
 # The semantic conventions' recommended boundaries for HTTP request durations (seconds).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
@@ -80,9 +80,10 @@ class ServerTelemetry:
     SERVER span, and records its `http.server.request.duration` (WebSocket sessions: the span
     only). While tracing is off, requests go straight to `handle`.
 
-    The span continues the caller's trace (`traceparent`). Its attributes are built only when
-    it records; its name and `http.route` are the route given (the gateway knows it before
-    forwarding) or the template the app matched."""
+    The span continues the caller's trace (`traceparent`); when the caller's trace is not
+    sampled, none is started and the caller's context is current. Its attributes are built
+    only when it records; its name and `http.route` are the route given (the gateway knows it
+    before forwarding) or the template the app matched."""
 
     def __init__(self, handle: RequestHandler) -> None:
         self._handle = handle
@@ -114,11 +115,13 @@ class ServerTelemetry:
             if name in _PROPAGATED_HEADERS
         }
         started = time.perf_counter()
-        span = self._tracer.start_span(
-            f"{method} {route}" if route else method,
-            context=propagate.extract(carrier) if carrier else None,
-            kind=SpanKind.SERVER,
-        )
+        parent = propagate.extract(carrier) if carrier else None
+        if parent is not None and sampled_out(parent):
+            span = trace.get_current_span(parent)  # the caller's, current as it came
+        else:
+            span = self._tracer.start_span(
+                f"{method} {route}" if route else method, context=parent, kind=SpanKind.SERVER
+            )
         recording = span.is_recording()
         if recording:
             span.set_attributes(_request_attributes(scope, method))

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 from opentelemetry import metrics, trace
 from opentelemetry._logs import set_logger_provider
+from opentelemetry.context import Context
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk._logs import LoggerProvider, LogRecordProcessor, ReadWriteLogRecord
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
@@ -30,6 +31,7 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased
 
 from meshkit.logging import NOT_LOGGED, STAMPED, add_export_handler, remove_export_handler
 
@@ -218,6 +220,19 @@ def tracing_enabled() -> bool:
     """True while this process records spans: `configure_telemetry` installed the providers
     and `OTEL_SDK_DISABLED` is not set (read at each call: tests switch it per test)."""
     return "tracer" in _state and not _truthy("OTEL_SDK_DISABLED")
+
+
+def sampled_out(parent: Context) -> bool:
+    """True when `parent` holds a caller's span that was not sampled and this process's sampler
+    follows the caller's decision (ParentBased: the default, and every `parentbased_*`
+    sampler): a span started under it would record nothing. Callers then hand on the
+    caller's context as it came instead of starting that span, sparing the span id, the
+    sampler's call and the attributes (docs/benchmarks.md, "What tracing costs")."""
+    caller = trace.get_current_span(parent).get_span_context()
+    if not caller.is_valid or caller.trace_flags.sampled:
+        return False
+    provider = _state.get("tracer")
+    return isinstance(provider, TracerProvider) and isinstance(provider.sampler, ParentBased)
 
 
 def shutdown_telemetry() -> None:

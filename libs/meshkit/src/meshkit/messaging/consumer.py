@@ -20,7 +20,8 @@ itself to the dead-letter queue:
 Each message is processed in a `process <queue>` span whose parent is the trace context in the
 message headers (propagated by hand: aio-pika's instrumentation does not do it for every
 consume style, and we want the same behaviour for all of them). A batch's statements run in the
-span of its first message.
+span of its first message. When that context says the caller's trace was not sampled, no span
+is started (it would record nothing): the carried context itself is current.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,8 +42,8 @@ from pydantic import ValidationError
 from meshkit.db import is_database_unavailable
 from meshkit.messaging.events import TRACE_HEADERS, CloudEvent
 from meshkit.messaging.metrics import consumed_messages, process_duration
-from meshkit.messaging.tracing import span_carrier, start_process_span
-from meshkit.telemetry import tracing_enabled
+from meshkit.messaging.tracing import context_from, span_carrier, start_process_span
+from meshkit.telemetry import sampled_out, tracing_enabled
 
 logger = logging.getLogger("meshkit.messaging.consumer")
 
@@ -151,36 +153,43 @@ class EventConsumer:
             duration = time.perf_counter() - started
             for item in received:
                 item.span.end()
+            # One count per event type and outcome of the batch, not one per message.
+            outcomes = Counter((item.message.routing_key or "", item.outcome) for item in received)
+            for (routing_key, outcome), count in outcomes.items():
                 attributes = {
                     "messaging.system": "rabbitmq",
                     "messaging.destination.subscription.name": self._queue.name,
-                    "messaging.rabbitmq.destination.routing_key": item.message.routing_key or "",
+                    "messaging.rabbitmq.destination.routing_key": routing_key,
                 }
-                if item.outcome is not None:
-                    attributes["error.type"] = item.outcome
-                consumed_messages.add(1, attributes)
-                process_duration.record(duration, attributes)
+                if outcome is not None:
+                    attributes["error.type"] = outcome
+                consumed_messages.add(count, attributes)
+                for _ in range(count):
+                    process_duration.record(duration, attributes)
 
     def _receive(self, message: AbstractIncomingMessage) -> _Received:
-        span = start_process_span(
-            queue=self._queue.name,
-            exchange=message.exchange or "",
-            routing_key=message.routing_key or "",
-            message_id=message.message_id,
-            headers=message.headers,
-        )
+        headers = message.headers or {}
+        parent = context_from(headers)
+        if tracing_enabled() and not sampled_out(parent):
+            span = start_process_span(
+                queue=self._queue.name,
+                exchange=message.exchange or "",
+                routing_key=message.routing_key or "",
+                message_id=message.message_id,
+                parent=parent,
+            )
+            carrier = span_carrier(span)
+        else:
+            # No span to make (tracing is off, or the caller's trace is not sampled): the
+            # message's own context is current and travels on, as the relay passes it on.
+            span = trace.get_current_span(parent)
+            carrier = {k: str(headers[k]) for k in TRACE_HEADERS if isinstance(headers.get(k), str)}
         item = _Received(message, span)
         try:
             event = CloudEvent.model_validate_json(message.body)
         except ValidationError as exc:
             self._malformed(item, exc)
             return item
-        if tracing_enabled():
-            carrier = span_carrier(span)
-        else:
-            # No span: the message's own context travels on, as the relay passes it on.
-            headers = message.headers or {}
-            carrier = {k: str(headers[k]) for k in TRACE_HEADERS if isinstance(headers.get(k), str)}
         item.delivery = Delivery(event, carrier)
         return item
 

@@ -61,10 +61,10 @@ def start_process_span(
     exchange: str,
     routing_key: str,
     message_id: str | None,
-    headers: Mapping[str, Any] | None,
+    parent: Context,
 ) -> Span:
-    """The CONSUMER span of one message, child of the context in its headers; the caller ends
-    it (a batch keeps several open at once)."""
+    """The CONSUMER span of one message, child of `parent` (the context in its headers); the
+    caller ends it (a batch keeps several open at once)."""
     attributes: dict[str, str] = {
         "messaging.system": "rabbitmq",
         "messaging.operation.name": "process",
@@ -77,7 +77,7 @@ def start_process_span(
         attributes["messaging.message.id"] = message_id
     return tracer.start_span(
         f"process {queue}",
-        context=context_from(headers),
+        context=parent,
         kind=SpanKind.CONSUMER,
         attributes=attributes,
     )
