@@ -76,6 +76,8 @@ def _consumed(reader: InMemoryMetricReader) -> dict[str | None, int]:
         if (
             attributes["messaging.destination.subscription.name"] == QUEUE
             and attributes["messaging.rabbitmq.destination.routing_key"] == "test.event"
+            # What the dashboard groups by, as the publisher's count is.
+            and attributes["messaging.destination.name"] == EVENTS_EXCHANGE
         ):
             error = attributes.get("error.type")
             counts[error] = counts.get(error, 0) + point.value

@@ -154,10 +154,14 @@ class EventConsumer:
             for item in received:
                 item.span.end()
             # One count per event type and outcome of the batch, not one per message.
-            outcomes = Counter((item.message.routing_key or "", item.outcome) for item in received)
-            for (routing_key, outcome), count in outcomes.items():
+            outcomes = Counter(
+                (item.message.exchange or "", item.message.routing_key or "", item.outcome)
+                for item in received
+            )
+            for (exchange, routing_key, outcome), count in outcomes.items():
                 attributes = {
                     "messaging.system": "rabbitmq",
+                    "messaging.destination.name": exchange,
                     "messaging.destination.subscription.name": self._queue.name,
                     "messaging.rabbitmq.destination.routing_key": routing_key,
                 }

@@ -1,7 +1,8 @@
 """Messaging metrics (OpenTelemetry semantic convention names where they exist).
 
-- `messaging.client.sent.messages` / `messaging.client.consumed.messages`: counters by event
-  type (routing key), with `error.type` when the publish or the processing failed.
+- `messaging.client.sent.messages` / `messaging.client.consumed.messages`: counters by exchange
+  (`messaging.destination.name`) and event type (routing key), with `error.type` when the
+  publish or the processing failed; consumers add their queue (subscription name).
 - `messaging.process.duration`: seconds a consumer spent on a message.
 - `outbox.pending.messages` and `outbox.pending.age`: the outbox backlog (unsent rows, seconds
   since the oldest was written) as last seen by this process's relay.
