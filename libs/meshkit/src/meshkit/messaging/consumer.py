@@ -41,7 +41,7 @@ from pydantic import ValidationError
 
 from meshkit.db import is_database_unavailable
 from meshkit.messaging.events import TRACE_HEADERS, CloudEvent
-from meshkit.messaging.metrics import consumed_messages, process_duration
+from meshkit.messaging.metrics import consumed_messages, message_attributes, process_duration
 from meshkit.messaging.tracing import context_from, span_carrier, start_process_span
 from meshkit.telemetry import sampled_out, tracing_enabled
 
@@ -159,14 +159,9 @@ class EventConsumer:
                 for item in received
             )
             for (exchange, routing_key, outcome), count in outcomes.items():
-                attributes = {
-                    "messaging.system": "rabbitmq",
-                    "messaging.destination.name": exchange,
-                    "messaging.destination.subscription.name": self._queue.name,
-                    "messaging.rabbitmq.destination.routing_key": routing_key,
-                }
-                if outcome is not None:
-                    attributes["error.type"] = outcome
+                attributes = message_attributes(
+                    exchange, routing_key, subscription=self._queue.name, error=outcome
+                )
                 consumed_messages.add(count, attributes)
                 for _ in range(count):
                     process_duration.record(duration, attributes)

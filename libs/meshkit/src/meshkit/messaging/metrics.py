@@ -30,6 +30,22 @@ process_duration = meter.create_histogram(
 )
 
 
+def message_attributes(
+    exchange: str, routing_key: str, *, subscription: str | None = None, error: str | None = None
+) -> dict[str, str]:
+    """What a sent or consumed count (and a process duration) is measured by."""
+    attributes = {
+        "messaging.system": "rabbitmq",
+        "messaging.destination.name": exchange,
+        "messaging.rabbitmq.destination.routing_key": routing_key,
+    }
+    if subscription is not None:
+        attributes["messaging.destination.subscription.name"] = subscription
+    if error is not None:
+        attributes["error.type"] = error
+    return attributes
+
+
 class BacklogSource(Protocol):
     table_name: str
     pending_rows: int

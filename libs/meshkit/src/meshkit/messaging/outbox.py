@@ -60,7 +60,7 @@ from sqlalchemy.sql.selectable import TextualSelect
 from meshkit.db import Database
 from meshkit.messaging.broker import Broker, BrokerUnavailableError, backoff_delay
 from meshkit.messaging.events import EVENTS_EXCHANGE, CloudEvent, event_message
-from meshkit.messaging.metrics import sent_messages, watch_backlog
+from meshkit.messaging.metrics import message_attributes, sent_messages, watch_backlog
 from meshkit.messaging.tracing import context_from, publish_span, trace_carrier
 from meshkit.telemetry import sampled_out, tracing_enabled, untraced
 
@@ -241,14 +241,7 @@ def _count_sent(rows: Sequence[Row[Any]], outcomes: Sequence[BaseException | Non
         for row, outcome in zip(rows, outcomes, strict=True)
     )
     for (event_type, error), count in counted.items():
-        attributes = {
-            "messaging.system": "rabbitmq",
-            "messaging.destination.name": EVENTS_EXCHANGE,
-            "messaging.rabbitmq.destination.routing_key": event_type,
-        }
-        if error is not None:
-            attributes["error.type"] = error
-        sent_messages.add(count, attributes)
+        sent_messages.add(count, message_attributes(EVENTS_EXCHANGE, event_type, error=error))
 
 
 class OutboxRelay:
