@@ -153,6 +153,10 @@ async def running_mesh(
             await asyncio.to_thread(process.wait_ready)
 
         # All at once, as a cluster starts them: no deployable waits for another to be ready
-        # (each retries its peers), and a mesh is up in the time of its slowest member.
-        await asyncio.gather(*(start(deployable) for deployable in deployables))
+        # (each retries its peers), and a mesh is up in the time of its slowest member. When
+        # one fails, the task group cancels the others and waits for them, so none starts a
+        # process after this stack has been unwound.
+        async with asyncio.TaskGroup() as starting:
+            for deployable in deployables:
+                starting.create_task(start(deployable))
         yield mesh

@@ -1,0 +1,70 @@
+"""`running_mesh` when one deployable cannot start: its error comes out (in the group of the
+deployables' start-ups), and nothing begun for the others is left running."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshdev import stack
+from meshdev.mesh import Deployable
+from meshdev.processes import ServiceProcess
+from meshdev.stack import running_mesh
+
+
+def _gunicorns_of_this_process() -> list[int]:
+    """Processes this test process started that still run gunicorn."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if parent == os.getpid() and b"gunicorn" in command:
+            found.append(int(entry.name))
+    return found
+
+
+async def test_a_deployable_that_cannot_start_stops_the_whole_mesh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway fails while notifications, already migrated, has not started its process
+    yet: that process must not start after the mesh was torn down."""
+    broken = {"RETRY_ATTEMPTS": "many"}  # only the gateway reads it: it exits at once
+    notifications_migrated = threading.Event()
+    migrate = stack._migrate
+    wait_ready = ServiceProcess.wait_ready
+
+    def migrate_then_linger(
+        deployable: Deployable, env: Mapping[str, str], bin_dir: Path | None
+    ) -> None:
+        migrate(deployable, env, bin_dir)
+        if deployable.name == "notifications":
+            notifications_migrated.set()
+            time.sleep(5)
+
+    def gateway_seen_failing_late(process: ServiceProcess, **options: Any) -> None:
+        if process.package == "mesh_gateway":
+            notifications_migrated.wait(60)
+        wait_ready(process, **options)
+
+    monkeypatch.setattr(stack, "_migrate", migrate_then_linger)
+    monkeypatch.setattr(ServiceProcess, "wait_ready", gateway_seen_failing_late)
+
+    with pytest.raises(ExceptionGroup) as failed:
+        async with running_mesh(tmp_path, names=("users", "notifications", "gateway"), env=broken):
+            pytest.fail("the mesh came up with a gateway that cannot start")
+    assert failed.group_contains(RuntimeError, match="mesh_gateway exited early")
+
+    await asyncio.sleep(8)  # past the moment notifications would have started
+    assert _gunicorns_of_this_process() == []
