@@ -1,5 +1,6 @@
-"""`running_mesh` when one deployable cannot start: its error comes out (in the group of the
-deployables' start-ups), and nothing begun for the others is left running."""
+"""`running_mesh`: the gateway's readiness is awaited only once its upstreams are ready; and
+when one deployable cannot start, its error comes out (in the group of the deployables'
+start-ups), and nothing begun for the others is left running."""
 
 from __future__ import annotations
 
@@ -68,3 +69,37 @@ async def test_a_deployable_that_cannot_start_stops_the_whole_mesh(
 
     await asyncio.sleep(8)  # past the moment notifications would have started
     assert _gunicorns_of_this_process() == []
+
+
+async def test_the_gateways_readiness_is_timed_from_its_upstreams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its processes start together, but the gateway's 30 s to become ready (its /readyz asks
+    every upstream) begin when the services are ready, however long their start took."""
+    slow_start = 3.0  # seconds each service takes on top of its own start
+    waits: dict[str, tuple[float, float]] = {}
+    started: dict[str, float] = {}
+    wait_ready = ServiceProcess.wait_ready
+    start = ServiceProcess.start
+
+    def timed_start(process: ServiceProcess) -> None:
+        started[process.package] = time.monotonic()
+        start(process)
+
+    def timed_wait_ready(process: ServiceProcess, **options: Any) -> None:
+        begun = time.monotonic()
+        if process.package != "mesh_gateway":
+            time.sleep(slow_start)
+        wait_ready(process, **options)
+        waits[process.package] = (begun, time.monotonic())
+
+    monkeypatch.setattr(ServiceProcess, "start", timed_start)
+    monkeypatch.setattr(ServiceProcess, "wait_ready", timed_wait_ready)
+    async with running_mesh(tmp_path, names=("users", "orders", "notifications", "gateway")):
+        pass
+
+    services = [waits[p] for p in ("users_service", "orders_service", "notifications_service")]
+    gateway_begun, _ = waits["mesh_gateway"]
+    assert gateway_begun >= max(ready for _, ready in services)
+    # Started with the others, not after them: only its readiness waits.
+    assert started["mesh_gateway"] < min(ready for _, ready in services)

@@ -17,6 +17,8 @@ class Deployable:
     package: str  # import name; served as `<package>.main:app`
     port: int  # local default port (../shared/CONTRACT.md)
     database: str | None = None  # default database name; migrated by `<package>.migrate`
+    # Deployables this one's /readyz asks: it cannot be ready before they are.
+    ready_after: tuple[str, ...] = ()
 
 
 MESH: tuple[Deployable, ...] = (
@@ -24,7 +26,7 @@ MESH: tuple[Deployable, ...] = (
     # Outbox relays and event consumers run inside these processes (docs/events.md).
     Deployable("orders", "orders_service", 8002, database="orders"),
     Deployable("notifications", "notifications_service", 8003, database="notifications"),
-    Deployable("gateway", "mesh_gateway", 8000),
+    Deployable("gateway", "mesh_gateway", 8000, ready_after=("users", "orders", "notifications")),
 )
 
 

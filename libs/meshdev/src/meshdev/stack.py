@@ -127,6 +127,7 @@ async def running_mesh(
             environment="test",
         )
         mesh = RunningMesh(wiring=wiring, vhost=vhost)
+        ready = {deployable.name: asyncio.Event() for deployable in deployables}
 
         async def start(deployable: Deployable) -> None:
             process_env = {**wiring.env_for(deployable), **SMALL_POOLS, **(env or {})}
@@ -150,11 +151,18 @@ async def running_mesh(
             stack.push_async_callback(asyncio.to_thread, process.stop)
             process.start()
             mesh.processes[deployable.name] = process
+            # A readiness that asks its peers (the gateway's) is timed from theirs: two meshes
+            # starting at once on two cores took the gateway past its 30 s while it waited for
+            # services that were still migrating.
+            for name in deployable.ready_after:
+                if name in ready:
+                    await ready[name].wait()
             await asyncio.to_thread(process.wait_ready)
+            ready[deployable.name].set()
 
-        # All at once, as a cluster starts them: no deployable waits for another to be ready
-        # (each retries its peers), and a mesh is up in the time of its slowest member. When
-        # one fails, the task group cancels the others and waits for them, so none starts a
+        # All at once, as a cluster starts them: no process waits for another to start (each
+        # retries its peers), and a mesh is up in the time of its slowest member. When one
+        # fails, the task group cancels the others and waits for them, so none starts a
         # process after this stack has been unwound.
         async with asyncio.TaskGroup() as starting:
             for deployable in deployables:
