@@ -3,11 +3,12 @@
 A mesh is started with the production command (one gunicorn worker per process), against
 throw-away databases and a throw-away RabbitMQ vhost, with tracing off (`OTEL_SDK_DISABLED=true`).
 For the tracing ratio a second mesh runs beside it with every request traced, exporting over
-OTLP/HTTP to a discarding nginx sink, plus a second gateway in front of the traced services that
-samples one trace in ten (head sampling, the production setting). Figures that are compared are
-measured in interleaved windows (A B C C B A, twice): this machine's speed drifts by tens of percent
-within minutes, and interleaving makes the compared figures see the same drift. Every load loop
-is bounded in time and count; the whole run takes about three and a half minutes. Results:
+OTLP/HTTP to a discarding nginx sink, plus two more gateways in front of the traced services: one
+samples one trace in ten (head sampling, the production setting), one records none (what sampling
+cannot take away). Figures that are compared are measured in interleaved windows (A B C C B A,
+twice): this machine's speed drifts by tens of percent within minutes, and interleaving makes the
+compared figures see the same drift. Every load loop is bounded in time and count; the whole run
+takes about five minutes. Results:
 bench/results/latest.json and latest.md.
 """
 
@@ -52,7 +53,8 @@ from meshdev.processes import ServiceProcess, free_port
 from meshdev.stack import RunningMesh, running_mesh
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).parent / "results"
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
 LOCUSTFILE = ROOT / "tests" / "load" / "locustfile.py"
 
 
@@ -117,6 +119,13 @@ def tracing_sampled(sink: Nginx) -> dict[str, str]:
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": SAMPLED_RATIO,
     }
+
+
+def tracing_unrecorded(sink: Nginx) -> dict[str, str]:
+    """What sampling leaves on the nine requests in ten it drops, without the recorded tenth:
+    the gateway records no trace, so no span is made anywhere, while every process still
+    records its metrics and passes the decision on (`traceparent`)."""
+    return {**tracing_on(sink), "OTEL_TRACES_SAMPLER": "always_off"}
 
 
 def log(message: str) -> None:
@@ -307,22 +316,57 @@ MEMORY_BODY = json.dumps(
 )
 
 
+@contextlib.asynccontextmanager
+async def serving(process: ServiceProcess) -> AsyncIterator[ServiceProcess]:
+    """`process` started and ready for the block, stopped after it."""
+    process.start()
+    try:
+        await asyncio.to_thread(process.wait_ready)
+        yield process
+    finally:
+        await asyncio.to_thread(process.stop)
+
+
+def bare_hop(
+    upstream: str, directory: Path
+) -> contextlib.AbstractAsyncContextManager[ServiceProcess]:
+    """`bare_hop.main` (a Python proxy hop with nothing but the gateway's server stack and
+    HTTP client) in front of `upstream`, served like every deployable."""
+    return serving(
+        ServiceProcess(
+            "bare_hop",
+            env={**BASE_ENV, "BARE_HOP_UPSTREAM": upstream, "PYTHONPATH": str(BENCH)},
+            log_path=directory / "bare-hop.log",
+        )
+    )
+
+
 async def proxy_cost(mesh: RunningMesh, token: str) -> dict[str, Any]:
-    """Scenario 1b: the same GET through the gateway (auth and rate limiting on) and through
-    nginx to a backend that answers from memory, so the backend is never the bottleneck and
-    each proxy's CPU per request is its own (interleaved)."""
+    """Scenario 1b: the same GET through the gateway (auth and rate limiting on), through a
+    bare Python hop and through nginx to a backend that answers from memory, so the backend
+    is never the bottleneck and each proxy's CPU per request is its own (interleaved)."""
     backend = Nginx(listen_port=free_port(), body=MEMORY_BODY).start()
     nginx = Nginx(listen_port=free_port(), upstream=f"127.0.0.1:{backend.port}").start()
     load = {"headers": _bearer(token)}
     try:
-        async with second_gateway(
-            mesh, {"USERS_URL": backend.url}, name="gateway-memory-backend"
-        ) as gateway:
-            log("scenario 1b: gateway and nginx in front of a backend answering from memory")
+        gateway_log = mesh.processes["gateway"].log_path
+        async with (
+            second_gateway(
+                mesh, {"USERS_URL": backend.url}, name="gateway-memory-backend"
+            ) as gateway,
+            bare_hop(backend.url, gateway_log.parent) as hop,
+        ):
+            log(
+                "scenario 1b: gateway, a bare Python hop and nginx in front of a backend "
+                "answering from memory"
+            )
             return await interleaved(
                 {
                     "nginx": Target(
                         nginx.url + USERS_ME, {"nginx": nginx.pid, "backend": backend.pid}, load
+                    ),
+                    "bare Python hop": Target(
+                        hop.url + USERS_ME, {"bare_hop": _pid(hop), "backend": backend.pid}, load
                     ),
                     "gateway": Target(
                         gateway.url + USERS_ME,
@@ -337,19 +381,24 @@ async def proxy_cost(mesh: RunningMesh, token: str) -> dict[str, Any]:
 
 
 async def tracing_overhead(
-    off: RunningMesh, traced: RunningMesh, sampled_gateway: ServiceProcess, tokens: dict[str, str]
+    off: RunningMesh,
+    traced: RunningMesh,
+    gateways: Mapping[str, ServiceProcess],
+    tokens: dict[str, str],
 ) -> dict[str, Any]:
     """Scenarios 3 and 2a: GET /api/users/me and POST /api/orders (users check, DB write,
-    outbox) through a gateway, with tracing off, on, and on with head sampling; each users
-    service signs its own tokens."""
+    outbox) through a gateway, with tracing off, on, and through each of `gateways` (head
+    sampling; nothing recorded) in front of the traced services; each users service signs
+    its own tokens."""
     configurations: dict[str, tuple[RunningMesh, str, ServiceProcess | None]] = {
         "off": (off, tokens["off"], None),
         "on": (traced, tokens["traced"], None),
-        "sampled": (traced, tokens["traced"], sampled_gateway),
+        **{name: (traced, tokens["traced"], gateway) for name, gateway in gateways.items()},
     }
-    log("scenario 3: GET through the gateway, tracing off / on / sampled (interleaved)")
+    rows = " / ".join(configurations)
+    log(f"scenario 3: GET through the gateway, tracing {rows} (interleaved)")
     gets = await interleaved({k: _gateway_get(*c) for k, c in configurations.items()})
-    log("scenarios 2 and 3: POST /api/orders, tracing off / on / sampled (interleaved)")
+    log(f"scenarios 2 and 3: POST /api/orders, tracing {rows} (interleaved)")
     posts = await interleaved({k: order_post(*c) for k, c in configurations.items()})
     return {"gateway": gets, "orders": posts}
 
@@ -393,23 +442,18 @@ def nginx_sink() -> Iterator[Nginx]:
         sink.stop()
 
 
-@contextlib.asynccontextmanager
-async def second_gateway(
+def second_gateway(
     mesh: RunningMesh, env: Mapping[str, str], *, name: str
-) -> AsyncIterator[ServiceProcess]:
+) -> contextlib.AbstractAsyncContextManager[ServiceProcess]:
     """Another gateway in front of `mesh`'s services, on its own port, with `env` added."""
     gateway = mesh.processes["gateway"]
-    process = ServiceProcess(
-        gateway.package,
-        env={**{k: v for k, v in gateway.env.items() if k != "PORT"}, **env},
-        log_path=gateway.log_path.with_name(f"{name}.log"),
+    return serving(
+        ServiceProcess(
+            gateway.package,
+            env={**{k: v for k, v in gateway.env.items() if k != "PORT"}, **env},
+            log_path=gateway.log_path.with_name(f"{name}.log"),
+        )
     )
-    process.start()
-    try:
-        await asyncio.to_thread(process.wait_ready)
-        yield process
-    finally:
-        await asyncio.to_thread(process.stop)
 
 
 async def messaging_figures(mesh: RunningMesh) -> dict[str, Any]:
@@ -594,11 +638,19 @@ async def run_all(workdir: Path, base_commit: str, base_bin: Path) -> dict[str, 
             # The traced mesh idles meanwhile (its export threads wake every few seconds).
             figures["gateway_overhead"] = await gateway_overhead(mesh, token)
             figures["proxy_cost"] = await proxy_cost(mesh, token)
-            log("starting a gateway sampling 1 trace in 10 in front of the traced services")
-            async with second_gateway(
-                traced, tracing_sampled(sink), name="gateway-sampled"
-            ) as sampled_gateway:
-                figures["tracing"] = await tracing_overhead(mesh, traced, sampled_gateway, tokens)
+            log(
+                "starting two gateways in front of the traced services: one sampling 1 trace "
+                "in 10, one recording none"
+            )
+            async with (
+                second_gateway(traced, tracing_sampled(sink), name="gateway-sampled") as sampled,
+                second_gateway(
+                    traced, tracing_unrecorded(sink), name="gateway-unrecorded"
+                ) as unrecorded,
+            ):
+                figures["tracing"] = await tracing_overhead(
+                    mesh, traced, {"sampled": sampled, "unrecorded": unrecorded}, tokens
+                )
             log("stopping the traced mesh: what follows has the machine to itself")
             await stop_processes(traced)
             log(f"starting the mesh of {base_commit[:12]} beside this one")
@@ -653,6 +705,9 @@ def main() -> None:
             "tracing_sampled_sampler": f"parentbased_traceidratio {SAMPLED_RATIO}",
             "tracing_sampled_setup": "a second gateway with this sampler in front of the traced "
             "services, which follow its decision",
+            "tracing_unrecorded_sampler": "always_off at the gateway (no span recorded anywhere)",
+            "tracing_unrecorded_setup": "a third gateway, recording no trace, in front of the "
+            "same services: the path of the requests sampling drops, without the recorded tenth",
             "memory_backend": "nginx answering every request with the body of /api/users/me",
             "base_commit": base_commit,
         },

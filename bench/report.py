@@ -37,6 +37,12 @@ def ratios_and_targets(
             proxy["gateway"]["cpu_ms_per_request"]["gateway"],
             proxy["nginx"]["cpu_ms_per_request"]["nginx"],
         ),
+        # The same against a Python hop with nothing but the gateway's server and client: what
+        # the gateway's own work costs on top of any Python proxy on this machine.
+        "gateway_cpu_vs_bare_hop_cpu_per_request_memory_backend": _ratio(
+            proxy["gateway"]["cpu_ms_per_request"]["gateway"],
+            proxy["bare Python hop"]["cpu_ms_per_request"]["bare_hop"],
+        ),
         # Each pair below was measured in interleaved windows of the same wrk load.
         "tracing_on_vs_off_gateway_throughput": _ratio(
             gets["on"]["requests_per_second"], gets["off"]["requests_per_second"]
@@ -49,6 +55,14 @@ def ratios_and_targets(
         ),
         "tracing_sampled_vs_off_order_throughput": _ratio(
             posts["sampled"]["requests_per_second"], posts["off"]["requests_per_second"]
+        ),
+        # No span recorded anywhere, metrics and propagation on: what target 3 has left to
+        # spend on the recorded tenth once the unsampled path is paid for.
+        "tracing_unrecorded_vs_off_gateway_throughput": _ratio(
+            gets["unrecorded"]["requests_per_second"], gets["off"]["requests_per_second"]
+        ),
+        "tracing_unrecorded_vs_off_order_throughput": _ratio(
+            posts["unrecorded"]["requests_per_second"], posts["off"]["requests_per_second"]
         ),
         # The mesh's CPU per order against the base commit's, side by side.
         "mesh_cpu_per_order_vs_base_32_connections": _ratio(
@@ -295,7 +309,9 @@ def markdown(report: Mapping[str, Any]) -> str:
     lines += [
         "",
         "(b) In front of a backend (nginx) answering the same body from memory, so the proxy, "
-        "not the backend, is what is saturated: each proxy's own CPU per request.",
+        "not the backend, is what is saturated: each proxy's own CPU per request. The bare "
+        "Python hop is the gateway's server stack (gunicorn, uvicorn worker) and HTTP client "
+        "(aiohttp) with nothing else (`bench/bare_hop`): what any Python hop costs here.",
         "",
         *LOAD_HEADER,
         *(_load_row(name, row) for name, row in figures["proxy_cost"].items()),
@@ -305,8 +321,12 @@ def markdown(report: Mapping[str, Any]) -> str:
         *cost_lines(figures["cost_per_order"]),
     ]
     tracing = figures["tracing"]
-    sampled = f"tracing on, {setup['tracing_sampled_sampler']}"
-    rows = {"off": "tracing off", "on": "tracing on (every request)", "sampled": sampled}
+    rows = {
+        "off": "tracing off",
+        "on": "tracing on (every request)",
+        "sampled": f"tracing on, {setup['tracing_sampled_sampler']}",
+        "unrecorded": f"tracing on, {setup['tracing_unrecorded_sampler']}",
+    }
     lines += [
         "",
         "## 2. Order path: `POST /api/orders` through the gateway",
@@ -333,7 +353,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         "",
         "## 3. Tracing overhead (OTLP/HTTP to a discarding sink) vs `OTEL_SDK_DISABLED=true`",
         "",
-        f"Two meshes side by side, one traced; {setup['tracing_sampled_setup']}.",
+        f"Two meshes side by side, one traced; {setup['tracing_sampled_setup']}; "
+        f"{setup['tracing_unrecorded_setup']}.",
         "",
         "`GET /api/users/me` through the gateway:",
         "",

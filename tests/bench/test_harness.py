@@ -1,6 +1,6 @@
 """The benchmark harness's own logic, without a mesh: the order of interleaved windows, how
-windows combine into a figure, and that the committed report is what the report code renders
-from the committed figures."""
+windows combine into a figure, that the committed report is what the report code renders from
+the committed figures, and that the bare Python hop it measures beside the gateway is a proxy."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 
@@ -180,3 +181,57 @@ async def test_fixed_rate_get_counts_requests_and_errors(bench: ModuleType) -> N
     assert ok["p50_ms"] <= ok["p99_ms"]
     assert (failing["requests"], failing["errors"]) == (10, 10)
     assert seen == ["Bearer t"] * 20
+
+
+async def test_the_bare_hop_forwards_requests_as_they_came(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    """Scenario 1b's yardstick is a real proxy: method, path, query, headers and body reach the
+    backend, and its status, headers and body come back (uvicorn's own `date` and `server`
+    once); its probes stay its own."""
+    seen: list[dict[str, Any]] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(
+            {
+                "method": request.method,
+                "path": request.path_qs,
+                "authorization": request.headers.get("Authorization"),
+                "host": request.headers.get("Host"),
+                "body": await request.read(),
+            }
+        )
+        return web.Response(status=201, body=b'{"ok": true}', headers={"X-Backend": "yes"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        backend = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with bench.bare_hop(backend, tmp_path) as hop, httpx.AsyncClient() as client:
+            answer = await client.post(
+                hop.url + "/api/orders?limit=5",
+                content=b'{"items": []}',
+                headers={"Authorization": "Bearer t"},
+            )
+            probe = await client.get(hop.url + "/readyz")
+    finally:
+        await runner.cleanup()
+    assert answer.status_code == 201
+    assert answer.content == b'{"ok": true}'
+    assert answer.headers["x-backend"] == "yes"
+    assert answer.headers.get_list("date") == [answer.headers["date"]]
+    assert answer.headers.get_list("server") == ["uvicorn"]
+    assert probe.status_code == 200
+    assert seen == [
+        {
+            "method": "POST",
+            "path": "/api/orders?limit=5",
+            "authorization": "Bearer t",
+            "host": backend.removeprefix("http://"),
+            "body": b'{"items": []}',
+        }
+    ]
