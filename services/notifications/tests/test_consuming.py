@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 import httpx
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -33,13 +34,17 @@ async def _notifications(client: httpx.AsyncClient, account: Account) -> list[di
     return items
 
 
-def _processed(spans: InMemorySpanExporter, event_id: object) -> int:
-    return sum(
-        1
+def _process_spans(spans: InMemorySpanExporter, event_id: object) -> list[ReadableSpan]:
+    return [
+        span
         for span in spans.get_finished_spans()
         if span.name == "process notifications"
         and (span.attributes or {}).get("messaging.message.id") == str(event_id)
-    )
+    ]
+
+
+def _processed(spans: InMemorySpanExporter, event_id: object) -> int:
+    return len(_process_spans(spans, event_id))
 
 
 async def test_each_event_type_makes_one_notification_for_its_user(
@@ -84,12 +89,11 @@ async def test_processing_continues_the_trace_of_the_message(
 
     await eventually(lambda: _notifications(client, alice))
 
-    process = next(
-        s
-        for s in spans.get_finished_spans()
-        if s.name == "process notifications"
-        and (s.attributes or {}).get("messaging.message.id") == str(event.id)
-    )
+    async def finished() -> list[ReadableSpan]:
+        # The span ends after the batch's ack, which may come after the notification shows.
+        return _process_spans(spans, event.id)
+
+    process = (await eventually(finished))[0]
     assert process.kind == SpanKind.CONSUMER
     assert format(process.context.trace_id, "032x") == TRACE_ID
     assert process.parent is not None
