@@ -1,6 +1,7 @@
 """The outbox relay against a real PostgreSQL (through a fault proxy) and a real RabbitMQ vhost:
-it publishes, marks with its next claim or on its own, survives the database going away at
-any of those moments, and counts what it sent."""
+it claims when its process says it committed events and polls for the rest, publishes, marks
+with its next claim or on its own, survives the database going away at any of those moments,
+and counts what it sent."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from meshdev.postgres import asyncpg_dsn, create_database, drop_database
 from meshdev.pytest_plugin import metric_points
 from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
 from meshkit.db import Database
-from meshkit.messaging import EVENTS_EXCHANGE, CloudEvent, outbox_table
+from meshkit.messaging import EVENTS_EXCHANGE, CloudEvent, outbox_table, wake_relays
 from meshkit.messaging.broker import Broker
 from meshkit.messaging.outbox import OutboxRelay, RelaySettings
 
@@ -76,7 +77,7 @@ async def test_the_relay_survives_the_database_going_away_before_it_marks(
 
         await queue.consume(on_message, no_ack=True)
         relay.start()
-        await asyncio.sleep(1.0)  # its first wake-up (on listening) is spent
+        await asyncio.sleep(1.0)  # its first claim (on starting) is spent
 
         first = _event()
         await direct.execute(INSERT, first.id, first.model_dump_json())
@@ -108,6 +109,68 @@ async def test_the_relay_survives_the_database_going_away_before_it_marks(
         await database.dispose()
         await proxy.close()
     assert received.count(str(first.id)) == 1  # marked late, but published once
+
+
+async def test_a_relay_claims_when_woken_and_finds_the_rest_by_polling(
+    database_name: str, vhost: str
+) -> None:
+    database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database_name}")
+    broker = Broker(amqp_url(vhost), connection_name="relay-test")
+    broker.start()
+    await broker.wait_connected()
+    listener = await aio_pika.connect(amqp_url(vhost))
+    direct = await asyncpg.connect(asyncpg_dsn(database_name))
+    received: list[str] = []
+
+    def relay(poll_interval: float) -> OutboxRelay:
+        settings = RelaySettings(poll_interval=poll_interval)
+        return OutboxRelay(
+            database=database, table=outbox_table(MetaData()), broker=broker, settings=settings
+        )
+
+    async def write() -> uuid.UUID:
+        event = _event()
+        await direct.execute(INSERT, event.id, event.model_dump_json())
+        return event.id
+
+    async def published(event_id: uuid.UUID) -> bool:
+        return str(event_id) in received
+
+    woken, polling = relay(poll_interval=60), relay(poll_interval=0.5)
+    try:
+        channel = await listener.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(EVENTS_EXCHANGE, "test.#")
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            received.append(message.message_id or "")
+
+        await queue.consume(on_message, no_ack=True)
+        woken.start()
+        await asyncio.sleep(1.0)  # its first claim (on starting) is spent
+
+        committed = await write()
+        wake_relays()  # what the service layer calls after committing events
+        await eventually(lambda: published(committed), within=10)
+
+        unannounced = await write()
+        await asyncio.sleep(1.5)
+        assert not await published(unannounced)  # nothing else wakes it before its poll
+        await woken.stop()
+        wake_relays()  # no longer this process's relay: nothing to wake
+
+        polling.start()  # claims `unannounced` on starting
+        await eventually(lambda: published(unannounced), within=10)
+        await asyncio.sleep(0.5)
+        written_elsewhere = await write()  # no wake-up: found by the poll
+        await eventually(lambda: published(written_elsewhere), within=10)
+    finally:
+        await woken.stop()
+        await polling.stop()
+        await broker.close()
+        await listener.close()
+        await direct.close()
+        await database.dispose()
 
 
 def _event(event_type: str = "test.event") -> CloudEvent:

@@ -70,7 +70,8 @@ def settings(
         jwks_url=f"{users_mesh.url('users')}/api/auth/jwks.json",
         delivery_limit=DELIVERY_LIMIT,
         retry_delay_seconds=0.05,
-        outbox_poll_interval_seconds=0.2,
+        # Longer than any test: what a test sees published, the service's own wake-up sent.
+        outbox_poll_interval_seconds=60,
     )
 
 

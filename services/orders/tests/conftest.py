@@ -53,7 +53,8 @@ def settings(users_mesh: RunningMesh, orders_database: str) -> OrdersSettings:
         rabbitmq_url=amqp_url(users_mesh.vhost),
         users_url=users_mesh.url("users"),
         jwks_url=f"{users_mesh.url('users')}/api/auth/jwks.json",
-        outbox_poll_interval_seconds=0.2,
+        # Longer than any test: what a test sees published, the service's own wake-up sent.
+        outbox_poll_interval_seconds=60,
     )
 
 
@@ -70,6 +71,16 @@ async def client(
     settings: OrdersSettings, orders_database: str
 ) -> AsyncIterator[httpx.AsyncClient]:
     async for client in _serve(settings):
+        yield client
+    await truncate_all(orders_database)
+
+
+@pytest.fixture
+async def polling_client(
+    settings: OrdersSettings, orders_database: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The orders service with a relay that polls often: postponed rows are found by polling."""
+    async for client in _serve(settings.model_copy(update={"outbox_poll_interval_seconds": 0.2})):
         yield client
     await truncate_all(orders_database)
 

@@ -96,12 +96,12 @@ async def test_publish_span_belongs_to_the_trace_of_the_request(
 
 
 async def test_an_unroutable_event_stays_pending_until_a_queue_is_bound(
-    client: httpx.AsyncClient,
+    polling_client: httpx.AsyncClient,
     alice: dict[str, str],
     users_mesh: RunningMesh,
     orders_db: asyncpg.Connection,
 ) -> None:
-    await client.post("/api/orders", json=ORDER, headers=alice)
+    await polling_client.post("/api/orders", json=ORDER, headers=alice)
 
     async def refused() -> bool:
         row = await orders_db.fetchrow("SELECT attempts, last_error, sent_at FROM outbox")

@@ -38,6 +38,8 @@ def settings(users_database: str, vhost: str) -> UsersSettings:
         database_url=sqlalchemy_url(users_database),
         rabbitmq_url=amqp_url(vhost),
         environment="test",
+        # Longer than any test: what a test sees published, the service's own wake-up sent.
+        outbox_poll_interval_seconds=60,
     )
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from meshkit.db import Database
-from meshkit.messaging import Delivery, outbox_values
+from meshkit.messaging import Delivery, outbox_values, wake_relays
 from meshkit.pagination import Cursor, Page, PageParams, build_page
 from meshkit.problems import NotFoundError
 from notifications_service import repository
@@ -42,6 +42,7 @@ async def handle_events(*, database: Database, deliveries: Sequence[Delivery]) -
         await repository.add_notifications(
             connection, [n.model_dump() for n in notifications], events
         )
+    wake_relays()
 
 
 async def list_notifications(

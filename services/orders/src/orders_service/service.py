@@ -16,6 +16,7 @@ from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meshkit.db import Database
+from meshkit.messaging import wake_relays
 from meshkit.pagination import Cursor, Page, PageParams, build_page
 from meshkit.problems import ConflictError, NotFoundError, UnprocessableError
 from orders_service import repository
@@ -71,6 +72,7 @@ async def place_order(
         except repository.IdempotencyKeyTakenError as exc:
             # Only reachable if the advisory lock was bypassed; the constraint still holds.
             raise ConflictError(IN_FLIGHT) from exc
+    wake_relays()
     return order
 
 
@@ -129,4 +131,5 @@ async def cancel_order(*, database: Database, order_id: uuid.UUID, user_id: uuid
             raise ConflictError("The order is already cancelled.")
         order = OrderRead.model_validate(row)
         await repository.add_event(connection, order_event(ORDER_CANCELLED, order))
+    wake_relays()
     return order

@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 from meshkit.db import Database
+from meshkit.messaging import wake_relays
 from meshkit.problems import ConflictError, NotFoundError, UnauthorizedError
 from users_service import repository
 from users_service.events import user_registered
@@ -27,6 +28,7 @@ async def register(*, database: Database, data: UserCreate) -> UserRead:
             )
     except repository.EmailTakenError as exc:
         raise ConflictError("A user with this email already exists.") from exc
+    wake_relays()
     return user
 
 

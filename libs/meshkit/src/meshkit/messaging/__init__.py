@@ -23,6 +23,7 @@ from meshkit.messaging.outbox import (
     outbox_insert,
     outbox_table,
     outbox_values,
+    wake_relays,
     with_outbox_row,
 )
 from meshkit.messaging.settings import MessagingSettings
@@ -52,5 +53,6 @@ __all__ = [
     "publisher_lifespan",
     "relay_lifespan",
     "to_message",
+    "wake_relays",
     "with_outbox_row",
 ]

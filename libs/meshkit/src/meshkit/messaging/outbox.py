@@ -8,8 +8,11 @@ any number of relays (replicas, gunicorn workers) share the work without publish
 at the same time, and no transaction stays open while the broker confirms. It publishes a whole
 batch concurrently with publisher confirms and `mandatory` (an unroutable event is returned and
 retried later, never silently dropped); the confirmed rows are marked sent by the next claim, in
-the same statement, or on their own once the relay goes idle. It wakes on PostgreSQL
-`LISTEN/NOTIFY` (a trigger notifies on insert) and polls as a fallback. Delivery is at least
+the same statement, or on their own once the relay goes idle. The service layer wakes its
+process's relays after committing outbox rows (`wake_relays`); rows written by another program,
+left by a relay that died, or postponed after a failure are found by polling. (Not `LISTEN/NOTIFY`:
+a notifying commit takes a lock of the whole PostgreSQL cluster and wakes a listening backend,
+which cost the server half as much again per insert; docs/benchmarks.md.) Delivery is at least
 once: a relay that dies between the broker's confirm and the mark leaves its rows to be
 published again when their lease ends, which consumers absorb by deduplicating on the event id.
 """
@@ -21,6 +24,7 @@ import contextlib
 import functools
 import logging
 import time
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +33,6 @@ from typing import Any
 
 import aio_pika
 import aiormq
-import asyncpg
 from sqlalchemy import (
     ARRAY,
     Column,
@@ -67,8 +70,6 @@ from meshkit.telemetry import sampled_out, tracing_enabled, untraced
 logger = logging.getLogger("meshkit.messaging.outbox")
 
 OUTBOX_TABLE = "outbox"
-# Each service's migration creates an AFTER INSERT trigger that runs pg_notify on this channel.
-NOTIFY_CHANNEL = "outbox_inserted"
 
 # Raised when the connection or channel is gone: the broker's fault, not the row's.
 BROKER_DOWN_ERRORS: tuple[type[BaseException], ...] = (
@@ -233,6 +234,17 @@ class _RelayStatements:
         )
 
 
+# The relays running in this process, for `wake_relays`.
+_running_relays: weakref.WeakSet[OutboxRelay] = weakref.WeakSet()
+
+
+def wake_relays() -> None:
+    """Call after a commit that wrote outbox rows: this process's relays claim them at once
+    instead of at their next poll."""
+    for relay in _running_relays:
+        relay.wake()
+
+
 def _count_sent(rows: Sequence[Row[Any]], outcomes: Sequence[BaseException | None]) -> None:
     """`messaging.client.sent.messages` for a published batch: one count per event type and
     outcome, not one per message."""
@@ -262,7 +274,6 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._listener_task: asyncio.Task[None] | None = None
         self._last_purge = time.monotonic()
         self._last_backlog = float("-inf")
         self._statements = _RelayStatements(table)
@@ -275,18 +286,16 @@ class OutboxRelay:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
-        self._listener_task = asyncio.create_task(self._listen(), name="outbox-listen")
+        _running_relays.add(self)
 
     def wake(self) -> None:
         self._wake.set()
 
     async def stop(self, *, grace_seconds: float = 10.0) -> None:
         """Finish the batch in flight (so its rows are marked sent), then stop."""
+        _running_relays.discard(self)
         self._stop_requested.set()
         self._wake.set()
-        if self._listener_task is not None:
-            self._listener_task.cancel()
-            await asyncio.gather(self._listener_task, return_exceptions=True)
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
@@ -309,7 +318,7 @@ class OutboxRelay:
             except DatabaseUnavailableError as exc:
                 failures += 1
                 logger.warning("outbox relay: database unavailable (%s); backing off", exc)
-                # The LISTEN connection wakes the relay when it gets through again.
+                # A write that gets through again wakes the relay before the backoff ends.
                 await self._sleep(backoff_delay(failures), wake_early=True)
             except BROKER_DOWN_ERRORS as exc:
                 failures += 1
@@ -529,26 +538,3 @@ class OutboxRelay:
         )
         async with self._connect() as connection:
             await connection.execute(delete(table).where(table.c.id.in_(old)))
-
-    async def _listen(self) -> None:
-        """Wake on every commit that inserted outbox rows; reconnect when the link drops."""
-        url = self._database.engine.url
-        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        attempt = 0
-        while True:
-            connection: asyncpg.Connection | None = None
-            try:
-                connection = await asyncpg.connect(dsn)
-                closed = asyncio.Event()
-                connection.add_termination_listener(lambda _, closed=closed: closed.set())
-                await connection.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
-                attempt = 0
-                self._wake.set()  # anything committed while we were not listening
-                await closed.wait()
-            except (OSError, asyncpg.PostgresError) as exc:
-                logger.warning("outbox relay: LISTEN failed (%s); polling meanwhile", exc)
-            finally:
-                if connection is not None and not connection.is_closed():
-                    await connection.close(timeout=2)
-            attempt += 1
-            await asyncio.sleep(backoff_delay(attempt))

@@ -28,7 +28,8 @@ class MessagingSettings(ServiceSettings):
         default=_RELAY_DEFAULTS.poll_interval,
         gt=0,
         le=60,
-        description="Fallback polling when no NOTIFY arrives (LISTEN lost, postponed rows).",
+        description="How often a relay looks for rows no wake-up told it of (written by another "
+        "program or process, postponed, or left by a relay that died).",
     )
 
     def relay_settings(self) -> RelaySettings:
