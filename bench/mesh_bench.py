@@ -456,11 +456,12 @@ def second_gateway(
     )
 
 
-async def messaging_figures(mesh: RunningMesh) -> dict[str, Any]:
+async def messaging_figures(mesh: RunningMesh, token: str) -> dict[str, Any]:
     log("scenario 4: commit → publish")
     figures: dict[str, Any] = {
         "commit_to_publish": await commit_to_publish(
-            mesh.database_url("orders"),
+            mesh.url("orders"),
+            token,
             mesh.wiring.rabbitmq_url,
             samples=LATENCY_SAMPLES,
             interval=0.02,
@@ -667,7 +668,7 @@ async def run_all(workdir: Path, base_commit: str, base_bin: Path) -> dict[str, 
                 mesh, token, HALF_ORDER_RATE
             )
             figures["locust_smoke"] = locust_smoke(mesh, workdir)
-            figures.update(await messaging_figures(mesh))
+            figures.update(await messaging_figures(mesh, token))
     return figures
 
 

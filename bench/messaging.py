@@ -1,8 +1,8 @@
-"""Messaging in the running mesh: the orders process's outbox relay and the notifications
-process's consumer, fed by rows written straight into the orders outbox (as a committed order
-would write them), so only the messaging path is measured. The relay drains while the
-notifications process is stopped (its queue keeps the events), then the consumer works the
-queue off with the machine to itself."""
+"""Messaging in the running mesh: the orders process's outbox relay, from an order's write to
+its event on the broker, and a backlog written straight into the orders outbox (as another
+program would write it), which the relay drains while the notifications process is stopped
+(its queue keeps the events); then the consumer works the queue off with the machine to
+itself."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import aio_pika
+import aiohttp
 import asyncpg
 from loadgen import percentile
+from order_flow import ORDER_BODY
 
 from meshkit.messaging import CloudEvent
 
@@ -34,40 +37,46 @@ def _order_created() -> tuple[uuid.UUID, str, str]:
 
 
 async def commit_to_publish(
-    orders_dsn: str, rabbitmq_url: str, *, samples: int, interval: float
+    orders_url: str, token: str, rabbitmq_url: str, *, samples: int, interval: float
 ) -> dict[str, Any]:
-    """One event per commit, `interval` s apart, with the relay otherwise idle: commit → the
-    message reaching a queue of our own (LISTEN/NOTIFY wakes the relay)."""
-    arrivals: dict[str, float] = {}
-    committed: dict[str, float] = {}
+    """One order at a time, `interval` s apart, straight to the orders service, with the relay
+    otherwise idle: from the event's `time` (taken just before the statement that writes the
+    order and its event) to the message reaching a queue of our own, on the machine's clock.
+    The service wakes its relay once the statement has committed."""
+    arrivals: dict[str, float] = {}  # order id -> the event's latency, ms
+    placed: set[str] = set()
     connection = await aio_pika.connect(rabbitmq_url)
-    database = await asyncpg.connect(orders_dsn)
+    headers = {"Authorization": f"Bearer {token}"}
     try:
         channel = await connection.channel()
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind("mesh.events", "order.created")
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            arrivals[message.message_id or ""] = time.perf_counter()
+            arrived = time.time()
+            event = json.loads(message.body)
+            written = datetime.fromisoformat(event["time"]).timestamp()
+            arrivals[event["data"]["id"]] = (arrived - written) * 1000
 
         consumer_tag = await queue.consume(on_message, no_ack=True)
-        for _ in range(samples):
-            event_id, event_type, event = _order_created()
-            await database.execute(INSERT, event_id, event_type, event)  # autocommit
-            committed[str(event_id)] = time.perf_counter()
-            await asyncio.sleep(interval)
+        async with aiohttp.ClientSession(headers=headers) as http:
+            for _ in range(samples):
+                async with http.post(f"{orders_url}/api/orders", json=ORDER_BODY) as response:
+                    if response.status == 201:
+                        placed.add((await response.json())["id"])
+                await asyncio.sleep(interval)
         for _ in range(150):  # at most 3 s for the last messages
-            if set(committed) <= set(arrivals):
+            if placed <= set(arrivals):
                 break
             await asyncio.sleep(0.02)
         await queue.cancel(consumer_tag)
         await queue.delete(if_unused=False, if_empty=False)
     finally:
-        await database.close()
         await connection.close()
-    latencies = [(arrivals[k] - v) * 1000 for k, v in committed.items() if k in arrivals]
+    latencies = [arrivals[k] for k in placed if k in arrivals]
     return {
         "samples": samples,
+        "placed": len(placed),
         "received": len(latencies),
         "p50_ms": round(percentile(latencies, 0.5), 2),
         "p99_ms": round(percentile(latencies, 0.99), 2),
@@ -77,14 +86,24 @@ async def commit_to_publish(
 
 async def drain(orders_dsn: str, *, backlog: int, within: float) -> dict[str, Any]:
     """Commits `backlog` events in one transaction, then times the relay emptying the outbox
-    (it stops counting after `within` s)."""
+    from its first claim, which its next poll makes (nothing wakes it for another program's
+    rows); it stops counting `within` s after the commit."""
     rows = [_order_created() for _ in range(backlog)]
     orders = await asyncpg.connect(orders_dsn)
     pending_sql = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+    # A claimed row's lease lies in the future; the partial index finds it at once.
+    claimed_sql = (
+        "SELECT EXISTS (SELECT 1 FROM outbox WHERE sent_at IS NULL AND next_attempt_at > now())"
+    )
     try:
         async with orders.transaction():
             await orders.executemany(INSERT, rows)
         committed = time.perf_counter()
+        while time.perf_counter() < committed + within:
+            if await orders.fetchval(claimed_sql):
+                break
+            await asyncio.sleep(0.01)
+        claimed = time.perf_counter()
         drained_at: float | None = None
         while time.perf_counter() < committed + within:
             if await orders.fetchval(pending_sql) == 0:
@@ -95,11 +114,12 @@ async def drain(orders_dsn: str, *, backlog: int, within: float) -> dict[str, An
     finally:
         await orders.close()
     sent = backlog - pending_left
-    drain_seconds = (drained_at or time.perf_counter()) - committed
+    drain_seconds = (drained_at or time.perf_counter()) - claimed
     return {
         "backlog_events": backlog,
         "events_published": sent,
         "drained": drained_at is not None,
+        "until_first_claim_seconds": round(claimed - committed, 2),
         "drain_seconds": round(drain_seconds, 2),
         "drain_events_per_second": round(sent / drain_seconds, 1),
     }
