@@ -47,16 +47,36 @@ async def vhost() -> AsyncIterator[str]:
     await delete_vhost(name)
 
 
-async def test_the_relay_survives_the_database_going_away_before_it_marks(
-    database_name: str, vhost: str
-) -> None:
-    proxy = await TcpProxy("127.0.0.1", 5432).start()
-    database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/{database_name}")
+@pytest.fixture
+async def broker(vhost: str) -> AsyncIterator[Broker]:
     broker = Broker(amqp_url(vhost), connection_name="relay-test")
     broker.start()
     await broker.wait_connected()
-    received: list[str] = []
-    listener = await aio_pika.connect(amqp_url(vhost))
+    yield broker
+    await broker.close()
+
+
+@pytest.fixture
+async def received(broker: Broker, vhost: str) -> AsyncIterator[list[str]]:
+    """The ids of the messages published to `test.#`, as a queue of the test's receives them."""
+    ids: list[str] = []
+    async with await aio_pika.connect(amqp_url(vhost)) as listener:
+        channel = await listener.channel()
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(EVENTS_EXCHANGE, "test.#")
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            ids.append(message.message_id or "")
+
+        await queue.consume(on_message, no_ack=True)
+        yield ids
+
+
+async def test_the_relay_survives_the_database_going_away_before_it_marks(
+    database_name: str, broker: Broker, received: list[str]
+) -> None:
+    proxy = await TcpProxy("127.0.0.1", 5432).start()
+    database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/{database_name}")
     direct = await asyncpg.connect(asyncpg_dsn(database_name))
     # A long mark delay opens a window between the broker's confirm and the mark.
     relay = OutboxRelay(
@@ -68,14 +88,6 @@ async def test_the_relay_survives_the_database_going_away_before_it_marks(
         settings=RelaySettings(poll_interval=0.2, mark_delay=2.0, backlog_every=0.0),
     )
     try:
-        channel = await listener.channel()
-        queue = await channel.declare_queue(exclusive=True)
-        await queue.bind(EVENTS_EXCHANGE, "test.#")
-
-        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            received.append(message.message_id or "")
-
-        await queue.consume(on_message, no_ack=True)
         relay.start()
         await asyncio.sleep(1.0)  # its first claim (on starting) is spent
 
@@ -103,8 +115,6 @@ async def test_the_relay_survives_the_database_going_away_before_it_marks(
         await eventually(both_marked)
     finally:
         await relay.stop()
-        await broker.close()
-        await listener.close()
         await direct.close()
         await database.dispose()
         await proxy.close()
@@ -112,15 +122,10 @@ async def test_the_relay_survives_the_database_going_away_before_it_marks(
 
 
 async def test_a_relay_claims_when_woken_and_finds_the_rest_by_polling(
-    database_name: str, vhost: str
+    database_name: str, broker: Broker, received: list[str]
 ) -> None:
     database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database_name}")
-    broker = Broker(amqp_url(vhost), connection_name="relay-test")
-    broker.start()
-    await broker.wait_connected()
-    listener = await aio_pika.connect(amqp_url(vhost))
     direct = await asyncpg.connect(asyncpg_dsn(database_name))
-    received: list[str] = []
 
     def relay(poll_interval: float) -> OutboxRelay:
         settings = RelaySettings(poll_interval=poll_interval)
@@ -138,14 +143,6 @@ async def test_a_relay_claims_when_woken_and_finds_the_rest_by_polling(
 
     woken, polling = relay(poll_interval=60), relay(poll_interval=0.5)
     try:
-        channel = await listener.channel()
-        queue = await channel.declare_queue(exclusive=True)
-        await queue.bind(EVENTS_EXCHANGE, "test.#")
-
-        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            received.append(message.message_id or "")
-
-        await queue.consume(on_message, no_ack=True)
         woken.start()
         await asyncio.sleep(1.0)  # its first claim (on starting) is spent
 
@@ -167,8 +164,6 @@ async def test_a_relay_claims_when_woken_and_finds_the_rest_by_polling(
     finally:
         await woken.stop()
         await polling.stop()
-        await broker.close()
-        await listener.close()
         await direct.close()
         await database.dispose()
 
@@ -188,12 +183,9 @@ def _sent(reader: InMemoryMetricReader, routing_key: str) -> dict[str | None, in
 
 
 async def test_a_batch_is_counted_by_event_type_and_outcome(
-    database_name: str, vhost: str, metric_reader: InMemoryMetricReader
+    database_name: str, vhost: str, broker: Broker, metric_reader: InMemoryMetricReader
 ) -> None:
     database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database_name}")
-    broker = Broker(amqp_url(vhost), connection_name="relay-test")
-    broker.start()
-    await broker.wait_connected()
     listener = await aio_pika.connect(amqp_url(vhost))
     direct = await asyncpg.connect(asyncpg_dsn(database_name))
     relay = OutboxRelay(database=database, table=outbox_table(MetaData()), broker=broker)
@@ -216,7 +208,6 @@ async def test_a_batch_is_counted_by_event_type_and_outcome(
         assert error is not None
         assert refused == 1
     finally:
-        await broker.close()
         await listener.close()
         await direct.close()
         await database.dispose()

@@ -1,11 +1,12 @@
-"""Alembic helpers: an async `env.py` in three lines, and `python -m <service>.migrate`."""
+"""Alembic helpers: an async `env.py` in three lines, `python -m <service>.migrate`, and the
+schema steps every publishing service's history shares."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-from alembic import command, context
+from alembic import command, context, op
 from alembic.config import Config
 from sqlalchemy import MetaData, pool
 from sqlalchemy.engine import Connection
@@ -63,3 +64,27 @@ def run_env(target_metadata: MetaData) -> None:
         await engine.dispose()
 
     asyncio.run(run())
+
+
+def create_outbox_notify_trigger() -> None:
+    """The trigger the services' first migrations created: every statement that inserted outbox
+    rows ran `pg_notify('outbox_inserted')`, which woke the relays' `LISTEN` connections at
+    commit. Their `outbox_without_notify` migrations drop it (docs/events.md)."""
+    op.execute(
+        """
+        CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('outbox_inserted', '');
+            RETURN NULL;
+        END $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER outbox_notify AFTER INSERT ON outbox "
+        "FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify()"
+    )
+
+
+def drop_outbox_notify_trigger() -> None:
+    op.execute("DROP TRIGGER IF EXISTS outbox_notify ON outbox")
+    op.execute("DROP FUNCTION IF EXISTS outbox_notify()")
