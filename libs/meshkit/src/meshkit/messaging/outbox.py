@@ -202,6 +202,11 @@ class _RelayStatements:
         # `= ANY(ARRAY(subquery))` makes PostgreSQL run the locking subquery once; the rows it
         # locked are updated by the same statement, so the claim needs no transaction. The
         # rows of the batch before (published since) are marked sent in the same statement.
+        # The outer `sent_at IS NULL` is true of every row the subquery locked; it lets the
+        # plan reach them through the pending rows' index. The relay's prepared statement
+        # keeps the plan made while its outbox was empty, until the table is analysed: without
+        # it that plan scans the whole outbox, sent rows of the retention included, at every
+        # claim (docs/benchmarks.md, "PostgreSQL per order").
         self.claim: TextualSelect = text(
             f"""
             WITH marked AS (
@@ -215,7 +220,7 @@ class _RelayStatements:
                 ORDER BY next_attempt_at, created_at
                 LIMIT :batch
                 FOR UPDATE SKIP LOCKED
-            ))
+            )) AND sent_at IS NULL
             RETURNING id, event_type, attempts, traceparent, tracestate,
                 event::text AS event, event->>'source' AS source, event->>'time' AS time
             """  # noqa: S608 - the table name is the service's own, not input
