@@ -1,7 +1,7 @@
 """The outbox relay against a real PostgreSQL (through a fault proxy) and a real RabbitMQ vhost:
 it claims when its process says it committed events and polls for the rest, publishes, marks
 with its next claim or on its own, survives the database going away at any of those moments,
-and counts what it sent."""
+and counts what it sent; a claim planned on an empty outbox does not read the sent rows."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from sqlalchemy import MetaData
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 
 from meshdev.customers import eventually
 from meshdev.faults import TcpProxy
@@ -23,7 +24,7 @@ from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
 from meshkit.db import Database
 from meshkit.messaging import EVENTS_EXCHANGE, CloudEvent, outbox_table, wake_relays
 from meshkit.messaging.broker import Broker
-from meshkit.messaging.outbox import OutboxRelay, RelaySettings
+from meshkit.messaging.outbox import OutboxRelay, RelaySettings, _RelayStatements
 
 INSERT = "INSERT INTO outbox (id, event_type, event) VALUES ($1, 'test.event', $2::jsonb)"
 
@@ -211,3 +212,30 @@ async def test_a_batch_is_counted_by_event_type_and_outcome(
         await listener.close()
         await direct.close()
         await database.dispose()
+
+
+async def test_a_claim_planned_on_an_empty_outbox_does_not_scan_the_sent_rows(
+    database_name: str,
+) -> None:
+    """A relay's prepared claim keeps the plan PostgreSQL made when it was first run, often on
+    an empty outbox, until the table is analysed (never, with autovacuum off): that plan must
+    not reach the claimed rows by reading every row the outbox retains."""
+    compiled = _RelayStatements(outbox_table(MetaData())).claim.compile(
+        dialect=postgresql_asyncpg.dialect()  # type: ignore[no-untyped-call]
+    )
+    arguments = {"sent": "'{}'::uuid[]", "lease": "30", "batch": "200"}
+    execute = f"EXECUTE claim({', '.join(arguments[name] for name in compiled.positiontup or ())})"
+    connection = await asyncpg.connect(asyncpg_dsn(database_name))
+    try:
+        await connection.execute("SET plan_cache_mode = force_generic_plan")
+        await connection.execute(f"PREPARE claim AS {compiled}")
+        await connection.execute(execute)  # planned now, on the empty table
+        await connection.execute(
+            "INSERT INTO outbox (id, event_type, event, sent_at) SELECT gen_random_uuid(),"
+            " 'test.event', '{}', now() FROM generate_series(1, 5000)"
+        )
+        plan = "\n".join(row[0] for row in await connection.fetch(f"EXPLAIN {execute}"))
+    finally:
+        await connection.close()
+
+    assert "Seq Scan" not in plan, plan
