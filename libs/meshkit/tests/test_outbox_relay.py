@@ -1,7 +1,7 @@
 """The outbox relay against a real PostgreSQL (through a fault proxy) and a real RabbitMQ vhost:
 it claims when its process says it committed events and polls for the rest, publishes, marks
 with its next claim or on its own, survives the database going away at any of those moments,
-and counts what it sent; a claim planned on an empty outbox does not read the sent rows."""
+and counts what it sent; statements planned on an empty outbox do not read the sent rows."""
 
 from __future__ import annotations
 
@@ -214,21 +214,22 @@ async def test_a_batch_is_counted_by_event_type_and_outcome(
         await database.dispose()
 
 
-async def test_a_claim_planned_on_an_empty_outbox_does_not_scan_the_sent_rows(
-    database_name: str,
+@pytest.mark.parametrize("statement", ["claim", "mark_sent", "release"])
+async def test_a_statement_planned_on_an_empty_outbox_does_not_scan_the_sent_rows(
+    database_name: str, statement: str
 ) -> None:
-    """A relay's prepared claim keeps the plan PostgreSQL made when it was first run, often on
-    an empty outbox, until the table is analysed (never, with autovacuum off): that plan must
-    not reach the claimed rows by reading every row the outbox retains."""
-    compiled = _RelayStatements(outbox_table(MetaData())).claim.compile(
+    """A relay's prepared statements keep the plan PostgreSQL made when they were first run,
+    often on an empty outbox, until the table is analysed (never, with autovacuum off): that
+    plan must not reach the rows by reading every row the outbox retains."""
+    compiled = getattr(_RelayStatements(outbox_table(MetaData())), statement).compile(
         dialect=postgresql_asyncpg.dialect()  # type: ignore[no-untyped-call]
     )
-    arguments = {"sent": "'{}'::uuid[]", "lease": "30", "batch": "200"}
-    execute = f"EXECUTE claim({', '.join(arguments[name] for name in compiled.positiontup or ())})"
+    arguments = {"sent": "'{}'::uuid[]", "ids": "'{}'::uuid[]", "lease": "30", "batch": "200"}
+    execute = f"EXECUTE planned({', '.join(arguments[n] for n in compiled.positiontup or ())})"
     connection = await asyncpg.connect(asyncpg_dsn(database_name))
     try:
         await connection.execute("SET plan_cache_mode = force_generic_plan")
-        await connection.execute(f"PREPARE claim AS {compiled}")
+        await connection.execute(f"PREPARE planned AS {compiled}")
         await connection.execute(execute)  # planned now, on the empty table
         await connection.execute(
             "INSERT INTO outbox (id, event_type, event, sent_at) SELECT gen_random_uuid(),"

@@ -229,8 +229,12 @@ class _RelayStatements:
             table.c.tracestate,
         )  # fmt: skip
         ids = bindparam("ids", type_=ARRAY(Uuid))
+        # `sent_at IS NULL` here too, for the plan (see the claim); a row marked already keeps
+        # the time it was first marked.
         self.mark_sent: Update = (
-            update(table).where(table.c.id == func.any(ids)).values(sent_at=func.now())
+            update(table)
+            .where(table.c.id == func.any(ids), table.c.sent_at.is_(None))
+            .values(sent_at=func.now())
         )
         self.release: Update = (
             update(table)
