@@ -48,10 +48,10 @@ def ratios_and_targets(
         # left to spend on the recorded tenth once the unsampled path is paid for.
         **{
             f"tracing_{run}_vs_off_{figure}_throughput": _ratio(
-                rows[run]["requests_per_second"], rows["off"]["requests_per_second"]
+                table[run]["requests_per_second"], table["off"]["requests_per_second"]
             )
             for run in ("on", "sampled", "unrecorded")
-            for figure, rows in (("gateway", gets), ("order", posts))
+            for figure, table in (("gateway", gets), ("order", posts))
         },
         # The mesh's CPU per order against the base commit's, side by side.
         "mesh_cpu_per_order_vs_base_32_connections": _ratio(
