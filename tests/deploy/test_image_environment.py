@@ -2,7 +2,8 @@
 virtualenv (no sources, no dev tools), then the migration and the production command from that
 virtualenv, configured with the environment compose gives the container.
 
-There is no Docker engine here; this covers everything in the image above the base OS layer.
+It needs no Docker engine and covers everything in the image above the base OS layer;
+tests/containers run the images themselves.
 """
 
 from __future__ import annotations
@@ -39,10 +40,13 @@ UV = os.environ.get("UV") or shutil.which("uv") or "uv"
 
 
 def image_sync_command(deployable: Deployable) -> list[str]:
-    """The `uv sync` of the deployable's build stage, exactly as the Dockerfile runs it."""
+    """The `uv sync` of the deployable's build stage, exactly as the Dockerfile runs it
+    (`install-deployable <member>`, deploy/images/install-deployable.sh)."""
     run = dockerfile_stages(ROOT / "Dockerfile")[f"{deployable.name}-build"].last("RUN") or ""
-    command = shlex.split(run)
-    return command[command.index("uv") :]
+    member = shlex.split(run)[-1]
+    script = (ROOT / "deploy" / "images" / "install-deployable.sh").read_text()
+    sync = next(line for line in script.splitlines() if line.startswith("uv sync "))
+    return shlex.split(sync.replace('"$member"', member))
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,9 @@ def test_the_image_listens_on_the_deployables_port(deployable: Deployable) -> No
 def test_the_image_installs_only_its_own_workspace_member(deployable: Deployable) -> None:
     build = STAGES[f"{deployable.name}-build"]
     run = build.last("RUN") or ""
-    assert "uv sync --locked --no-dev" in run
-    assert run.rstrip().endswith(f"--package {_member(deployable)}"), run
+    assert run.rstrip().endswith(f"install-deployable {_member(deployable)}"), run
+    script = (ROOT / "deploy" / "images" / "install-deployable.sh").read_text()
+    assert 'uv sync --locked --no-dev --no-editable --package "$member"' in script
 
 
 def test_every_final_stage_runs_as_a_numeric_non_root_user() -> None:

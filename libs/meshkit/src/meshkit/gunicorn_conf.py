@@ -46,6 +46,9 @@ gc_young_threshold = int(os.environ.get("GC_YOUNG_THRESHOLD", "10000"))
 # The runtime control socket defaults to one path per user: several masters on one machine
 # would fight over it, and a read-only root filesystem has no place for it.
 control_socket_disable = True
+# Workers' heartbeat files: in memory, and writable on a read-only root filesystem with no
+# mount of our own (every container runtime mounts a tmpfs on /dev/shm).
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
 
 
 def post_fork(server: Any, worker: Any) -> None:
