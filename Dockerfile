@@ -25,6 +25,12 @@ FROM ${UV_IMAGE} AS uv
 # ---- build: resolve the lock into /app/.venv for one workspace member --------------------------
 FROM ${PYTHON_IMAGE} AS build
 COPY --from=uv /uv /usr/local/bin/uv
+# `strip` for the compiled extensions: several wheels ship theirs with debug symbols. A tool of
+# the build stage only, at the version of whichever base is used.
+# hadolint ignore=DL3008
+RUN apt-get update -qq \
+    && apt-get install -y -qq --no-install-recommends binutils >/dev/null \
+    && rm -rf /var/lib/apt/lists/*
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never \
