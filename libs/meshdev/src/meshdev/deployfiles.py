@@ -26,6 +26,15 @@ from meshkit.settings import ServiceSettings
 ROOT = Path(__file__).resolve().parents[4]
 K8S = ROOT / "deploy" / "k8s"
 TOOLS = ROOT / ".tools"
+# Set by the Makefile or a developer's shell; the checks read the files' own defaults.
+COMPOSE_VARIABLES = frozenset(
+    {
+        "POSTGRES_IMAGE", "RABBITMQ_IMAGE", "REDIS_IMAGE", "PYTHON_IMAGE", "UV_IMAGE",
+        "MESH_IMAGE_REPO", "MESH_IMAGE_TAG", "JWT_PRIVATE_KEY_FILE",
+        "GATEWAY_PORT", "RABBITMQ_MANAGEMENT_PORT", "JAEGER_PORT", "GRAFANA_PORT",
+        "PROMETHEUS_PORT",
+    }
+)  # fmt: skip
 COMPOSE_FILES = ("compose.yaml", "compose.observability.yaml")
 OBSERVABILITY = ROOT / "deploy" / "observability"
 # The one rules file: a PrometheusRule whose `spec` is what Prometheus loads (compose too).
@@ -105,8 +114,9 @@ def render(path: Path) -> list[Manifest]:
 
 
 def compose_config(profiles: Sequence[str] = ()) -> dict[str, Any]:
-    """The layered compose project as `docker compose config` resolves it (.env.example values),
-    with the optional services of `profiles`."""
+    """The layered compose project as `docker compose config` resolves it (.env.example values
+    and the files' defaults: image names and ports set in the environment, by `make offline-images`
+    say, are left out), with the optional services of `profiles`."""
     binary = _tool(
         "DOCKER_COMPOSE_BIN", TOOLS / "venv" / "bin" / "docker-compose", "docker-compose"
     )
@@ -115,6 +125,7 @@ def compose_config(profiles: Sequence[str] = ()) -> dict[str, Any]:
     output = subprocess.run(
         [binary, *files, *chosen, "--env-file", ".env.example", "config", "--format", "json"],
         cwd=ROOT,
+        env={name: value for name, value in os.environ.items() if name not in COMPOSE_VARIABLES},
         capture_output=True,
         text=True,
         check=True,
