@@ -1,11 +1,17 @@
-"""The whole mesh under its production commands, tested only from outside through the gateway.
+"""The whole mesh, tested only from outside through the gateway, on two targets:
 
-One mesh per session (per xdist worker): throw-away databases and vhost, every process on a free
-port. Every response a test receives is checked for leaks (password hashes, stack traces, SQL).
+- `native`: every deployable under its production command, throw-away databases and vhost,
+  every process on a free port (one mesh per session, per xdist worker);
+- `containers`: the images `make images` built, run by compose.yaml (meshdev.containers); skipped
+  with its reason when no Docker engine answers, failed instead under `CI=true`.
+
+`MESH_TARGETS=native` (or `containers`) runs one of them only. Every response a test receives is
+checked for leaks (password hashes, stack traces, SQL).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,7 +21,7 @@ import httpx
 import pytest
 
 from meshdev.customers import Customer
-from meshdev.stack import RunningMesh, running_mesh
+from meshdev.stack import MeshTarget, RunningMesh, running_mesh
 
 ARTIFACTS = Path(__file__).resolve().parents[3] / ".test-artifacts"
 
@@ -52,10 +58,15 @@ def client_address() -> str:
     return f"198.51.100.{secrets.randbelow(254) + 1}"
 
 
+TARGETS = [
+    target
+    for target in ("native", "containers")
+    if target in os.environ.get("MESH_TARGETS", "native,containers").split(",")
+]
+
+
 @pytest.fixture(scope="session")
-async def mesh(
-    tmp_path_factory: pytest.TempPathFactory, worker_id: str
-) -> AsyncIterator[RunningMesh]:
+async def native_mesh(worker_id: str) -> AsyncIterator[RunningMesh]:
     directory = ARTIFACTS / "logs" / f"mesh-{worker_id}"
     directory.mkdir(parents=True, exist_ok=True)
     for old_log in directory.glob("*.log"):
@@ -66,8 +77,16 @@ async def mesh(
         yield running
 
 
+@pytest.fixture(scope="session", params=TARGETS)
+def mesh(request: pytest.FixtureRequest) -> MeshTarget:
+    # containerised_mesh: meshdev.pytest_plugin, shared with tests/containers
+    fixture = "native_mesh" if request.param == "native" else "containerised_mesh"
+    target: MeshTarget = request.getfixturevalue(fixture)
+    return target
+
+
 @pytest.fixture
-async def gateway(mesh: RunningMesh) -> AsyncIterator[httpx.AsyncClient]:
+async def gateway(mesh: MeshTarget) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the gateway only; every response it receives is checked for leaks."""
     async with httpx.AsyncClient(
         base_url=mesh.url("gateway"),
@@ -82,7 +101,7 @@ NewCustomer = Callable[[], Awaitable[Customer]]
 
 
 @pytest.fixture
-def new_customer(mesh: RunningMesh, gateway: httpx.AsyncClient) -> NewCustomer:
+def new_customer(mesh: MeshTarget, gateway: httpx.AsyncClient) -> NewCustomer:
     """Registers a customer who talks to the gateway only."""
 
     async def register() -> Customer:

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from meshdev.customers import Customer
-from meshdev.stack import RunningMesh
+from meshdev.stack import MeshTarget
 
 from .conftest import assert_no_leak, client_address
 
@@ -44,13 +44,13 @@ NOT_FUZZED = ("/api/notifications/stream",)
 
 
 @pytest.fixture(scope="module")
-async def fuzz_customer(mesh: RunningMesh) -> Customer:
+async def fuzz_customer(mesh: MeshTarget) -> Customer:
     async with httpx.AsyncClient(timeout=15) as http:
         return await Customer.register(mesh, http)
 
 
 def test_generated_requests_get_documented_answers_and_never_a_5xx(
-    mesh: RunningMesh, fuzz_customer: Customer, record_property: Any
+    mesh: MeshTarget, fuzz_customer: Customer, record_property: Any
 ) -> None:
     gateway = mesh.url("gateway")
     schema = schemathesis.openapi.from_url(f"{gateway}/openapi.json")

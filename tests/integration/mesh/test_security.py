@@ -8,7 +8,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.exceptions import ConnectionClosed
 
 from meshdev.customers import Customer, eventually
-from meshdev.stack import RunningMesh
+from meshdev.stack import MeshTarget
 from users_service.security import load_private_key
 
 from .conftest import NewCustomer, assert_no_leak
@@ -114,10 +113,10 @@ FORGERIES = [
 
 
 @pytest.fixture(scope="module")
-async def forger(mesh: RunningMesh) -> Forger:
+async def forger(mesh: MeshTarget) -> Forger:
     async with httpx.AsyncClient(base_url=mesh.url("gateway")) as http:
         keys = (await http.get("/api/auth/jwks.json")).json()["keys"]
-    return Forger(load_private_key(Path(mesh.wiring.jwt_private_key_file)), str(keys[0]["kid"]))
+    return Forger(load_private_key(mesh.jwt_private_key_file), str(keys[0]["kid"]))
 
 
 def _assert_401(response: httpx.Response) -> None:
@@ -126,7 +125,7 @@ def _assert_401(response: httpx.Response) -> None:
     assert response.headers["content-type"] == "application/problem+json"
 
 
-async def _ws_close_code(mesh: RunningMesh, query: str) -> int | None:
+async def _ws_close_code(mesh: MeshTarget, query: str) -> int | None:
     url = mesh.url("gateway").replace("http://", "ws://", 1) + "/api/notifications/ws" + query
     with pytest.raises(ConnectionClosed) as closed:
         async with websockets.asyncio.client.connect(url) as socket:
@@ -141,7 +140,7 @@ async def test_protected_routes_need_a_token(
     _assert_401(await gateway.request(method, path))
 
 
-async def test_a_websocket_without_a_token_is_closed_with_1008(mesh: RunningMesh) -> None:
+async def test_a_websocket_without_a_token_is_closed_with_1008(mesh: MeshTarget) -> None:
     assert await _ws_close_code(mesh, "") == 1008
 
 
@@ -159,7 +158,7 @@ async def test_a_valid_token_opens_what_the_forged_ones_do_not(
 
 @pytest.mark.parametrize("kind", FORGERIES)
 async def test_forged_or_stale_tokens_are_401_everywhere(
-    gateway: httpx.AsyncClient, mesh: RunningMesh, forger: Forger, customer: Customer, kind: str
+    gateway: httpx.AsyncClient, mesh: MeshTarget, forger: Forger, customer: Customer, kind: str
 ) -> None:
     token = forger.forged(kind, customer.id)
 
@@ -302,7 +301,7 @@ async def test_a_chunked_body_over_the_limit_is_413(
     ],
 )
 async def test_internal_endpoints_are_unreachable_through_the_gateway(
-    mesh: RunningMesh, customer: Customer, path: str
+    mesh: MeshTarget, customer: Customer, path: str
 ) -> None:
     # Sent raw: HTTP clients would normalise the dot segments before sending.
     status, headers, body = await _raw_get(
@@ -326,7 +325,7 @@ async def test_service_probes_and_documents_are_the_gateways_own(
 
 
 async def test_tokens_in_query_strings_never_reach_any_log(
-    gateway: httpx.AsyncClient, mesh: RunningMesh, customer: Customer
+    gateway: httpx.AsyncClient, mesh: MeshTarget, customer: Customer
 ) -> None:
     request_ids = {f"ws-{uuid.uuid4().hex}", f"http-{uuid.uuid4().hex}"}
     ws_id, http_id = sorted(request_ids, key=lambda rid: not rid.startswith("ws"))
@@ -342,7 +341,7 @@ async def test_tokens_in_query_strings_never_reach_any_log(
     )
 
     def logged(service: str, request_id: str) -> bool:
-        return request_id in mesh.processes[service].logs()
+        return request_id in mesh.logs(service)
 
     # Each request's access line (written when it ends) is in the logs before we look.
     await eventually(
@@ -354,10 +353,10 @@ async def test_tokens_in_query_strings_never_reach_any_log(
         )
     )
     signature = customer.token.rsplit(".", 1)[1]
-    for name, process in mesh.processes.items():
-        logs = process.logs()
+    for name in mesh.names:
+        logs = mesh.logs(name)
         assert signature not in logs, f"{name} logged an access token"
-    assert "access_token=[REDACTED]" in mesh.processes["gateway"].logs()
+    assert "access_token=[REDACTED]" in mesh.logs("gateway")
 
 
 async def _true_async(value: bool) -> bool:

@@ -14,7 +14,7 @@ import httpx
 import websockets.asyncio.client
 
 from meshdev.api import UsersApi
-from meshdev.stack import RunningMesh
+from meshdev.stack import MeshTarget
 
 T = TypeVar("T")
 
@@ -41,7 +41,7 @@ class Customer:
 
     def __init__(
         self,
-        mesh: RunningMesh,
+        mesh: MeshTarget,
         http: httpx.AsyncClient,
         user: dict[str, str],
         token: str,
@@ -56,7 +56,7 @@ class Customer:
     @classmethod
     async def register(
         cls,
-        mesh: RunningMesh,
+        mesh: MeshTarget,
         http: httpx.AsyncClient,
         *,
         email: str | None = None,

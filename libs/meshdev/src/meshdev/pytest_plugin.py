@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from meshdev.containers import ContainerMesh, container_mesh
+from meshdev.docker import REPOSITORY, require_engine
 from meshdev.faults import TcpProxy
 from meshdev.redis import redis_proxy
 from meshkit.telemetry import configure_telemetry
@@ -41,6 +44,17 @@ async def redis_link() -> AsyncIterator[TcpProxy]:
         yield proxy
 
 
+@pytest.fixture(scope="session")
+def containerised_mesh(worker_id: str) -> Iterator[ContainerMesh]:
+    """The mesh of compose.yaml in containers, one per session: the `containers` target of
+    tests/integration/mesh and the subject of tests/containers. Without a Docker engine the
+    test is skipped with the reason (failed under `CI=true`)."""
+    require_engine()
+    logs: Path = REPOSITORY / ".test-artifacts" / "logs" / f"containers-{worker_id}"
+    with container_mesh(logs) as running:
+        yield running
+
+
 @pytest.fixture
 def metric_reader() -> InMemoryMetricReader:
     """Every metric of the test process; `collect()` reads the current values."""
@@ -61,6 +75,11 @@ def metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
 
 
 _EXERCISED: dict[str, int] = {}
+_SECONDS: dict[str, float] = {}
+
+
+def _in_containers(nodeid: str) -> bool:
+    return nodeid.startswith("tests/containers") or "[containers" in nodeid
 
 
 def _category(nodeid: str) -> str:
@@ -74,10 +93,14 @@ def _category(nodeid: str) -> str:
         return "integration scenarios"
     if path.startswith("tests/deploy"):
         return "deployment checks"
+    if path.startswith("tests/containers"):
+        return "container scenarios"
     return "unit and API tests"
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    part = "in containers" if _in_containers(report.nodeid) else "the rest"
+    _SECONDS[part] = _SECONDS.get(part, 0.0) + report.duration
     if report.when != "call" or not report.passed:
         return
     category = _category(report.nodeid)
@@ -92,3 +115,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _EXERCISED:
         parts = ", ".join(f"{count} {name}" for name, count in sorted(_EXERCISED.items()))
         terminalreporter.write_line(f"exercised: {parts}")
+    if _SECONDS:
+        parts = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in sorted(_SECONDS.items()))
+        terminalreporter.write_line(f"time of the tests: {parts}")

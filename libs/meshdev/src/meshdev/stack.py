@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from cryptography.hazmat.primitives import serialization
@@ -28,11 +28,39 @@ from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
 SMALL_POOLS = {"DATABASE_POOL_SIZE": "2", "DATABASE_MAX_OVERFLOW": "8"}
 
 
+class MeshTarget(Protocol):
+    """What a test of the whole mesh sees of it, wherever it runs: processes started here
+    (`RunningMesh`) or containers (`meshdev.containers.ContainerMesh`)."""
+
+    @property
+    def names(self) -> Sequence[str]: ...
+
+    @property
+    def jwt_private_key_file(self) -> Path: ...
+
+    def url(self, name: str) -> str: ...
+
+    def public_url(self, name: str) -> str: ...
+
+    def logs(self, name: str) -> str: ...
+
+
 @dataclass
 class RunningMesh:
     wiring: Wiring
     vhost: str
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    @property
+    def names(self) -> Sequence[str]:
+        return tuple(self.processes)
+
+    @property
+    def jwt_private_key_file(self) -> Path:
+        return Path(self.wiring.jwt_private_key_file)
+
+    def logs(self, name: str) -> str:
+        return self.processes[name].logs()
 
     def url(self, name: str) -> str:
         return self.wiring.url(name)
