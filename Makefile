@@ -66,6 +66,9 @@ export KUBECTL ?= $(CURDIR)/$(TOOLS)/bin/kubectl
 # promtool checks and unit-tests the alerting rules: Debian's `prometheus` package, unpacked
 # (never installed, so no Prometheus server is set up or started).
 export PROMTOOL ?= $(CURDIR)/$(TOOLS)/bin/promtool
+# The dev overlay's signing key: generated per checkout (git-ignored), so no key is ever committed.
+K8S_DEV_JWT_KEY := deploy/k8s/overlays/dev/dev-secrets/jwt-signing-key.DEV-ONLY.pem
+
 tools: uv $(TOOLS)/venv/.synced $(TOOLS)/bin/kubectl $(TOOLS)/bin/promtool $(TOOLS)/npm/.installed ## Install the pinned deployment validators into .tools/
 
 $(TOOLS)/venv/.synced: deploy/tools/pyproject.toml deploy/tools/uv.lock
