@@ -1,11 +1,12 @@
 """The consumer against a real RabbitMQ queue, with handlers standing in for a service's: batches,
-one ack per batch, a poison message alone to the DLQ, and messages kept (not requeued) while
-the database is unavailable."""
+one ack per batch, a poison message alone to the DLQ, messages kept (not requeued) while the
+database is unavailable, and consuming going on after the broker connection was lost mid-batch."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
+from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
@@ -15,10 +16,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from meshdev.customers import eventually
+from meshdev.faults import TcpProxy
 from meshdev.pytest_plugin import metric_points
-from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
+from meshdev.rabbitmq import BROKER_URL, amqp_url, create_vhost, delete_vhost
 from meshkit.messaging import (
     EVENTS_EXCHANGE,
+    Broker,
     CloudEvent,
     Delivery,
     EventConsumer,
@@ -31,8 +34,14 @@ QUEUE = "consumer-test"
 
 
 @pytest.fixture
-async def channel() -> AsyncIterator[AbstractChannel]:
-    vhost = await create_vhost("meshkit_test")
+async def vhost() -> AsyncIterator[str]:
+    name = await create_vhost("meshkit_test")
+    yield name
+    await delete_vhost(name)
+
+
+@pytest.fixture
+async def channel(vhost: str) -> AsyncIterator[AbstractChannel]:
     connection = await aio_pika.connect(amqp_url(vhost))
     try:
         channel = await connection.channel(publisher_confirms=True)
@@ -41,7 +50,6 @@ async def channel() -> AsyncIterator[AbstractChannel]:
         yield channel
     finally:
         await connection.close()
-        await delete_vhost(vhost)
 
 
 @pytest.fixture
@@ -229,3 +237,56 @@ async def test_a_message_of_an_unsampled_trace_is_processed_in_that_trace_withou
     assert sampled_headers["traceparent"] == (
         f"00-{trace_id}-{format(span.context.span_id, '016x')}-01"
     )
+
+
+async def test_a_batch_whose_connection_was_lost_is_handled_again_and_consuming_goes_on(
+    vhost: str, channel: AbstractChannel, queue: AbstractQueue
+) -> None:
+    """The batch's ack fails with the connection; the broker delivers it again once aio-pika
+    has restored the connection, and the consumer handles that and what comes after."""
+    address = urlsplit(BROKER_URL)
+    link = await TcpProxy(address.hostname or "127.0.0.1", address.port or 5672).start()
+    broker = Broker(amqp_url(vhost, port=link.port), connection_name="consumer-test")
+    broker.start()
+    handled: list[int] = []
+    connection_lost = asyncio.Event()
+
+    async def store(deliveries: Sequence[Delivery]) -> None:
+        handled.extend(d.event.data["n"] for d in deliveries)
+        if handled == [1]:
+            await connection_lost.wait()  # the batch is in flight when the link is cut
+
+    async def first_in_flight() -> bool:
+        return handled == [1]
+
+    async def disconnected() -> bool:
+        return not broker.is_connected
+
+    async def reconnected() -> bool:
+        return broker.is_connected
+
+    async def first_again_and_the_next() -> bool:
+        return sorted(handled) == [1, 1, 2]
+
+    consumer: EventConsumer | None = None
+    try:
+        consuming = await broker.channel(prefetch=10)
+        consumer = EventConsumer(await consuming.get_queue(QUEUE), store)
+        await consumer.start()
+        await _publish(channel, [_event(1)])
+        await eventually(first_in_flight)
+
+        await link.cut()
+        await eventually(disconnected)
+        connection_lost.set()  # the batch is done; its channel is gone
+        await link.restore()
+        await eventually(reconnected, within=30)
+        await _publish(channel, [_event(2)])
+
+        await eventually(first_again_and_the_next, within=30)
+    finally:
+        if consumer is not None:
+            await consumer.stop()
+        await broker.close()
+        await link.close()
+    assert await _left_in(channel, QUEUE) == 0  # all acked

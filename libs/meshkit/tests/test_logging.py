@@ -1,5 +1,6 @@
 """Log lines from the configuration every service process uses: JSON for machines, one readable
-line per record for a person (`LOG_FORMAT=console`)."""
+line per record for a person (`LOG_FORMAT=console`); what aio-pika and aiormq log about a broker
+connection they restore themselves is no error."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
+from aio_pika import RobustChannel
+from aiormq.exceptions import AMQPConnectionError, ChannelPreconditionFailed, ConnectionClosed
 from opentelemetry import trace
 
 from meshkit.logging import ConsoleFormatter, logging_config, request_id_var
@@ -187,3 +191,103 @@ def test_log_format_picks_the_formatter_and_refuses_what_it_does_not_know() -> N
     }
     with pytest.raises(ValueError, match=r"LOG_FORMAT='pretty' is not supported: use json"):
         logging_config("orders", log_format="pretty")
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+BROKER_LOGGERS = ("aiormq.connection", "aio_pika.tools")
+BROKER_URL = "amqp://guest:******@rabbitmq:5672/"
+
+
+def _kept(emit: Callable[[], None]) -> list[logging.LogRecord]:
+    """The records of aiormq's and aio-pika's loggers (at the services' WARNING) that pass the
+    filters of the services' stdout handler, on a handler of our own."""
+    config = logging_config("orders")
+    configurator = logging.config.DictConfigurator(config)
+    handler = _Kept()
+    for name in config["handlers"]["stdout"]["filters"]:
+        handler.addFilter(configurator.configure_filter(dict(config["filters"][name])))
+    loggers = [logging.getLogger(name) for name in BROKER_LOGGERS]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
+        logger.setLevel(logging.WARNING)
+    try:
+        emit()
+    finally:
+        for logger, (level, propagate) in zip(loggers, saved, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+    return handler.records
+
+
+def _reader_exited(exc: BaseException) -> None:
+    """What aiormq logs when its connection's reader ends with `exc`."""
+    try:
+        raise exc
+    except type(exc) as raised:
+        logging.getLogger("aiormq.connection").warning(
+            "Cancelling cause reader exited abnormally", exc_info=raised
+        )
+
+
+def _callback_failed(callback: object, exc: BaseException) -> None:
+    """What aio-pika logs when a callback (e.g. a channel's own `_on_close`) raises `exc`."""
+    logging.getLogger("aio_pika.tools").error(
+        "Callback %r error: %s: %s", SimpleNamespace(callback=callback), type(exc).__name__, exc
+    )
+
+
+def _closed_by_broker(code: int, text: str) -> None:
+    logging.getLogger("aiormq.connection").error(
+        'Unexpected connection close from remote "%s", Connection.Close(reply_code=%r, '
+        "reply_text=%r)",
+        BROKER_URL,
+        code,
+        text,
+    )
+
+
+def test_aio_pikas_errors_about_a_broker_restart_are_dropped_the_others_kept() -> None:
+    def broker_restart() -> None:
+        _closed_by_broker(320, "CONNECTION_FORCED - broker forced connection closure")
+        _reader_exited(ConnectionClosed(320, "CONNECTION_FORCED - broker forced closure"))
+        _reader_exited(AMQPConnectionError("Server connection unexpectedly closed"))
+        _callback_failed(RobustChannel._on_close, RuntimeError(f"<Connection {BROKER_URL}> closed"))
+        logging.getLogger("aiormq.connection").error(
+            "error when creating transport: %r", AMQPConnectionError(111, "Connection refused")
+        )
+
+    def not_healed_by_reconnecting() -> None:
+        _closed_by_broker(530, "NOT_ALLOWED - vhost mesh not found")
+        _reader_exited(ConnectionClosed(530, "NOT_ALLOWED - vhost mesh not found"))
+        _callback_failed(RobustChannel._on_close, ChannelPreconditionFailed("inequivalent arg"))
+        _callback_failed(_callback_failed, ValueError("a defect"))
+
+    def both() -> None:
+        broker_restart()
+        not_healed_by_reconnecting()
+
+    kept = _kept(both)
+
+    # The restart is `meshkit.messaging.broker`'s to log, once: lost, then reconnected.
+    assert [(r.name, r.levelname) for r in kept] == [
+        ("aiormq.connection", "ERROR"),
+        ("aiormq.connection", "WARNING"),
+        ("aio_pika.tools", "ERROR"),
+        ("aio_pika.tools", "ERROR"),
+    ]
+    closed, _, channel, defect = (r.getMessage() for r in kept)
+    assert "reply_code=530" in closed
+    assert kept[1].exc_info is not None  # the traceback of what ended the reader
+    assert "ChannelPreconditionFailed" in channel
+    assert "a defect" in defect

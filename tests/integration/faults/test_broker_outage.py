@@ -1,12 +1,16 @@
 """RabbitMQ unreachable for ~10 s while customers place 200 orders through the gateway: every
 order is accepted (the outbox keeps its event), and once the broker is back every event is
-published and every order notified exactly once. The outage is the fault proxy between the
-services and the machine's broker, which is never touched."""
+published and every order notified exactly once. An outage the services recover from is no
+error in their logs: each says in a warning that it lost the connection and that it reconnected,
+with no traceback. The outage is the fault proxy between the services and the machine's broker,
+which is never touched."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from typing import Any
 
 import httpx
 
@@ -18,6 +22,11 @@ CUSTOMERS = 5
 ORDERS_EACH = 40  # 200 orders in all
 OUTAGE_SECONDS = 10.0
 UNSENT = "SELECT count(*) FROM outbox WHERE sent_at IS NULL"
+SERVICES = ("users", "orders", "notifications")
+
+
+def _records(logs: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
 
 
 async def test_orders_placed_while_the_broker_is_down_are_each_notified_once_after_it(
@@ -26,6 +35,7 @@ async def test_orders_placed_while_the_broker_is_down_are_each_notified_once_aft
     customers = await asyncio.gather(*(Customer.register(mesh, http) for _ in range(CUSTOMERS)))
     await asyncio.gather(*(c.notifications_of("user.registered", 1) for c in customers))
     first = customers[0]
+    logged_before = {name: len(mesh.processes[name].logs()) for name in SERVICES}
 
     await broker_link.cut()
     cut_at = time.monotonic()
@@ -67,6 +77,12 @@ async def test_orders_placed_while_the_broker_is_down_are_each_notified_once_aft
 
     await eventually(nothing_unsent, within=30)
 
+    async def all_ready() -> bool:  # connected to the broker again
+        answers = [await http.get(f"{mesh.url(name)}/readyz") for name in SERVICES]
+        return all(r.status_code == 200 for r in answers)
+
+    await eventually(all_ready)
+
     # Exactly one notification per order event: the event ids match one to one.
     event_of_order = {
         row["order_id"]: row["event_id"]
@@ -86,3 +102,12 @@ async def test_orders_placed_while_the_broker_is_down_are_each_notified_once_aft
     async with first.sse() as live:
         await first.place_order()
         assert (await live.next(within=5))["type"] == "order.created"
+
+    for name in SERVICES:
+        logs = mesh.processes[name].logs()[logged_before[name] :]
+        records = _records(logs)
+        assert [r for r in records if r["level"] in ("ERROR", "CRITICAL")] == [], name
+        assert "Traceback" not in logs, name
+        warnings = [r["message"] for r in records if r["level"] == "WARNING"]
+        assert any(m.startswith("connection to the broker lost") for m in warnings), name
+        assert any(m.startswith("reconnected to the broker after") for m in warnings), name

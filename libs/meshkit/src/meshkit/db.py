@@ -3,6 +3,8 @@ statements on: autocommit for single statements, a transaction for several."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated
 
@@ -13,6 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from meshkit.instrumentation import instrument_engine
 from meshkit.telemetry import tracing_enabled, untraced
+
+logger = logging.getLogger("meshkit.db")
+
+# How long closing the engine waits for the database to answer before it drops the connections.
+_CLOSE_CHECK_SECONDS = 1.0
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -109,7 +116,26 @@ class Database:
                 await connection.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        """Closes the pooled connections. Closing one waits for the server's goodbye, so when
+        the database does not answer (its packets lost, no reset coming) they are dropped
+        instead: a stopping process must not wait on a database that is not there."""
+        pooled = self.engine.pool.checkedin()  # type: ignore[attr-defined]
+        if pooled and not await self._answers(within=_CLOSE_CHECK_SECONDS):
+            logger.warning("the database does not answer; its connections are dropped")
+            await self.engine.dispose(close=False)
+            return
         await self.engine.dispose()
+
+    async def _answers(self, *, within: float) -> bool:
+        """False if a ping got no answer at all in time; a refusal or a reset is an answer
+        (closing a connection waits on neither)."""
+        try:
+            await asyncio.wait_for(self.ping(), within)
+        except TimeoutError:
+            return False
+        except (sa_exc.DBAPIError, OSError):
+            return True
+        return True
 
 
 async def get_database(request: Request) -> Database:

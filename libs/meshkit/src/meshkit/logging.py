@@ -4,10 +4,15 @@ coloured line per record for a person at a terminal (`LOG_FORMAT=console`).
 
 When logs are exported over OTLP (`meshkit.telemetry`), the same records, stamped and redacted
 the same way, also go to the OpenTelemetry logs bridge (`add_export_handler`).
+
+What aio-pika and aiormq log while a broker connection drops and is restored (errors and
+tracebacks for an outage they recover from by themselves) is quietened by
+`BrokerReconnectFilter`; `meshkit.messaging.broker` logs the outage in one warning instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import logging.config
 import os
@@ -60,6 +65,77 @@ class ContextFilter(logging.Filter):
                 for arg in (record.args if isinstance(record.args, tuple) else (record.args,))
             )
         return True
+
+
+# AMQP's CONNECTION_FORCED: the broker shut down (a restart) or an operator closed the connection.
+_CONNECTION_FORCED = 320
+
+
+def _connection_lost(exc: object) -> bool:
+    """True for the ways a connection to the broker ends that aio-pika reconnects after: reset,
+    refused, end of stream, or the broker going down. Not for a refused login, a vhost that is
+    gone, or any other close by the broker: those do not heal by reconnecting."""
+    # Imported here: a service without a broker connection never logs these.
+    from aiormq.exceptions import (
+        AMQPConnectionError,
+        AuthenticationError,
+        ConnectionClosed,
+        IncompatibleProtocolError,
+        ProbableAuthenticationError,
+    )
+
+    if isinstance(exc, ConnectionClosed):
+        return exc.args[:1] == (_CONNECTION_FORCED,)
+    not_healed = AuthenticationError | ProbableAuthenticationError | IncompatibleProtocolError
+    if isinstance(exc, not_healed):
+        return False
+    # OSError: reset, refused, timed out, a name that does not resolve (yet).
+    return isinstance(exc, AMQPConnectionError | OSError | asyncio.IncompleteReadError)
+
+
+class BrokerReconnectFilter(logging.Filter):
+    """Lowers to DEBUG, without their traceback, the records aio-pika and aiormq log for a lost
+    broker connection they restore themselves: the connection's drop, its failed reconnection
+    attempts' transport errors (the attempt itself is a warning of aio-pika's), and the channels
+    that cannot reopen until the connection is back. `meshkit.messaging.broker` logs the loss
+    and the recovery as one warning each, and an error if the outage lasts. Every other record
+    of theirs (an unexpected exception, a close for another reason) keeps its level.
+
+    A handler filter: a logger's own filters see only the records logged on it, not its
+    children's, and dictConfig adds them again at every configuration."""
+
+    _SOURCES = ("aiormq.", "aio_pika.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._SOURCES):
+            return True
+        if record.levelno > logging.DEBUG and self._recovered_by_reconnecting(record):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info, record.exc_text = None, None
+        # A lowered record is shown only where its logger shows DEBUG records.
+        return logging.getLogger(record.name).isEnabledFor(record.levelno)
+
+    @staticmethod
+    def _recovered_by_reconnecting(record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, str) else ""
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.name == "aiormq.connection":
+            if message.startswith("Unexpected connection close from remote"):
+                return args[1:2] == (_CONNECTION_FORCED,)
+            if message == "Cancelling cause reader exited abnormally":
+                return record.exc_info is not None and _connection_lost(record.exc_info[1])
+            # Raised to whoever connects, who reports it (aio-pika's reconnection loop, or
+            # `Broker` for the first connection).
+            return message.startswith("error when creating transport")
+        if record.name == "aio_pika.tools" and message.startswith("Callback %r error"):
+            # A channel's own attempt to reopen when the connection under it has closed; the
+            # connection reopens every channel once it is back.
+            callback = getattr(args[0], "callback", args[0]) if args else None
+            error = args[2] if len(args) > 2 else None
+            return getattr(callback, "__qualname__", "") == "RobustChannel._on_close" and (
+                isinstance(error, RuntimeError) or _connection_lost(error)
+            )
+        return False
 
 
 def _wants_colour() -> bool:
@@ -173,14 +249,17 @@ def logging_config(service: str, level: str = "INFO", log_format: str = "json") 
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"context": {"()": ContextFilter, "service": service}},
+        "filters": {
+            "context": {"()": ContextFilter, "service": service},
+            "broker_reconnect": {"()": BrokerReconnectFilter},
+        },
         "formatters": {log_format: _formatter(log_format)},
         "handlers": {
             "stdout": {
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stdout",
                 "formatter": log_format,
-                "filters": ["context"],
+                "filters": ["broker_reconnect", "context"],
             }
         },
         "root": {"handlers": ["stdout"], "level": level},
@@ -245,6 +324,8 @@ def add_export_handler(handler: logging.Handler) -> None:
     )
     stamps = [f for f in stdout.filters if isinstance(f, ContextFilter)] if stdout else []
     handler.addFilter(_NotAboutExporting())
+    # Not exported either (the printed line's filter has lowered them already, this drops them).
+    handler.addFilter(BrokerReconnectFilter())
     handler.addFilter(_StampedOnce(stamps[0] if stamps else ContextFilter()))
     for logger in _stdout_loggers():
         logger.addHandler(handler)

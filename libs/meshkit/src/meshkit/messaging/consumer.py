@@ -15,7 +15,11 @@ itself to the dead-letter queue:
   requeued after a short, growing pause; the quorum queue counts deliveries and dead-letters it
   at `x-delivery-limit`, so a poison message never loops forever.
 - Stopping cancels the subscription first, then waits for the batch in flight to finish;
-  what was not handled yet is redelivered.
+  what was not handled yet is redelivered. A stop ends the consumer's pauses at once, and does
+  not wait for a lost connection to come back: a batch kept through a database outage is left
+  to the broker to deliver again, unsettled (it spends no delivery).
+- A batch whose channel was lost with the connection cannot be settled; the broker delivers it
+  again once aio-pika has restored the connection and the subscription.
 
 Each message is processed in a `process <queue>` span whose parent is the trace context in the
 message headers (propagated by hand: aio-pika's instrumentation does not do it for every
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections import Counter
@@ -40,6 +45,7 @@ from opentelemetry.trace import Span, StatusCode
 from pydantic import ValidationError
 
 from meshkit.db import is_database_unavailable
+from meshkit.messaging.broker import BROKER_DOWN_ERRORS
 from meshkit.messaging.events import TRACE_HEADERS, CloudEvent
 from meshkit.messaging.metrics import consumed_messages, message_attributes, process_duration
 from meshkit.messaging.tracing import context_from, span_carrier, start_process_span
@@ -60,6 +66,13 @@ class Delivery:
 Handler = Callable[[Sequence[Delivery]], Awaitable[None]]
 
 _OUTAGE_RETRY_CAP = 2.0  # seconds between tries of a batch kept while the database is away
+_CANCEL_TIMEOUT = 2.0  # seconds a stop waits for the broker to confirm a cancelled subscription
+
+
+class _Left(enum.Enum):
+    """A batch left unsettled on stop (see `_run_handler`)."""
+
+    UNSETTLED = enum.auto()
 
 
 class MalformedEventError(ValueError):
@@ -101,7 +114,7 @@ class EventConsumer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._worker: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._work(), name=f"consume {self._queue.name}")
@@ -109,12 +122,20 @@ class EventConsumer:
 
     async def stop(self, *, grace_seconds: float = 10.0) -> None:
         """Stop receiving, then let the batch in flight finish (unacked ones are redelivered)."""
-        self._stopping = True
+        self._stopping.set()
         if self._tag is not None:
-            try:
-                await self._queue.cancel(self._tag, timeout=2)
-            except Exception as exc:  # the channel may already be gone
-                logger.info("consumer cancel on %s failed: %s", self._queue.name, exc)
+            if self._queue.channel.is_closed:
+                # Lost with the connection: there is no subscription to cancel, and aio-pika
+                # would wait for the connection to come back before sending the cancel.
+                logger.info("consumer of %s stops without its channel", self._queue.name)
+            else:
+                try:
+                    # Bounded as a whole: a cancel also waits for a reconnection in progress.
+                    await asyncio.wait_for(
+                        self._queue.cancel(self._tag, timeout=_CANCEL_TIMEOUT), _CANCEL_TIMEOUT
+                    )
+                except Exception as exc:  # the channel may be gone meanwhile
+                    logger.info("consumer cancel on %s failed: %r", self._queue.name, exc)
         self._arrived.clear()  # not started: the broker redelivers them
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace_seconds)
@@ -136,7 +157,16 @@ class EventConsumer:
             while self._arrived:
                 batch = self._arrived[: self._max_batch]
                 del self._arrived[: self._max_batch]
-                await self._process(batch)
+                try:
+                    await self._process(batch)
+                except BROKER_DOWN_ERRORS as exc:
+                    logger.warning(
+                        "%d message(s) of %s not settled: the connection to the broker is "
+                        "lost (%r); the broker delivers them again",
+                        len(batch),
+                        self._queue.name,
+                        exc,
+                    )
             self._idle.set()
 
     async def _process(self, messages: list[AbstractIncomingMessage]) -> None:
@@ -205,6 +235,8 @@ class EventConsumer:
     async def _handle(self, batch: list[_Received]) -> None:
         """The whole batch at once, acked with one ack; on failure each message on its own."""
         failure = await self._run_handler(batch, batch[0].span)
+        if failure is _Left.UNSETTLED:
+            return
         if failure is None:
             # Every earlier delivery of this channel is settled (batches run one after another).
             await batch[-1].message.ack(multiple=True)
@@ -216,16 +248,24 @@ class EventConsumer:
 
     async def _handle_alone(self, item: _Received) -> None:
         failure = await self._run_handler([item], item.span)
+        if failure is _Left.UNSETTLED:
+            return
         if failure is None:
             await item.message.ack()
         else:
             await self._settle_failure(item, failure)
 
-    async def _run_handler(self, batch: list[_Received], span: Span) -> Exception | None:
+    async def _pause(self, seconds: float) -> None:
+        """Sleeps, ending at once on stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _run_handler(self, batch: list[_Received], span: Span) -> Exception | _Left | None:
         """Runs the handler on `batch`; the exception it ended with, if any. While the failure
         is the database being unavailable, the messages are kept and the batch tried again
         after a growing pause: requeued, each delivery would spend the delivery limit, and a
-        long enough outage would dead-letter every message in flight."""
+        long enough outage would dead-letter every message in flight. A stop during the
+        outage leaves them unsettled (`_Left.UNSETTLED`) for the broker to deliver again."""
         deliveries = [item.delivery for item in batch if item.delivery is not None]
         outage = 0
         while True:
@@ -233,8 +273,16 @@ class EventConsumer:
                 with trace.use_span(span, end_on_exit=False):
                     await self._handler(deliveries)
             except Exception as exc:
-                if self._stopping or not is_database_unavailable(exc):
+                if not is_database_unavailable(exc):
                     return exc
+                if self._stopping.is_set():
+                    logger.info(
+                        "database unavailable while stopping: %d message(s) of %s left to the "
+                        "broker to deliver again",
+                        len(batch),
+                        self._queue.name,
+                    )
+                    return _Left.UNSETTLED
                 if outage == 0:
                     logger.warning(
                         "database unavailable while handling %d message(s) of %s (%s); "
@@ -245,7 +293,7 @@ class EventConsumer:
                     )
                 outage += 1
                 # Kept messages spend nothing by waiting: look again every few seconds at most.
-                await asyncio.sleep(min(_OUTAGE_RETRY_CAP, self._retry_delay * 2**outage))
+                await self._pause(min(_OUTAGE_RETRY_CAP, self._retry_delay * 2**outage))
                 continue
             if outage:
                 logger.info(
@@ -270,8 +318,7 @@ class EventConsumer:
             attempt + 1,
             exc_info=exc,
         )
-        if not self._stopping:
-            # Immediate requeues would spend the delivery limit in milliseconds while
-            # e.g. the database restarts; pausing gives transient failures a chance.
-            await asyncio.sleep(min(self._max_retry_delay, self._retry_delay * 2**attempt))
+        # Immediate requeues would spend the delivery limit in milliseconds while e.g. the
+        # database restarts; pausing gives transient failures a chance (a stop ends it).
+        await self._pause(min(self._max_retry_delay, self._retry_delay * 2**attempt))
         await item.message.nack(requeue=True)

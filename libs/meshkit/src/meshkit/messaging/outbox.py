@@ -15,6 +15,11 @@ a notifying commit takes a lock of the whole PostgreSQL cluster and wakes a list
 which cost the server half as much again per insert; docs/benchmarks.md.) Delivery is at least
 once: a relay that dies between the broker's confirm and the mark leaves its rows to be
 published again when their lease ends, which consumers absorb by deduplicating on the event id.
+
+Stopping lets the batch being published finish, so its rows are marked sent, but nothing that
+waits: for the broker's first connection, a backoff, the next poll, or a claim the database
+does not answer. What was not published stays in the outbox for the next relay (this process's
+successor, or another replica).
 """
 
 from __future__ import annotations
@@ -26,13 +31,12 @@ import logging
 import time
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import aio_pika
-import aiormq
 from sqlalchemy import (
     ARRAY,
     Column,
@@ -61,7 +65,7 @@ from sqlalchemy.sql.dml import Insert, Update
 from sqlalchemy.sql.selectable import TextualSelect
 
 from meshkit.db import Database
-from meshkit.messaging.broker import Broker, BrokerUnavailableError, backoff_delay
+from meshkit.messaging.broker import BROKER_DOWN_ERRORS, Broker, backoff_delay
 from meshkit.messaging.events import EVENTS_EXCHANGE, CloudEvent, event_message
 from meshkit.messaging.metrics import message_attributes, sent_messages, watch_backlog
 from meshkit.messaging.tracing import context_from, publish_span, trace_carrier
@@ -71,20 +75,17 @@ logger = logging.getLogger("meshkit.messaging.outbox")
 
 OUTBOX_TABLE = "outbox"
 
-# Raised when the connection or channel is gone: the broker's fault, not the row's.
-BROKER_DOWN_ERRORS: tuple[type[BaseException], ...] = (
-    BrokerUnavailableError,
-    ConnectionError,
-    TimeoutError,
-    aiormq.exceptions.AMQPConnectionError,
-    aiormq.exceptions.ChannelInvalidStateError,
-    aiormq.exceptions.ChannelClosed,
-)
+T = TypeVar("T")
 
 
 class DatabaseUnavailableError(Exception):
     """The relay's database did not answer (refused, reset, restarting): told apart from the
     broker's failures, which are `ConnectionError`s too."""
+
+
+class _StopRequestedError(Exception):
+    """The relay was asked to stop before, or while, a statement that publishes nothing ran;
+    the statement was not run, or given up."""
 
 
 # Raised for one message: unroutable (returned) or refused by the broker (nacked).
@@ -186,6 +187,10 @@ class RelaySettings:
     # their own: at 50 orders/s the next claim comes within 20 ms.
     mark_delay: float = 0.05
 
+    # How long a stop waits for a statement that publishes nothing (a claim, a count) before
+    # giving it up: one that has not answered by then waits on a database that is not there.
+    statement_stop_wait: float = 1.0
+
     @property
     def lease_seconds(self) -> float:
         """How long a claimed row is left to its relay before another may publish it: longer
@@ -283,6 +288,8 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._statement: asyncio.Task[Any] | None = None  # one a stop may give up
+        self._outage: str | None = None  # "broker" or "database" while the relay waits on it
         self._last_purge = time.monotonic()
         self._last_backlog = float("-inf")
         self._statements = _RelayStatements(table)
@@ -301,10 +308,15 @@ class OutboxRelay:
         self._wake.set()
 
     async def stop(self, *, grace_seconds: float = 10.0) -> None:
-        """Finish the batch in flight (so its rows are marked sent), then stop."""
+        """Finish the batch being published (so its rows are marked sent), then stop; a wait
+        (see the module's docstring) ends at once."""
         _running_relays.discard(self)
         self._stop_requested.set()
         self._wake.set()
+        statement = self._statement
+        if statement is not None:
+            await asyncio.wait({statement}, timeout=self._settings.statement_stop_wait)
+            statement.cancel()
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
@@ -314,26 +326,42 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         failures = 0
-        while not self._stop_requested.is_set():
-            self._wake.clear()
-            try:
-                await self._broker.wait_connected()
-                claimed = await self.drain_once()
-                failures = 0
-                await self._maybe_purge()
-                await self._maybe_measure_backlog()
-                if claimed < self._settings.batch_size:
-                    await self._idle()
-            except DatabaseUnavailableError as exc:
-                failures += 1
-                logger.warning("outbox relay: database unavailable (%s); backing off", exc)
-                # A write that gets through again wakes the relay before the backoff ends.
-                await self._sleep(backoff_delay(failures), wake_early=True)
-            except BROKER_DOWN_ERRORS as exc:
-                failures += 1
-                logger.warning("outbox relay: broker unavailable (%s); backing off", exc)
-                await self._maybe_measure_backlog()
-                await self._sleep(backoff_delay(failures))
+        try:
+            while not self._stop_requested.is_set():
+                self._wake.clear()
+                try:
+                    if not await self._broker.wait_connected(unless=self._stop_requested):
+                        self._outage = "broker"
+                        break
+                    claimed = await self.drain_once()
+                    failures = 0
+                    self._outage = None
+                    await self._maybe_purge()
+                    await self._maybe_measure_backlog()
+                    if claimed < self._settings.batch_size:
+                        await self._idle()
+                except DatabaseUnavailableError as exc:
+                    failures += 1
+                    self._report_outage("database", exc)
+                    # A write that gets through again wakes the relay before the backoff ends.
+                    await self._sleep(backoff_delay(failures), wake_early=True)
+                except BROKER_DOWN_ERRORS as exc:
+                    failures += 1
+                    self._report_outage("broker", exc)
+                    await self._maybe_measure_backlog()
+                    await self._sleep(backoff_delay(failures))
+        except _StopRequestedError:
+            pass
+        # The broker as it is now: it may have come back during a backoff, or gone while idle.
+        outage = "database" if self._outage == "database" else None
+        if not self._broker.is_connected:
+            outage = "broker"
+        if outage is not None:
+            logger.warning(
+                "outbox relay stopped while the %s is unreachable; unsent events stay in the "
+                "outbox for the next relay",
+                outage,
+            )
         try:
             await self._mark_unmarked()
         except DatabaseUnavailableError as exc:
@@ -343,6 +371,30 @@ class OutboxRelay:
                 len(self._unmarked),
                 exc,
             )
+
+    def _report_outage(self, outage: str, exc: BaseException) -> None:
+        """The first failure of an outage is news; the retries after it are not."""
+        level = logging.DEBUG if self._outage == outage else logging.WARNING
+        self._outage = outage
+        logger.log(level, "outbox relay: %s unavailable (%s); backing off", outage, exc)
+
+    async def _unless_stopped(self, statement: Coroutine[Any, Any, T]) -> T:
+        """Runs `statement` (one that publishes nothing) as a task `stop` may give up."""
+        if self._stop_requested.is_set():
+            statement.close()
+            raise _StopRequestedError
+        task = asyncio.ensure_future(statement)
+        self._statement = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current is not None and current.cancelling()):
+                self._outage = "database"  # given up by `stop`: the database did not answer
+                raise _StopRequestedError from None
+            raise
+        finally:
+            self._statement = None
 
     async def _idle(self) -> None:
         """Nothing more to claim now: wait for the next wake-up. Rows still to be marked wait
@@ -391,22 +443,11 @@ class OutboxRelay:
         claimed."""
         channel = self._broker.publish_channel
         exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
-        settings = self._settings
         statements = self._statements
         # The rows the last batch published are marked sent by this same statement.
         marks, self._unmarked = self._unmarked, []
         try:
-            async with self._connect() as connection:
-                rows = (
-                    await connection.execute(
-                        statements.claim,
-                        {
-                            "batch": settings.batch_size,
-                            "lease": settings.lease_seconds,
-                            "sent": marks,
-                        },
-                    )
-                ).all()
+            rows = await self._unless_stopped(self._claim(marks))
         except BaseException:
             self._unmarked = marks + self._unmarked
             raise
@@ -445,6 +486,16 @@ class OutboxRelay:
             # The caller backs off.
             raise broken[0][1]
         return len(rows)
+
+    async def _claim(self, marks: list[Any]) -> Sequence[Row[Any]]:
+        """Leases the next batch, marking the rows in `marks` sent."""
+        settings = self._settings
+        async with self._connect() as connection:
+            result = await connection.execute(
+                self._statements.claim,
+                {"batch": settings.batch_size, "lease": settings.lease_seconds, "sent": marks},
+            )
+            return result.all()
 
     async def _publish(self, exchange: aio_pika.abc.AbstractExchange, row: Row[Any]) -> None:
         stored = {"traceparent": row.traceparent, "tracestate": row.tracestate}
@@ -514,30 +565,34 @@ class OutboxRelay:
         if time.monotonic() - self._last_backlog < self._settings.backlog_every:
             return
         self._last_backlog = time.monotonic()
-        table = self._table
         try:
-            async with self._connect() as connection:
-                row = (
-                    await connection.execute(
-                        select(
-                            func.count(),
-                            func.coalesce(
-                                func.extract("epoch", func.now() - func.min(table.c.created_at)),
-                                0,
-                            ),
-                        ).where(table.c.sent_at.is_(None))
-                    )
-                ).one()
+            self.pending_rows, self.oldest_pending_age = await self._unless_stopped(
+                self._count_pending()
+            )
         except DatabaseUnavailableError as exc:
             logger.info("outbox relay: backlog not measured (%s)", exc)
-            return
-        self.pending_rows = int(row[0])
-        self.oldest_pending_age = float(row[1])
+
+    async def _count_pending(self) -> tuple[int, float]:
+        table = self._table
+        async with self._connect() as connection:
+            result = await connection.execute(
+                select(
+                    func.count(),
+                    func.coalesce(
+                        func.extract("epoch", func.now() - func.min(table.c.created_at)), 0
+                    ),
+                ).where(table.c.sent_at.is_(None))
+            )
+            count, age = result.one()
+        return int(count), float(age)
 
     async def _maybe_purge(self) -> None:
         if time.monotonic() - self._last_purge < self._settings.purge_every:
             return
         self._last_purge = time.monotonic()
+        await self._unless_stopped(self._purge())
+
+    async def _purge(self) -> None:
         table = self._table
         old = (
             select(table.c.id)
