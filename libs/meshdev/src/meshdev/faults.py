@@ -64,6 +64,7 @@ class TcpProxy:
                 while await client_reader.read(65536):
                     pass  # swallowed: no answer ever comes
             self._writers.discard(client)
+            client.transport.abort()  # the client hung up: its side is done
             return
         try:
             upstream_reader, upstream = await asyncio.open_connection(*self.target)
