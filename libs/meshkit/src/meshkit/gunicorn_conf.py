@@ -4,7 +4,11 @@
 
 Environment: HOST (default 0.0.0.0), PORT (default 8000), WEB_CONCURRENCY (workers, default 2),
 GRACEFUL_TIMEOUT (seconds, default 20; Kubernetes' terminationGracePeriodSeconds must exceed it),
-KEEPALIVE (seconds, default 75: longer than any proxy's idle timeout in front of us),
+KEEPALIVE (seconds, default 75: longer than any proxy's idle timeout in front of us; an idle
+kept-alive connection is closed after it), LIMIT_REQUEST_LINE / LIMIT_REQUEST_FIELDS /
+LIMIT_REQUEST_FIELD_SIZE (gunicorn's request limits, its defaults 4094 / 100 / 8190) and the
+other bounds of meshkit.server (LIMIT_REQUEST_HEAD_SIZE, REQUEST_HEADER_TIMEOUT,
+MAX_CONNECTIONS_PER_ADDRESS, WS_MAX_MESSAGE_SIZE),
 GC_YOUNG_THRESHOLD (allocations between young collections in a worker, default 10000;
 Python's own is 700), LOG_FORMAT (json, the default, or console).
 
@@ -26,10 +30,17 @@ check_telemetry_environment()
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "uvicorn_worker.UvicornWorker"
+# uvicorn's worker, with bounds on request heads, slow heads, connections per address and
+# WebSocket messages (meshkit.server); it reads the three request limits below.
+worker_class = "meshkit.server.BoundedUvicornWorker"
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "20"))
 timeout = int(os.environ.get("WORKER_TIMEOUT", "60"))
 keepalive = int(os.environ.get("KEEPALIVE", "75"))
+# gunicorn's own request limits (its defaults), which uvicorn's worker does not apply: the
+# worker of meshkit.server does (414 and 431 problems).
+limit_request_line = int(os.environ.get("LIMIT_REQUEST_LINE", "4094"))
+limit_request_fields = int(os.environ.get("LIMIT_REQUEST_FIELDS", "100"))
+limit_request_field_size = int(os.environ.get("LIMIT_REQUEST_FIELD_SIZE", "8190"))
 # Not preloaded: each worker imports the app after the fork, so telemetry exporters, engines
 # and clients are created per worker (their threads and sockets do not survive a fork).
 preload_app = False
