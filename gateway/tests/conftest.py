@@ -44,6 +44,8 @@ class UpstreamControl:
         self.next_event = asyncio.Event()
         self.open_streams = 0
         self.client_close_codes: list[int] = []
+        self.held = 0  # requests waiting in `/api/orders/held`
+        self.release_held = asyncio.Event()
 
 
 def create_upstream_app(control: UpstreamControl) -> FastAPI:
@@ -105,6 +107,26 @@ def create_upstream_app(control: UpstreamControl) -> FastAPI:
         await asyncio.sleep(seconds)
         return {"slept": seconds}
 
+    @app.get("/api/orders/held")
+    async def held() -> dict[str, bool]:
+        """Answers once the test sets `release_held` (holds a connection of the gateway's pool)."""
+        control.held += 1
+        try:
+            await control.release_held.wait()
+        finally:
+            control.held -= 1
+        return {"held": True}
+
+    @app.get("/api/orders/events")
+    async def undeclared_events() -> StreamingResponse:
+        """An event stream on a path the gateway does not know as one."""
+
+        async def events() -> AsyncIterator[bytes]:
+            yield b": live\n\n"
+            await asyncio.Event().wait()  # until the client leaves
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     @app.get("/api/orders/big")
     async def big(mib: int) -> StreamingResponse:
         """Streams `mib` MiB."""
@@ -128,6 +150,11 @@ def create_upstream_app(control: UpstreamControl) -> FastAPI:
     @app.get("/internal/secret", include_in_schema=False)
     async def secret() -> dict[str, str]:
         return {"secret": "never through the gateway"}
+
+    @app.get("/api/notifications")
+    async def notifications() -> dict[str, Any]:
+        """An empty list, as the notifications service answers it."""
+        return {"items": [], "next_cursor": None}
 
     @app.get("/api/notifications/stream")
     async def stream() -> StreamingResponse:

@@ -44,6 +44,7 @@ class EdgeRequest:
 class Admission:
     # `RateLimit-*` headers for the answer (empty when rate limiting is off).
     rate_headers: Sequence[tuple[bytes, bytes]] = ()
+    client: str = ""  # who is counted: the user id of the token, else the client address
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +116,7 @@ class Edge:
                 {"Retry-After": str(wait)},
                 close_reason=f"{upstream} is failing",
             )
-        return Admission(rate_headers)
+        return Admission(rate_headers, client_key)
 
     async def _authenticate(self, token: str | None) -> str | Refusal:
         """The user id a valid token names, as the client's rate-limit key."""

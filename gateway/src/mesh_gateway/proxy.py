@@ -16,13 +16,16 @@ from dataclasses import dataclass
 
 import httpx
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from mesh_gateway.breaker import CircuitBreaker
-from mesh_gateway.edge import Edge, EdgeRequest, Refusal, bearer_token
-from meshkit.http_client import ServiceClient
+from mesh_gateway.edge import Admission, Edge, EdgeRequest, Refusal, bearer_token
+from mesh_gateway.routing import is_stream
+from mesh_gateway.streams import StreamGate, StreamTicket
+from meshkit.http_client import POOLED, ServiceClient
 from meshkit.logging import request_id_var
 from meshkit.problems import problem_response
+from meshkit.resources import count_refusal
 
 logger = logging.getLogger("mesh_gateway.proxy")
 
@@ -55,11 +58,17 @@ _LINGER_BYTES = 8 * 1024 * 1024
 
 @dataclass(slots=True)
 class Upstream:
-    """One service behind the gateway: a long-lived pooled client and its circuit breaker."""
+    """One service behind the gateway: two long-lived pooled clients — ordinary requests and
+    streams never wait for each other's connections — and its circuit breaker."""
 
     name: str
     client: ServiceClient
     breaker: CircuitBreaker
+    streams: ServiceClient | None = None  # the stream pool; None: streams use `client`
+
+    @property
+    def stream_client(self) -> ServiceClient:
+        return self.streams or self.client
 
     @property
     def url(self) -> str:
@@ -85,19 +94,35 @@ class ClientGoneError(Exception):
     pass
 
 
-class _RequestBody:
-    """The client's request body as a stream for httpx, counted against the limit as it flows."""
+class BodyTimeoutError(Exception):
+    pass
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+
+class _RequestBody:
+    """The client's request body as a stream for httpx, counted against the limit as it flows,
+    and due whole within the body timeout (a client trickling a body would hold an upstream
+    connection of the pool for as long as it likes)."""
+
+    def __init__(self, receive: Receive, limit: int, timeout: float) -> None:
         self._receive = receive
         self._limit = limit
+        self._deadline = asyncio.get_running_loop().time() + timeout
         self.too_large = False
         self.client_gone = False
+        self.timed_out = False
+
+    async def _next(self) -> Message:
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                return await self._receive()
+        except TimeoutError:
+            self.timed_out = True
+            raise BodyTimeoutError from None
 
     async def stream(self) -> AsyncIterator[bytes]:
         received = 0
         while True:
-            message = await self._receive()
+            message = await self._next()
             if message["type"] == "http.disconnect":
                 self.client_gone = True
                 raise ClientGoneError
@@ -116,7 +141,10 @@ class _RequestBody:
         writing and reads the 413 instead of failing on a connection reset mid-upload."""
         drained = 0
         while drained <= limit:
-            message = await self._receive()
+            try:
+                message = await self._next()
+            except BodyTimeoutError:
+                return
             if message["type"] == "http.disconnect":
                 return
             drained += len(message.get("body", b""))
@@ -141,7 +169,7 @@ def _classify(exc: httpx.HTTPError, upstream: str) -> _Failure:
     if isinstance(exc, httpx.ConnectTimeout):
         return _Failure(504, f"The {upstream} service did not accept a connection in time.", True)
     if isinstance(exc, httpx.PoolTimeout):
-        # Our own pool is exhausted: the upstream is not at fault.
+        # The gateway's own pool is exhausted: the upstream is not at fault.
         return _Failure(
             503, f"Too many requests in flight to the {upstream} service.", False, False
         )
@@ -182,20 +210,29 @@ class HttpForwarder:
         self,
         *,
         edge: Edge,
+        streams: StreamGate,
         retry_attempts: int,
         answer_timeout: float,
         stream_timeout: httpx.Timeout,
+        body_timeout: float,
     ) -> None:
         self._edge = edge
+        self._streams = streams
         self._retry_attempts = retry_attempts
         self._answer_timeout = answer_timeout
         self._stream_timeout = stream_timeout
+        self._body_timeout = body_timeout
+        self._body_too_slow = Refusal(
+            408,
+            f"The request body did not arrive within {body_timeout:g} seconds.",
+            {"Connection": "close"},
+        )
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, upstream: Upstream
     ) -> None:
         method: str = scope["method"]
-        authorization = content_length = None
+        authorization = content_length = accept = None
         chunked = expects_continue = False
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -206,6 +243,8 @@ class HttpForwarder:
                 chunked = True
             elif name == b"expect":
                 expects_continue = value.lower() == b"100-continue"
+            elif name == b"accept":
+                accept = value
         # The server has already refused a malformed Content-Length.
         declared = int(content_length) if content_length is not None else None
 
@@ -227,23 +266,67 @@ class HttpForwarder:
             return
 
         has_body = chunked or (declared is not None and declared != 0)
-        body = _RequestBody(receive, self._edge.body_limit) if has_body else None
+        if not is_stream(scope["path"], accept):
+            await self._forward(scope, receive, send, upstream, admitted, has_body)
+            return
+        opened = await self._streams.open(admitted.client, "sse")
+        if isinstance(opened, Refusal):
+            await send_refusal(scope, receive, send, opened)
+            return
+        try:
+            await self._forward(scope, receive, send, upstream, admitted, has_body, opened)
+        finally:
+            await self._streams.close(opened)
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upstream: Upstream,
+        admitted: Admission,
+        has_body: bool,
+        stream: StreamTicket | None = None,
+    ) -> None:
+        """The admitted request upstream and its answer back; a stream on the stream pool."""
+        body = (
+            _RequestBody(receive, self._edge.body_limit, self._body_timeout) if has_body else None
+        )
+        method: str = scope["method"]
+        client = upstream.client if stream is None else upstream.stream_client
         # Without a body, the wait for the answer's headers is bounded on its own (`_answer`),
         # so that a started response (an event stream idling between keep-alives) may pause
         # longer than the answer may take; with a body, the read timeout bounds both.
-        request = upstream.client.build_request(
+        request = client.build_request(
             method,
             self._target(scope),
             headers=self._forward_headers(scope),
             content=body.stream() if body is not None else None,
             timeout=None if has_body else self._stream_timeout,
         )
-        response = await self._answer(scope, receive, send, upstream, request, body, method)
+        response = await self._answer(scope, receive, send, upstream, client, request, body, method)
         if response is None:
             return  # answered with a problem, or the client is gone
         upstream.breaker.record_success()
         try:
-            await self._relay(scope, receive, send, response, admitted.rate_headers)
+            event_stream = response.headers.get("content-type", "").startswith("text/event-stream")
+            if event_stream and stream is None:
+                # A stream nobody declared (`routing.STREAM_PATHS`): capped all the same.
+                logger.warning(
+                    "%s %s answered an event stream to a request not known as one",
+                    method,
+                    scope["path"],
+                )
+                opened = await self._streams.open(admitted.client, "sse")
+                if isinstance(opened, Refusal):
+                    await send_refusal(scope, receive, send, opened)
+                    return
+                try:
+                    await self._relay(scope, receive, send, response, admitted.rate_headers, True)
+                finally:
+                    await self._streams.close(opened)
+                return
+            await self._relay(scope, receive, send, response, admitted.rate_headers, event_stream)
         finally:
             await response.aclose()
 
@@ -256,7 +339,7 @@ class HttpForwarder:
         far more than the linger allowance is cut off either way."""
         limit = self._edge.body_limit
         if not expects_continue and (declared or 0) <= limit + _LINGER_BYTES:
-            await _RequestBody(receive, limit).drain(_LINGER_BYTES)
+            await _RequestBody(receive, limit, self._body_timeout).drain(_LINGER_BYTES)
 
     async def _answer(
         self,
@@ -264,6 +347,7 @@ class HttpForwarder:
         receive: Receive,
         send: Send,
         upstream: Upstream,
+        client: ServiceClient,
         request: httpx.Request,
         body: _RequestBody | None,
         method: str,
@@ -277,19 +361,23 @@ class HttpForwarder:
             self._retry_attempts if method in IDEMPOTENT_METHODS and body is None else 0
         )
         for attempt in range(attempts):
+            error: httpx.HTTPError
             try:
                 async with asyncio.timeout(answer_deadline):
-                    return await upstream.client.send(request)
+                    return await client.send(request)
             except TimeoutError:
-                upstream.breaker.record_failure()
-                await send_problem(
-                    scope,
-                    receive,
-                    send,
-                    status=504,
-                    detail=f"The {upstream.name} service did not answer in time.",
-                )
-                return None
+                if request.extensions.get(POOLED, True):
+                    upstream.breaker.record_failure()
+                    await send_problem(
+                        scope,
+                        receive,
+                        send,
+                        status=504,
+                        detail=f"The {upstream.name} service did not answer in time.",
+                    )
+                    return None
+                # Cut short while still waiting for a connection of the gateway's own pool.
+                error = httpx.PoolTimeout("no free connection in time", request=request)
             except httpx.HTTPError as exc:
                 if body is not None and body.client_gone:
                     return None  # nobody is left to answer
@@ -297,22 +385,36 @@ class HttpForwarder:
                     await body.drain(_LINGER_BYTES)
                     await send_refusal(scope, receive, send, self._edge.body_too_large)
                     return None
-                failure = _classify(exc, upstream.name)
-                if failure.retryable and attempt + 1 < attempts:
-                    await asyncio.sleep(0.05 * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
-                    continue
-                if failure.upstream_fault:
-                    upstream.breaker.record_failure()
-                logger.warning("%s %s: %s (%s)", method, upstream.name, failure.detail, exc)
-                await send_problem(
-                    scope,
-                    receive,
-                    send,
-                    status=failure.status,
-                    detail=failure.detail,
-                    headers={"Retry-After": "1"} if failure.status == 503 else None,
+                if body is not None and body.timed_out:
+                    count_refusal("request_body_timeout")
+                    await send_refusal(scope, receive, send, self._body_too_slow)
+                    return None
+                error = exc
+            failure = _classify(error, upstream.name)
+            if failure.retryable and attempt + 1 < attempts:
+                await asyncio.sleep(0.05 * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
+                continue
+            if failure.upstream_fault:
+                upstream.breaker.record_failure()
+                logger.warning("%s %s: %s (%s)", method, upstream.name, failure.detail, error)
+            else:
+                count_refusal("upstream_pool_full")
+                logger.warning(
+                    "%s %s: the gateway's own pool of connections to it is full (%s); "
+                    "answered 503, not counted against the upstream",
+                    method,
+                    upstream.name,
+                    error,
                 )
-                return None
+            await send_problem(
+                scope,
+                receive,
+                send,
+                status=failure.status,
+                detail=failure.detail,
+                headers={"Retry-After": "1"} if failure.status == 503 else None,
+            )
+            return None
         raise AssertionError("unreachable: the last attempt returns or answers")  # pragma: no cover
 
     async def _relay(
@@ -322,6 +424,7 @@ class HttpForwarder:
         send: Send,
         response: httpx.Response,
         extra_headers: Sequence[tuple[bytes, bytes]],
+        event_stream: bool,
     ) -> None:
         headers = [
             (name.lower(), value)
@@ -332,8 +435,7 @@ class HttpForwarder:
         await send(
             {"type": "http.response.start", "status": response.status_code, "headers": headers}
         )
-        content_type = response.headers.get("content-type", "")
-        if content_type.startswith("text/event-stream"):
+        if event_stream:
             await self._relay_until_disconnect(receive, send, response)
             return
         try:

@@ -23,6 +23,10 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
+# Long-lived answers: sent through each upstream's stream pool and counted against the stream
+# caps before they are sent (any request asking for `text/event-stream` is treated alike).
+STREAM_PATHS: frozenset[str] = frozenset({"/api/notifications/stream"})
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -59,3 +63,10 @@ def _has_dot_segment(path: str) -> bool:
 
 def is_public(method: str, path: str) -> bool:
     return (method, path.rstrip("/") or "/") in PUBLIC_ROUTES
+
+
+def is_stream(path: str, accept: bytes | None) -> bool:
+    """Will this request's answer be a long-lived event stream?"""
+    return (path.rstrip("/") in STREAM_PATHS) or (
+        accept is not None and b"text/event-stream" in accept
+    )

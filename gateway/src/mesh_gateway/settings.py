@@ -36,7 +36,14 @@ class GatewaySettings(RateLimitStorageSettings):
         description="Idle time allowed inside a started response (event streams send "
         "keep-alives every 15 s); the answer itself must start within UPSTREAM_READ_TIMEOUT.",
     )
-    upstream_max_connections: int = Field(default=256, ge=1)
+    upstream_max_connections: int = Field(
+        default=256, ge=1, description="Pool of ordinary requests, per upstream and process."
+    )
+    request_body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request body may take to arrive, whole; 408 past it.",
+    )
     retry_attempts: int = Field(
         default=2, ge=0, le=2, description="Retries of idempotent requests that could not connect."
     )
@@ -55,6 +62,31 @@ class GatewaySettings(RateLimitStorageSettings):
     rate_limit_strategy: str = Field(
         default="sliding-window-counter",
         pattern="^(sliding-window-counter|fixed-window|moving-window)$",
+    )
+    stream_limit_per_user: int = Field(
+        default=8,
+        ge=0,
+        description="Event streams and WebSockets one user may hold open at once, across every "
+        "process and replica (leases in the rate-limit storage); 0: no cap.",
+    )
+    stream_limit_per_process: int = Field(
+        default=256,
+        ge=1,
+        description="Streams one gateway process holds open at once (its stream pool per "
+        "upstream is as large); new ones are answered 503 above.",
+    )
+    stream_lease_seconds: float = Field(
+        default=30.0,
+        ge=3,
+        le=3600,
+        description="Life of a stream's lease in the shared storage, renewed every third of it "
+        "while the stream is open: how long a dead process's streams still count.",
+    )
+    websocket_messages_per_second: int = Field(
+        default=10,
+        ge=1,
+        description="Messages a WebSocket client may send per second; the socket is closed "
+        "with 1008 above.",
     )
     cors_allow_origins: list[str] = Field(
         default_factory=list,

@@ -1,6 +1,8 @@
 """What the gateway's requests need, built in the lifespan (in each worker, after the fork)
-and closed with it: a client and a circuit breaker per upstream, the edge with its rate-limit
-counters, the two forwarders and the merged OpenAPI document (refreshed in the background)."""
+and closed with it: two clients (ordinary requests, streams) and a circuit breaker per
+upstream, the edge with its rate-limit counters, the stream caps with their leases (renewed in
+the background), the two forwarders and the merged OpenAPI document (refreshed in the
+background)."""
 
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ from mesh_gateway.proxy import HttpForwarder, Upstream
 from mesh_gateway.ratelimit import ClientRateLimiter
 from mesh_gateway.routing import RouteTable
 from mesh_gateway.settings import GatewaySettings
+from mesh_gateway.streams import StreamGate, UserStreamLeases
 from mesh_gateway.websocket import WebSocketForwarder
 from meshkit.auth import TokenVerifier
-from meshkit.http_client import create_http_client
+from meshkit.http_client import ServiceClient, create_http_client
 from meshkit.ratelimit import SharedRateLimiter
 
 
@@ -35,21 +38,41 @@ class GatewayState:
 
 
 def _upstream(settings: GatewaySettings, name: str, url: str) -> Upstream:
-    return Upstream(
-        name=name,
-        client=create_http_client(
+    def client(max_connections: int) -> ServiceClient:
+        return create_http_client(
             base_url=url,
             connect_timeout=settings.upstream_connect_timeout,
             read_timeout=settings.upstream_read_timeout,
-            max_connections=settings.upstream_max_connections,
+            max_connections=max_connections,
             connect_retries=0,  # the forwarder retries, and only what is safe to
-        ),
+        )
+
+    return Upstream(
+        name=name,
+        client=client(settings.upstream_max_connections),
+        # As large as the process's stream cap, so an admitted stream never waits for one.
+        streams=client(settings.stream_limit_per_process),
         breaker=CircuitBreaker(
             upstream=name,
             failure_threshold=settings.breaker_failure_threshold,
             recovery_seconds=settings.breaker_recovery_seconds,
         ),
     )
+
+
+def _stream_gate(settings: GatewaySettings) -> tuple[StreamGate, UserStreamLeases | None]:
+    leases = None
+    if settings.stream_limit_per_user:
+        leases = UserStreamLeases(
+            limit=settings.stream_limit_per_user,
+            lease_seconds=settings.stream_lease_seconds,
+            storage_uri=settings.rate_limit_storage_uri,
+            key_prefix=settings.rate_limit_key_prefix,
+            timeout=settings.rate_limit_storage_timeout,
+            retry_seconds=settings.rate_limit_storage_retry_seconds,
+        )
+    gate = StreamGate(limit_per_process=settings.stream_limit_per_process, leases=leases)
+    return gate, leases
 
 
 @asynccontextmanager
@@ -67,10 +90,16 @@ async def gateway_state(
         edge = Edge(
             verifier=verifier, rate_limiter=rate_limiter, body_limit=settings.body_limit_bytes
         )
+        streams, leases = _stream_gate(settings)
+        if leases is not None:
+            stack.callback(leases.close)
+            renewing = asyncio.create_task(leases.renew_forever(), name="stream-leases")
+            stack.push_async_callback(_cancelled, renewing)
         upstreams = {}
         for name, url in settings.upstream_urls().items():
-            upstreams[name] = _upstream(settings, name, url)
-            stack.push_async_callback(upstreams[name].client.aclose)
+            upstream = upstreams[name] = _upstream(settings, name, url)
+            stack.push_async_callback(upstream.client.aclose)
+            stack.push_async_callback(upstream.stream_client.aclose)
         document = MergedApiDocument(
             clients={name: u.client for name, u in upstreams.items()},
             prefixes={name: routes.prefixes_of(name) for name in upstreams},
@@ -85,6 +114,7 @@ async def gateway_state(
                 upstreams=upstreams,
                 http=HttpForwarder(
                     edge=edge,
+                    streams=streams,
                     retry_attempts=settings.retry_attempts,
                     answer_timeout=settings.upstream_read_timeout,
                     stream_timeout=httpx.Timeout(
@@ -92,14 +122,21 @@ async def gateway_state(
                         connect=settings.upstream_connect_timeout,
                         pool=settings.upstream_connect_timeout,
                     ),
+                    body_timeout=settings.request_body_timeout,
                 ),
                 websocket=WebSocketForwarder(
                     edge=edge,
+                    streams=streams,
                     open_timeout=settings.upstream_connect_timeout + settings.upstream_read_timeout,
+                    messages_per_second=settings.websocket_messages_per_second,
                 ),
                 document=document,
             )
         finally:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+            await _cancelled(refresher)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -3,8 +3,11 @@ upstream, frames are relayed both ways and close codes propagated — the transp
 
 Browsers cannot set headers on a WebSocket upgrade, so the token comes as `?access_token=`
 (contract); the URL is redacted from logs by meshkit. A refused upgrade is accepted and closed
-with the refusal's code (1008 for a bad token, 1013 to try again later). The upstream side uses
-`websockets` (httpx's pluggable transports cannot upgrade with the aiohttp transport).
+with the refusal's code (1008 for a bad token or a user over the stream cap, 1013 to try again
+later). An admitted socket holds a stream slot of its process and a lease of its user
+(`mesh_gateway.streams`) until it ends, and is closed with 1008 when its client sends more
+than `WEBSOCKET_MESSAGES_PER_SECOND` messages in a second. The upstream side uses `websockets`
+(httpx's pluggable transports cannot upgrade with the aiohttp transport).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from mesh_gateway.edge import POLICY_VIOLATION, TRY_AGAIN_LATER, Edge, EdgeRequest, Refusal
 from mesh_gateway.proxy import Upstream, client_address
+from mesh_gateway.streams import StreamGate
 from meshkit.logging import request_id_var
+from meshkit.resources import count_refusal
 
 logger = logging.getLogger("mesh_gateway.websocket")
 
@@ -31,9 +36,18 @@ _FORWARDED_HEADERS = frozenset({b"traceparent", b"tracestate", b"user-agent", b"
 
 
 class WebSocketForwarder:
-    def __init__(self, *, edge: Edge, open_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        edge: Edge,
+        streams: StreamGate,
+        open_timeout: float,
+        messages_per_second: int,
+    ) -> None:
         self._edge = edge
+        self._streams = streams
         self._open_timeout = open_timeout
+        self._messages_per_second = messages_per_second
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, upstream: Upstream
@@ -54,11 +68,20 @@ class WebSocketForwarder:
             breaker=upstream.breaker,
         )
         if isinstance(admitted, Refusal):
-            logger.info("websocket refused: %s", admitted.detail)
-            await self._accept_and_close(
-                send, admitted.close_code, admitted.close_reason or admitted.detail
-            )
+            await self._refuse(send, admitted)
             return
+        opened = await self._streams.open(admitted.client, "websocket")
+        if isinstance(opened, Refusal):
+            await self._refuse(send, opened)
+            return
+        try:
+            await self._forward(scope, receive, send, upstream)
+        finally:
+            await self._streams.close(opened)
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, upstream: Upstream
+    ) -> None:
         try:
             upstream_socket = await connect(
                 self._upstream_url(upstream, scope),
@@ -87,12 +110,28 @@ class WebSocketForwarder:
             await self._relay(receive, send, upstream_socket)
 
     async def _relay(self, receive: Receive, send: Send, upstream: ClientConnection) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self._messages_per_second
+
         async def client_to_upstream() -> None:
+            window_started, in_window = loop.time(), 0
             while True:
                 message: Message = await receive()
                 if message["type"] == "websocket.disconnect":
                     code = message.get("code", 1000)
                     await upstream.close(code if code not in _NOT_SENDABLE else 1000)
+                    return
+                now = loop.time()
+                if now - window_started >= 1.0:
+                    window_started, in_window = now, 0
+                in_window += 1
+                if in_window > limit:
+                    count_refusal("websocket_message_rate")
+                    reason = f"more than {limit} messages per second"
+                    await send(
+                        {"type": "websocket.close", "code": POLICY_VIOLATION, "reason": reason}
+                    )
+                    await upstream.close(1000)
                     return
                 if message.get("text") is not None:
                     await upstream.send(message["text"])
@@ -126,6 +165,12 @@ class WebSocketForwarder:
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, Exception) and not isinstance(result, ConnectionClosed):
                     logger.warning("websocket relay ended with %r", result)
+
+    async def _refuse(self, send: Send, refusal: Refusal) -> None:
+        logger.info("websocket refused: %s", refusal.detail)
+        await self._accept_and_close(
+            send, refusal.close_code, refusal.close_reason or refusal.detail
+        )
 
     @staticmethod
     async def _accept_and_close(send: Send, code: int, reason: str) -> None:

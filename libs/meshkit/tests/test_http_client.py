@@ -239,3 +239,38 @@ async def test_no_cookie_an_answer_sets_goes_out_with_a_later_request(
     assert first.status_code == 302  # answered as it is: redirects are the caller's business
     assert len(heads) == 2  # the redirect was not followed
     assert b"cookie:" not in heads[1]
+
+
+async def test_a_full_pool_is_a_pool_timeout_not_a_connect_timeout() -> None:
+    """A client's own saturation must not look like a server that does not accept
+    connections: callers count the latter against the server (a gateway's breaker)."""
+    release = asyncio.Event()
+
+    async def held_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        await writer.drain()
+        await release.wait()
+        writer.write(b"ok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(held_open, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    http = create_http_client(connect_timeout=0.2, max_connections=1, connect_retries=0)
+    try:
+        held = await http.send(http.build_request("GET", url))
+
+        with pytest.raises(httpx.PoolTimeout):
+            await http.get(url)
+
+        release.set()
+        await held.aread()
+        await held.aclose()
+        # The slot is back once the answer was read and closed.
+        assert (await http.get(url)).status_code == 200
+    finally:
+        release.set()
+        await http.aclose()
+        server.close()
+        await server.wait_closed()

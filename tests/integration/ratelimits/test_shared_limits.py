@@ -37,8 +37,16 @@ async def _alternating(
 
 
 def _gauge(otlp: OtlpReceiver, service: str) -> float | None:
-    """The last value `service` exported for the gauge."""
-    values = [p.value for p in otlp.points if p.metric == GAUGE and p.service == service]
+    """The last value `service` exported for the gauge, for its rate limiter (a gateway also
+    reports its stream leases, which only try Redis when streams open)."""
+    limiter = "login" if service == "users" else "gateway"
+    values = [
+        p.value
+        for p in otlp.points
+        if p.metric == GAUGE
+        and p.service == service
+        and p.attributes.get("rate_limit.limiter") == limiter
+    ]
     return values[-1] if values else None
 
 

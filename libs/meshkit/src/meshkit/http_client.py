@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
-from collections.abc import AsyncIterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 import aiohttp
 import httpx
@@ -41,6 +42,34 @@ def _precise_error(exc: httpx.TransportError, request: httpx.Request) -> httpx.T
     return exc
 
 
+# Request extension set once the request has a connection slot of the pool.
+POOLED = "meshkit.pooled"
+
+
+class _PooledResponseStream(AiohttpResponseStream):
+    """aiohttp's response body, giving its slot of the pool back once it is read or closed."""
+
+    def __init__(self, aiohttp_response: aiohttp.ClientResponse, release: Callable[[], None]):
+        super().__init__(aiohttp_response)
+        self._release: Callable[[], None] | None = release
+
+    def _give_back(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in super().__aiter__():
+            yield chunk
+        self._give_back()
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            self._give_back()
+
+
 class PreciseAiohttpTransport(AiohttpTransport):
     """The aiohttp transport, sending URLs exactly as given and raising the httpx error that
     names what really went wrong.
@@ -48,13 +77,23 @@ class PreciseAiohttpTransport(AiohttpTransport):
     httpx-aiohttp hands aiohttp the URL as a string, which yarl re-normalises: `%2F` in a query
     became `/` and `%2B` became `+` (a space to the server), corrupting opaque cursors and any
     proxied URL. httpx URLs are already encoded, so they are passed on as encoded.
+
+    The pool's bound (`max_connections`) is kept here rather than by aiohttp's connector: a
+    request that waits past the pool timeout for a free slot raises `httpx.PoolTimeout`,
+    where aiohttp would raise the same timeout as a server that does not accept connections
+    (this client's own saturation is not the server's failure).
     """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        limit = self.limits.max_connections
+        self._slots = asyncio.Semaphore(limit) if limit else None
 
     def get_client(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             keepalive_timeout=self.limits.keepalive_expiry,
             ssl=self.ssl_context,
-            limit=self.limits.max_connections or 0,  # 0: no limit
+            limit=0,  # no limit of aiohttp's own: `_slots` bounds the requests in flight
         )
         # A proxied request keeps the caller's headers: no compression the caller did not ask
         # for, no client name of ours. And no cookie jar: one client serves every user, so a
@@ -66,6 +105,31 @@ class PreciseAiohttpTransport(AiohttpTransport):
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        slots = self._slots
+        if slots is None:
+            return await self._send(request, None)
+        if slots.locked():
+            try:
+                async with asyncio.timeout(request.extensions.get("timeout", {}).get("pool")):
+                    await slots.acquire()
+            except TimeoutError:
+                raise httpx.PoolTimeout(
+                    f"all {self.limits.max_connections} connections of the pool are in use",
+                    request=request,
+                ) from None
+        else:
+            await slots.acquire()  # a free slot: taken without waiting
+        # Tells a caller whose own deadline cut the call short whether it ever left the pool.
+        request.extensions[POOLED] = True
+        try:
+            return await self._send(request, slots.release)
+        except BaseException:
+            slots.release()
+            raise
+
+    async def _send(
+        self, request: httpx.Request, release: Callable[[], None] | None
+    ) -> httpx.Response:
         if not isinstance(self.client, aiohttp.ClientSession):
             self.client = self.get_client()
         timeout = request.extensions.get("timeout", {})
@@ -102,7 +166,11 @@ class PreciseAiohttpTransport(AiohttpTransport):
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=AiohttpResponseStream(response),
+            stream=(
+                AiohttpResponseStream(response)
+                if release is None
+                else _PooledResponseStream(response, release)
+            ),
             request=request,
             extensions=extensions,
         )

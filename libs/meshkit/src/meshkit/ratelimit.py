@@ -23,9 +23,11 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+import coredis
+from coredis.exceptions import RedisError
 from coredis.retry import NoRetryPolicy
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import STRATEGIES, RateLimiter
@@ -128,7 +130,7 @@ class SharedRateLimiter:
                 retry_policy=_no_retries(),
             )
             self._shared = self._strategy(storage)
-        _limiters.add(self)
+        watch_storage(self)
 
     @classmethod
     def from_settings(
@@ -201,12 +203,45 @@ class SharedRateLimiter:
             )
 
 
+# What a call to the shared storage raises when it does not answer: coredis' errors, or the
+# socket's own for a connection reset under a pending command.
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+
+def redis_client(storage_uri: str, *, timeout: float) -> Any:
+    """A coredis client of the storage a `RATE_LIMIT_STORAGE_URI` names, for other counts kept
+    beside the rate limits: bounded waits, no retries of its own, answers decoded as text."""
+    return coredis.Redis.from_url(
+        # coredis' name of a Unix socket URL, as `limits` rewrites it for its own.
+        storage_uri.removeprefix("async+").replace("redis+unix://", "unix://", 1),
+        connect_timeout=timeout,
+        stream_timeout=timeout,
+        retry_policy=_no_retries(),
+        decode_responses=True,
+    )
+
+
 def _no_retries() -> Any:
     # The options are typed as scalars by `limits`; coredis takes a policy object.
     return NoRetryPolicy()
 
 
-_limiters: weakref.WeakSet[SharedRateLimiter] = weakref.WeakSet()
+class StorageUser(Protocol):
+    """Anything that keeps its counts in the rate-limit storage, falling back to memory."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def available(self) -> bool: ...
+
+
+_limiters: weakref.WeakSet[StorageUser] = weakref.WeakSet()
+
+
+def watch_storage(user: StorageUser) -> None:
+    """Report `user` in the gauge `rate_limit.storage.available` while it lives."""
+    _limiters.add(user)
 
 
 def _availability(_: CallbackOptions) -> Iterable[Observation]:
