@@ -41,7 +41,7 @@ def create_app(settings: NotificationsSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        hub = PushHub(buffer=settings.push_buffer)
+        hub = PushHub(buffer=settings.push_buffer, per_user_limit=settings.stream_limit_per_user)
         app.state.push_hub = hub
         async with broker_lifespan(app, settings) as broker:
             processing = EventProcessing(

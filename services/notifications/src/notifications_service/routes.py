@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import ExitStack
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket, status
@@ -15,10 +16,12 @@ from meshkit.db import DatabaseDep
 from meshkit.pagination import Page, PageParamsDep
 from meshkit.problems import ProblemError
 from notifications_service import service
-from notifications_service.push import END_OF_STREAM, PushHub, Subscription
+from notifications_service.push import END_OF_STREAM, PushHub, Subscription, TooManyStreamsError
 from notifications_service.schemas import NotificationRead
 
 POLICY_VIOLATION = status.WS_1008_POLICY_VIOLATION
+# How long a client over the stream cap is asked to wait (the gateway's lease life).
+STREAM_RETRY_AFTER = "30"
 
 
 async def _hub(request: Request) -> PushHub:
@@ -31,8 +34,22 @@ async def _subscription(
 ) -> AsyncIterator[Subscription]:
     # Subscribed before the response starts, so nothing published after the client has
     # seen the headers can be missed; unsubscribed when the stream ends.
-    with hub.subscribe(principal.user_id) as queue:
+    subscription = ExitStack()
+    try:
+        queue = subscription.enter_context(hub.subscribe(principal.user_id, "sse"))
+    except TooManyStreamsError as exc:
+        raise _too_many_streams(exc) from None
+    with subscription:
         yield queue
+
+
+def _too_many_streams(exc: TooManyStreamsError) -> ProblemError:
+    return ProblemError(
+        f"Too many open streams: one user may hold {exc.limit} event streams and WebSockets "
+        "at once; close one before opening another.",
+        status=status.HTTP_429_TOO_MANY_REQUESTS,
+        headers={"Retry-After": STREAM_RETRY_AFTER},
+    )
 
 
 notifications = APIRouter(prefix="/api/notifications", tags=["notifications"])
@@ -88,7 +105,14 @@ async def websocket_stream(
         await websocket.close(code=status.WS_1013_TRY_AGAIN_LATER, reason="try again later")
         return
     hub: PushHub = websocket.app.state.push_hub
-    with hub.subscribe(principal.user_id) as queue:
+    subscription = ExitStack()
+    try:
+        queue = subscription.enter_context(hub.subscribe(principal.user_id, "websocket"))
+    except TooManyStreamsError as exc:
+        reason = f"too many open streams (at most {exc.limit} per user)"
+        await websocket.close(code=POLICY_VIOLATION, reason=reason)
+        return
+    with subscription:
 
         async def forward() -> None:
             while (notification := await queue.get()) is not END_OF_STREAM:

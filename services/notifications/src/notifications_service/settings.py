@@ -32,3 +32,9 @@ class NotificationsSettings(MessagingSettings):
     push_buffer: int = Field(
         default=100, ge=1, le=10_000, description="Notifications buffered per open stream."
     )
+    stream_limit_per_user: int = Field(
+        default=8,
+        ge=0,
+        description="Event streams and WebSockets one user may hold open in one process; "
+        "0: no cap. The gateway holds the same cap across every replica.",
+    )
