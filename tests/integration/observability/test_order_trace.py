@@ -172,6 +172,9 @@ async def test_metrics_of_every_listed_instrument_arrive_with_values(
     instruments = {m["name"] for m in listed if m["name"]}
     gauges = {m["name"] for m in listed if m["type"] == "gauge"}  # zero is a fine value
     await _customer_token(gateway)  # at least one request, event and DB use after start
+    # And one refusal: more headers than a server takes (`resource_limit.refusals`).
+    crowded = await gateway.get("/healthz", headers={f"x-filler-{n}": "1" for n in range(120)})
+    assert crowded.status_code == 431
 
     def arrived() -> set[str]:
         return {p.metric for p in otlp.points if p.value > 0 or p.metric in gauges} & instruments
