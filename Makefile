@@ -153,7 +153,7 @@ up: $(COMPOSE_JWT_KEY) $(TOOLS)/venv/.synced images ## Build and start the mesh 
 	@# with openssl's default mode (0600) would be unreadable there. A local throw-away key.
 	@chmod 0644 $(COMPOSE_JWT_KEY)
 	@$(COMPOSE) up --no-build --detach --wait
-	@echo "gateway http://127.0.0.1:$(GATEWAY_PORT)"
+	@$(COMPOSE) port gateway 8000 | sed 's|^|gateway http://|'
 	@$(COMPOSE) port rabbitmq 15672 | sed 's|^|rabbitmq management http://|'
 	@$(if $(filter 1,$(OBSERVABILITY)),$(COMPOSE) port jaeger 16686 | sed 's|^|jaeger http://|'; $(COMPOSE) port grafana 3000 | sed 's|^|grafana http://|'; $(COMPOSE) port prometheus 9090 | sed 's|^|prometheus http://|')
 
