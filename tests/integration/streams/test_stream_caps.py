@@ -21,6 +21,7 @@ from meshdev.stack import RunningMesh
 from .conftest import GATEWAYS, LEASE_SECONDS, STREAM_CAP
 
 STREAM = "/api/notifications/stream"
+USER_LIMIT = "stream_user_limit"  # the refusals' reason when a user holds the cap
 
 
 @asynccontextmanager
@@ -99,10 +100,16 @@ async def test_one_user_cannot_take_the_notifications_api_from_everyone(
             ),
             what="each gateway's open streams",
         )
-    for name in GATEWAYS:
-        assert _last(
-            otlp, name, "resource_limit.refusals", **{"resource_limit.reason": "stream_user_limit"}
+
+    # Each gateway refused the user once (the stream, then the WebSocket); the counts arrive
+    # with each process's next metric export.
+    def refused_by_both() -> bool:
+        return all(
+            _last(otlp, name, "resource_limit.refusals", **{"resource_limit.reason": USER_LIMIT})
+            for name in GATEWAYS
         )
+
+    await otlp.wait_for(refused_by_both, what="each gateway's refusals")
     # The circuit to notifications never opened, and no gateway blamed the service.
     assert not [
         p
