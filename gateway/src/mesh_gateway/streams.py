@@ -35,6 +35,7 @@ from mesh_gateway.edge import POLICY_VIOLATION, TRY_AGAIN_LATER, Refusal
 from meshkit.ratelimit import (
     MEMORY,
     STORAGE_ERRORS,
+    StorageFallback,
     redis_client,
     storage_scheme,
     watch_storage,
@@ -126,10 +127,14 @@ class UserStreamLeases:
         self.lease_seconds = lease_seconds
         self._ttl_ms = int(lease_seconds * 1000)
         self._key_prefix = key_prefix
-        self._retry_seconds = retry_seconds
-        self._clock = clock
-        self._available = True
-        self._retry_at = 0.0
+        self._fallback = StorageFallback(
+            retry_seconds=retry_seconds,
+            clock=clock,
+            log=logger,
+            lost="stream-lease storage unreachable (%s): streams are counted per user in this "
+            "process until it answers again (tried every %s s)",
+            back="stream-lease storage answers again: streams are counted in it again",
+        )
         self._local: dict[str, set[str]] = {}
         self._held: dict[str, str] = {}  # shared leases of this process: lease -> key
         self._redis: Any = None
@@ -143,7 +148,7 @@ class UserStreamLeases:
     @property
     def available(self) -> bool:
         """False while this process counts streams on its own because the storage failed."""
-        return self._available
+        return self._fallback.available
 
     def key(self, user: str) -> str:
         return f"{self._key_prefix}:streams:{user}"
@@ -155,16 +160,16 @@ class UserStreamLeases:
     async def acquire(self, user: str) -> Lease | None:
         """A lease for one more stream of `user`, or None when the user holds the cap."""
         lease = uuid.uuid4().hex
-        if self._redis is not None and self._try_shared():
+        if self._redis is not None and self._fallback.try_shared():
             key = self.key(user)
             try:
                 granted, _ = await self._acquire_script(
                     keys=[key], args=[self.limit, self._ttl_ms, lease]
                 )
             except STORAGE_ERRORS as exc:
-                self._fall_back(exc)
+                self._fallback.failed(str(exc) or type(exc).__name__)
             else:
-                self._answered()
+                self._fallback.answered()
                 if not granted:
                     return None
                 self._held[lease] = key
@@ -210,9 +215,9 @@ class UserStreamLeases:
                     args=[self._ttl_ms, *(lease for lease, _ in lost)],
                 )
         except STORAGE_ERRORS as exc:
-            self._fall_back(exc)
+            self._fallback.failed(str(exc) or type(exc).__name__)
         else:
-            self._answered()
+            self._fallback.answered()
 
     async def renew_forever(self) -> None:
         while True:
@@ -222,31 +227,6 @@ class UserStreamLeases:
             except Exception:
                 # A renewal that stopped for good would let every lease of this process lapse.
                 logger.exception("renewing stream leases failed; trying again next period")
-
-    def _try_shared(self) -> bool:
-        if self._available:
-            return True
-        now = self._clock()
-        if now < self._retry_at:
-            return False
-        self._retry_at = now + self._retry_seconds  # one probe per period
-        return True
-
-    def _fall_back(self, exc: BaseException) -> None:
-        self._retry_at = self._clock() + self._retry_seconds
-        if self._available:
-            self._available = False
-            logger.warning(
-                "stream-lease storage unreachable (%s): streams are counted per user in this "
-                "process until it answers again (tried every %s s)",
-                str(exc) or type(exc).__name__,
-                self._retry_seconds,
-            )
-
-    def _answered(self) -> None:
-        if not self._available:
-            self._available = True
-            logger.info("stream-lease storage answers again: streams are counted in it again")
 
 
 class StreamGate:

@@ -93,6 +93,50 @@ class RateLimitStorageSettings(ServiceSettings):
         return uri
 
 
+class StorageFallback:
+    """The shared storage's state as one process sees it: while it does not answer, the caller
+    counts in this process's memory, probes it again once per `retry_seconds`, and the change
+    is logged once each way (`lost` takes the error and the period; `back` nothing)."""
+
+    def __init__(
+        self,
+        *,
+        retry_seconds: float,
+        clock: Callable[[], float],
+        log: logging.Logger,
+        lost: str,
+        back: str,
+    ) -> None:
+        self.available = True
+        self._retry_seconds = retry_seconds
+        self._clock = clock
+        self._retry_at = 0.0
+        self._log = log
+        self._lost = lost
+        self._back = back
+
+    def try_shared(self) -> bool:
+        """Whether to ask the shared storage now: it answers, or its next probe is due."""
+        if self.available:
+            return True
+        now = self._clock()
+        if now < self._retry_at:
+            return False
+        self._retry_at = now + self._retry_seconds  # one probe per period
+        return True
+
+    def failed(self, reason: object) -> None:
+        self._retry_at = self._clock() + self._retry_seconds
+        if self.available:
+            self.available = False
+            self._log.warning(self._lost, reason, self._retry_seconds)
+
+    def answered(self) -> None:
+        if not self.available:
+            self.available = True
+            self._log.info(self._back)
+
+
 class SharedRateLimiter:
     """One `limits` strategy over the configured storage, and the same strategy over this
     process's memory for while that storage does not answer."""
@@ -112,10 +156,14 @@ class SharedRateLimiter:
         self._strategy = _STRATEGIES[strategy]
         self._local: RateLimiter = self._strategy(MemoryStorage())
         self._shared: RateLimiter | None = None
-        self._retry_seconds = retry_seconds
-        self._clock = clock
-        self._available = True
-        self._retry_at = 0.0
+        self._fallback = StorageFallback(
+            retry_seconds=retry_seconds,
+            clock=clock,
+            log=logger,
+            lost=f"rate-limit storage unreachable (%s): {name} counts in this process until it "
+            "answers again (tried every %s s)",
+            back=f"rate-limit storage answers again: {name} counts in it again",
+        )
         scheme = storage_scheme(storage_uri)
         if scheme not in SCHEMES:
             raise ValueError(f"unsupported rate-limit storage {storage_uri!r}")
@@ -158,7 +206,7 @@ class SharedRateLimiter:
     @property
     def available(self) -> bool:
         """False while this process counts on its own because the shared storage failed."""
-        return self._available
+        return self._fallback.available
 
     async def run(
         self,
@@ -169,38 +217,17 @@ class SharedRateLimiter:
         """`decide(limiter, ...)` on the shared counters; on this process's own when they fail
         or are known to be down. A decision runs wholly on one of them."""
         shared = self._shared
-        if shared is not None:
-            if not self._available:
-                now = self._clock()
-                if now < self._retry_at:
-                    return await decide(self._local, *args, **kwargs)
-                self._retry_at = now + self._retry_seconds  # one probe per period
+        if shared is not None and self._fallback.try_shared():
             try:
                 result = await decide(shared, *args, **kwargs)
             # coredis errors arrive wrapped; a connection reset under a pending command
             # arrives as the socket's own OSError.
             except (StorageError, OSError) as exc:
-                self._fall_back(exc)
+                self._fallback.failed(exc.storage_error if isinstance(exc, StorageError) else exc)
             else:
-                if not self._available:
-                    self._available = True
-                    logger.info(
-                        "rate-limit storage answers again: %s counts in it again", self.name
-                    )
+                self._fallback.answered()
                 return result
         return await decide(self._local, *args, **kwargs)
-
-    def _fall_back(self, exc: StorageError | OSError) -> None:
-        self._retry_at = self._clock() + self._retry_seconds
-        if self._available:
-            self._available = False
-            logger.warning(
-                "rate-limit storage unreachable (%s): %s counts in this process until it "
-                "answers again (tried every %s s)",
-                exc.storage_error if isinstance(exc, StorageError) else exc,
-                self.name,
-                self._retry_seconds,
-            )
 
 
 # What a call to the shared storage raises when it does not answer: coredis' errors, or the
