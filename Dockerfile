@@ -97,7 +97,7 @@ LABEL org.opencontainers.image.title=mesh-gateway \
       org.opencontainers.image.description="The mesh's API gateway: routing, JWT auth, rate limits, one OpenAPI document"
 ENV PORT=8000 OTEL_SERVICE_NAME=gateway
 EXPOSE 8000
-CMD ["gunicorn", "--config", "python:meshkit.gunicorn_conf", "mesh_gateway.main:app"]
+CMD ["gunicorn", "--config", "python:meshkit.gunicorn_conf", "mesh_gateway.main:create_app()"]
 
 FROM runtime AS users
 COPY --from=users-build /app /app
@@ -105,7 +105,7 @@ LABEL org.opencontainers.image.title=mesh-users \
       org.opencontainers.image.description="The mesh's users service: registration, login, signed tokens"
 ENV PORT=8001 OTEL_SERVICE_NAME=users
 EXPOSE 8001
-CMD ["gunicorn", "--config", "python:meshkit.gunicorn_conf", "users_service.main:app"]
+CMD ["gunicorn", "--config", "python:meshkit.gunicorn_conf", "users_service.main:create_app()"]
 
 FROM runtime AS orders
 COPY --from=orders-build /app /app
@@ -113,7 +113,7 @@ LABEL org.opencontainers.image.title=mesh-orders \
       org.opencontainers.image.description="The mesh's orders service: orders, idempotent creation, order events"
 ENV PORT=8002 OTEL_SERVICE_NAME=orders
 EXPOSE 8002
-CMD ["gunicorn", "--config", "python:meshkit.gunicorn_conf", "orders_service.main:app"]
+CMD ["gunicorn", "--config", "python:meshkit.gunicorn_conf", "orders_service.main:create_app()"]
 
 FROM runtime AS notifications
 COPY --from=notifications-build /app /app
@@ -121,4 +121,4 @@ LABEL org.opencontainers.image.title=mesh-notifications \
       org.opencontainers.image.description="The mesh's notifications service: event consumer, list, SSE and WebSocket push"
 ENV PORT=8003 OTEL_SERVICE_NAME=notifications
 EXPOSE 8003
-CMD ["gunicorn", "--config", "python:meshkit.gunicorn_conf", "notifications_service.main:app"]
+CMD ["gunicorn", "--config", "python:meshkit.gunicorn_conf", "notifications_service.main:create_app()"]

@@ -4,8 +4,8 @@ else — no routing table, authentication, rate limit, breaker, retries, telemet
 bodies. Measured beside the gateway in front of the same backend, it says what any Python hop
 costs on the machine of the run, which target 4's absolute limit cannot.
 
-Served as `gunicorn --config python:meshkit.gunicorn_conf bare_hop.main:app` from `bench/`,
-forwarding every request but its own probes to `BARE_HOP_UPSTREAM`.
+Served as `gunicorn --config python:meshkit.gunicorn_conf 'bare_hop.main:create_app()'` from
+`bench/`, forwarding every request but its own probes to `BARE_HOP_UPSTREAM`.
 """
 
 from __future__ import annotations
@@ -87,4 +87,5 @@ class BareHop:
         await send({"type": "http.response.body", "body": b""})
 
 
-app = BareHop(os.environ.get("BARE_HOP_UPSTREAM", "http://127.0.0.1:8001"))
+def create_app() -> BareHop:
+    return BareHop(os.environ.get("BARE_HOP_UPSTREAM", "http://127.0.0.1:8001"))

@@ -174,7 +174,7 @@ def test_every_app_deployment_agrees_with_its_image_and_compose(
         for deployment in deployments:
             name = deployment["metadata"]["name"]
             container = _container(deployment)
-            package = container["command"][-1].removesuffix(".main:app")
+            package = container["command"][-1].removesuffix(".main:create_app()")
             assert container["command"] == production_command(package), name
             assert json.loads(stages[name].last("CMD") or "null") == container["command"], name
             port = str(container["ports"][0]["containerPort"])

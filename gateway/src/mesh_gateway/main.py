@@ -1,6 +1,6 @@
 """The gateway's ASGI app: the mesh's only public entry point.
 
-Served by `gunicorn --config python:meshkit.gunicorn_conf mesh_gateway.main:app`: the
+Served by `gunicorn --config python:meshkit.gunicorn_conf 'mesh_gateway.main:create_app()'`: the
 dispatcher (`mesh_gateway.dispatch`) in front of a small FastAPI app (docs, OpenAPI, probes),
 over the state its lifespan builds (`mesh_gateway.state`).
 """
@@ -19,7 +19,7 @@ from mesh_gateway.docs import DESCRIPTION, TITLE, serve_docs
 from mesh_gateway.routing import RouteTable
 from mesh_gateway.settings import GatewaySettings
 from mesh_gateway.state import gateway_state
-from meshkit.app import create_service_app, lazy_app, readiness_checks
+from meshkit.app import create_service_app, readiness_checks
 from meshkit.auth import TokenVerifier
 
 
@@ -65,7 +65,3 @@ def create_app(settings: GatewaySettings | None = None) -> ASGIApp:
             max_age=600,
         )
     return app
-
-
-# Served as `mesh_gateway.main:app`; built in each gunicorn worker on first access.
-__getattr__ = lazy_app(create_app)

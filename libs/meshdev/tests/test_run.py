@@ -53,7 +53,7 @@ def test_every_process_runs_the_production_command_as_its_service() -> None:
         assert child.command[1:] == [
             "--config",
             "python:meshkit.gunicorn_conf",
-            f"{deployable.package}.main:app",
+            f"{deployable.package}.main:create_app()",
         ]
         assert (child.env["OTEL_SERVICE_NAME"], child.env["PORT"]) == (
             deployable.name,

@@ -17,7 +17,7 @@ from sqlalchemy import exc as sa_exc
 
 from meshdev.processes import free_port
 from meshdev.pytest_plugin import metric_points
-from meshkit.app import create_service_app, lazy_app, readiness_checks
+from meshkit.app import create_service_app, readiness_checks
 from meshkit.db import Database
 from meshkit.problems import ConflictError, UnprocessableError
 from meshkit.settings import ServiceSettings
@@ -323,19 +323,3 @@ async def test_openapi_documents_validation_errors_as_problems(client: httpx.Asy
         "$ref": "#/components/schemas/Problem"
     }
     assert "HTTPValidationError" not in document["components"]["schemas"]
-
-
-def test_lazy_app_builds_the_app_once_on_first_access() -> None:
-    built: list[str] = []
-
-    def factory() -> str:
-        built.append("app")
-        return "the app"
-
-    module_getattr = lazy_app(factory)
-
-    assert built == []
-    assert module_getattr("app") == module_getattr("app") == "the app"
-    assert built == ["app"]
-    with pytest.raises(AttributeError):
-        module_getattr("something_else")

@@ -14,7 +14,7 @@ from pathlib import Path
 @dataclass(frozen=True, slots=True)
 class Deployable:
     name: str  # process name and OpenTelemetry service.name
-    package: str  # import name; served as `<package>.main:app`
+    package: str  # import name; served as `<package>.main:create_app()`
     port: int  # local default port (../shared/CONTRACT.md)
     database: str | None = None  # default database name; migrated by `<package>.migrate`
     # Deployables this one's /readyz asks: it cannot be ready before they are.

@@ -29,7 +29,7 @@ def access_records(logs: str) -> list[dict[str, Any]]:
 
 def production_command(package: str) -> list[str]:
     """The one serving command, shared by `make run`, the Dockerfile and Kubernetes."""
-    return ["gunicorn", "--config", GUNICORN_CONFIG, f"{package}.main:app"]
+    return ["gunicorn", "--config", GUNICORN_CONFIG, f"{package}.main:create_app()"]
 
 
 def free_port() -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
@@ -26,22 +26,6 @@ from meshkit.settings import ServiceSettings
 from meshkit.telemetry import configure_telemetry
 
 ServiceLifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
-AppT = TypeVar("AppT")
-
-
-def lazy_app(factory: Callable[[], AppT]) -> Callable[[str], AppT]:
-    """A module `__getattr__` that builds the module's `app` on first access: in each gunicorn
-    worker (after the fork), not when tests or tools import the module for `create_app`."""
-    built: list[AppT] = []
-
-    def module_getattr(name: str) -> AppT:
-        if name != "app":
-            raise AttributeError(name)
-        if not built:
-            built.append(factory())
-        return built[0]
-
-    return module_getattr
 
 
 def readiness_checks(app: FastAPI) -> MutableMapping[str, ReadinessCheck]:

@@ -1,6 +1,6 @@
 """The gunicorn configuration every deployable is served with:
 
-    gunicorn --config python:meshkit.gunicorn_conf <package>.main:app
+    gunicorn --config python:meshkit.gunicorn_conf '<package>.main:create_app()'
 
 Environment: HOST (default 0.0.0.0), PORT (default 8000), WEB_CONCURRENCY (workers, default 2),
 GRACEFUL_TIMEOUT (seconds, default 20; Kubernetes' terminationGracePeriodSeconds must exceed it),
@@ -41,7 +41,7 @@ keepalive = int(os.environ.get("KEEPALIVE", "75"))
 limit_request_line = int(os.environ.get("LIMIT_REQUEST_LINE", "4094"))
 limit_request_fields = int(os.environ.get("LIMIT_REQUEST_FIELDS", "100"))
 limit_request_field_size = int(os.environ.get("LIMIT_REQUEST_FIELD_SIZE", "8190"))
-# Not preloaded: each worker imports the app after the fork, so telemetry exporters, engines
+# Not preloaded: each worker calls the app factory after the fork, so telemetry exporters, engines
 # and clients are created per worker (their threads and sockets do not survive a fork).
 preload_app = False
 # One access line per request comes from the app's middleware, in JSON, with trace ids.

@@ -1,6 +1,7 @@
 """The notifications service's ASGI app.
 
-Served by `gunicorn --config python:meshkit.gunicorn_conf notifications_service.main:app`.
+Served by
+`gunicorn --config python:meshkit.gunicorn_conf 'notifications_service.main:create_app()'`.
 Each worker runs, in its lifespan: the consumer of the `notifications` queue (competing with the
 other workers and replicas), its own `notification.created` subscription feeding its SSE and
 WebSocket clients, and an outbox relay.
@@ -15,7 +16,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from meshkit.app import create_service_app, lazy_app, readiness_checks
+from meshkit.app import create_service_app, readiness_checks
 from meshkit.db import Database
 from meshkit.messaging import (
     Broker,
@@ -146,7 +147,3 @@ def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         # E.g. the queue exists with other arguments; /readyz keeps reporting "consumer".
         logger.error("could not start consuming", exc_info=task.exception())
-
-
-# Served as `<package>.main:app`; built in each gunicorn worker on first access.
-__getattr__ = lazy_app(create_app)

@@ -1,7 +1,8 @@
 """The orders service's ASGI app.
 
-Served by `gunicorn --config python:meshkit.gunicorn_conf orders_service.main:app`. Every worker
-runs its own outbox relay (they share the rows safely, see `meshkit.messaging.outbox`).
+Served by `gunicorn --config python:meshkit.gunicorn_conf 'orders_service.main:create_app()'`.
+Every worker runs its own outbox relay (they share the rows safely, see
+`meshkit.messaging.outbox`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from meshkit.app import create_service_app, lazy_app
+from meshkit.app import create_service_app
 from meshkit.http_client import create_http_client
 from meshkit.messaging import publisher_lifespan
 from orders_service.models import outbox
@@ -44,7 +45,3 @@ def create_app(settings: OrdersSettings | None = None) -> FastAPI:
         routers=routers,
         lifespan=lifespan,
     )
-
-
-# Served as `<package>.main:app`; built in each gunicorn worker on first access.
-__getattr__ = lazy_app(create_app)

@@ -1,6 +1,6 @@
 """The users service's ASGI app.
 
-Served by `gunicorn --config python:meshkit.gunicorn_conf users_service.main:app`.
+Served by `gunicorn --config python:meshkit.gunicorn_conf 'users_service.main:create_app()'`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 
-from meshkit.app import create_service_app, lazy_app
+from meshkit.app import create_service_app
 from meshkit.auth import StaticKeySource, TokenVerifier
 from meshkit.messaging import publisher_lifespan
 from meshkit.ratelimit import SharedRateLimiter
@@ -72,7 +72,3 @@ def create_app(settings: UsersSettings | None = None) -> FastAPI:
         routers=routers,
         lifespan=lifespan,
     )
-
-
-# Served as `<package>.main:app`; built in each gunicorn worker on first access.
-__getattr__ = lazy_app(create_app)
