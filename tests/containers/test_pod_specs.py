@@ -26,6 +26,7 @@ from typing import ClassVar
 
 import pytest
 
+from meshdev.deployfiles import expand
 from meshdev.docker import (
     app_image,
     docker,
@@ -48,7 +49,6 @@ from meshdev.podspecs import (
     container_env,
     container_run,
     ed25519_pem,
-    expand,
     image_user,
     inspect,
     last_logs,

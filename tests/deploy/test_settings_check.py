@@ -33,12 +33,17 @@ def test_an_unsafe_value_is_refused_as_in_production() -> None:
         settings_from("users_service", env)
 
 
-def test_the_environment_is_restored_afterwards(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_process_environment_is_neither_read_nor_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/x")
     monkeypatch.setenv("ENVIRONMENT", "test")
+    monkeypatch.setenv("LOG_LEVEL", "DEBUG")
     settings = settings_from(
         "users_service", {"DATABASE_URL": URL, "JWT_PRIVATE_KEY_FILE": "/k", "RABBITMQ_URL": BROKER}
     )
     assert settings.database_url == URL
+    assert settings.environment == "production"
+    assert settings.log_level == "INFO"
     assert os.environ["DATABASE_URL"] == "postgresql+asyncpg://postgres@127.0.0.1:5432/x"
     assert os.environ["ENVIRONMENT"] == "test"

@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dockerfile  # type: ignore[import-not-found]  # BuildKit's own parser, a compiled module
+import promql_parser
 import yaml
+from pydantic_settings import EnvSettingsSource
 
 from meshkit.settings import ServiceSettings
 
@@ -71,8 +74,6 @@ _SERIES_SUFFIXES = {
     "counter": ("_total",),
     "gauge": ("",),
 }
-# PromQL words that look like metric names but are not.
-_PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
 
 
 def listed_series() -> set[str]:
@@ -87,14 +88,15 @@ def listed_series() -> set[str]:
 
 
 def promql_metric_names(expr: str) -> set[str]:
-    """Metric names in a PromQL expression (label matchers, ranges, grouping and functions
-    removed)."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    expr = re.sub(r"\{[^}]*\}", "", expr)
-    expr = re.sub(r"\[[^\]]*\]", "", expr)
-    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    names = set(re.findall(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\b(?!\s*\()", expr))
-    return {name for name in names if name.lower() not in _PROMQL_KEYWORDS}
+    """The metric names a PromQL expression selects; ValueError if it is not PromQL."""
+    names: set[str] = set()
+
+    def visit(node: promql_parser.Expr) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            names.add(node.name)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return names
 
 
 def kustomizations() -> dict[str, Path]:
@@ -163,12 +165,16 @@ class Cluster:
         return None if encoded is None else base64.b64decode(encoded).decode()
 
 
-_REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+# Kubernetes' references have no parser outside the kubelet; their whole grammar is `$$` and
+# `$(NAME)`, so one expression covers it.
+_REFERENCE = re.compile(r"\$(?:\$|\(([^)]*)\))")
 
 
 def expand(value: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' `$(VAR)` expansion: variables defined earlier are replaced, others kept."""
-    return _REFERENCE.sub(lambda match: env.get(match[1], match[0]), value)
+    """Kubernetes' expansion of env values, command and args: `$(VAR)` becomes the value of a
+    variable defined before it, `$$` is one `$` (so `$$(VAR)` stays `$(VAR)`), and references
+    to unknown variables, unclosed `$(` and lone `$` stay as written."""
+    return _REFERENCE.sub(lambda ref: "$" if ref[1] is None else env.get(ref[1], ref[0]), value)
 
 
 def secret_placeholder(name: str, key: str) -> str:
@@ -235,45 +241,28 @@ def settings_class(package: str) -> type[ServiceSettings]:
 @dataclass
 class DockerStage:
     name: str
-    instructions: list[tuple[str, str]]
+    commands: list[dockerfile.Command] = field(default_factory=list)
 
     def last(self, instruction: str) -> str | None:
-        found = [arguments for keyword, arguments in self.instructions if keyword == instruction]
-        return found[-1] if found else None
+        """The arguments of the stage's last `instruction` as written, flags included."""
+        found = [c.original for c in self.commands if c.cmd.upper() == instruction]
+        return str(found[-1].split(maxsplit=1)[1]) if found else None
 
     def env(self) -> dict[str, str]:
-        values: dict[str, str] = {}
-        for keyword, arguments in self.instructions:
-            if keyword == "ENV":
-                for pair in re.findall(r"(\w+)=(\S+)", arguments):
-                    values[pair[0]] = pair[1]
-        return values
+        pairs = [c.value for c in self.commands if c.cmd.upper() == "ENV"]  # (name, value, ...)
+        return {k: v for value in pairs for k, v in zip(value[::2], value[1::2], strict=True)}
 
 
 def dockerfile_stages(path: Path) -> dict[str, DockerStage]:
-    """Stages by name, each with its instructions (continuation lines joined, comments dropped)."""
-    logical: list[str] = []
-    pending = ""
-    for line in path.read_text().splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if stripped.endswith("\\"):
-            pending += stripped[:-1] + " "
-            continue
-        logical.append(pending + stripped)
-        pending = ""
+    """Stages by name (`#<index>` when unnamed), as BuildKit's parser reads the Dockerfile."""
     stages: dict[str, DockerStage] = {}
-    current: DockerStage | None = None
-    for instruction in logical:
-        keyword, _, arguments = instruction.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "FROM":
-            match = re.search(r"\bAS\s+(\S+)", arguments, re.IGNORECASE)
-            current = DockerStage(match[1] if match else f"#{len(stages)}", [])
-            stages[current.name] = current
-        elif current is not None:
-            current.instructions.append((keyword, arguments.strip()))
+    for command in dockerfile.parse_file(str(path)):
+        if command.cmd.upper() == "FROM":
+            named = len(command.value) == 3 and command.value[1].upper() == "AS"
+            stage = DockerStage(command.value[2] if named else f"#{len(stages)}")
+            stages[stage.name] = stage
+        elif stages:
+            stage.commands.append(command)
     return stages
 
 
@@ -306,13 +295,7 @@ def settings_from(package: str, env: Mapping[str, str]) -> ServiceSettings:
     if missing:
         raise LocalDefaultError(f"{package}: not set, and the default is local: {sorted(missing)}")
     cls = settings_class(package)
-    names = {name.upper() for name in cls.model_fields}
-    saved = {name: os.environ.pop(name) for name in list(os.environ) if name in names}
-    try:
-        os.environ.update({k: v for k, v in env.items() if k in names})
-        os.environ["ENVIRONMENT"] = "production"
-        return cls()
-    finally:
-        for name in names:
-            os.environ.pop(name, None)
-        os.environ.update(saved)
+    # The service's own environment source, reading `env` instead of this process's environment.
+    source = EnvSettingsSource(cls)
+    source.env_vars = {k.lower(): v for k, v in {**env, "ENVIRONMENT": "production"}.items()}
+    return cls(_build_sources=((source,), {}))

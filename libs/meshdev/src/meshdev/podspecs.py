@@ -44,7 +44,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from meshdev.deployfiles import K8S, render
+from meshdev.deployfiles import K8S, expand, render
 from meshdev.docker import DEPLOYABLES, app_image, docker, infrastructure_image
 
 Manifest = dict[str, Any]
@@ -75,35 +75,6 @@ def workloads(manifests: Sequence[Manifest], kind: str) -> dict[str, Manifest]:
 def pod_template(workload: Manifest) -> Manifest:
     template: Manifest = workload["spec"]["template"]
     return template
-
-
-# ---- Kubernetes' $(VAR) expansion --------------------------------------------------------------
-
-
-def expand(value: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' expansion of env values, command and args: `$(VAR)` becomes the value of a
-    variable defined before it, `$$` is one `$` (so `$$(VAR)` stays `$(VAR)`), and references
-    to unknown variables, unclosed `$(` and lone `$` stay as written."""
-    out: list[str] = []
-    cursor = 0
-    while cursor < len(value):
-        char = value[cursor]
-        if char != "$" or cursor + 1 == len(value):
-            out.append(char)
-            cursor += 1
-            continue
-        following = value[cursor + 1]
-        if following == "$":
-            out.append("$")
-            cursor += 2
-        elif following == "(" and (closing := value.find(")", cursor + 2)) != -1:
-            name = value[cursor + 2 : closing]
-            out.append(env.get(name, f"$({name})"))
-            cursor = closing + 1
-        else:
-            out.append("$" + following)
-            cursor += 2
-    return "".join(out)
 
 
 # ---- quantities --------------------------------------------------------------------------------
