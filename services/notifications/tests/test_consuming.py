@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 import httpx
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -147,6 +149,42 @@ async def test_a_malformed_message_goes_straight_to_the_dead_letter_queue(
     assert {d.reason for d in found} == {"rejected"}
     assert _processed(spans, broken.id) == 1  # not retried
     assert await _notifications(client, alice) == []
+
+
+async def test_events_no_handler_can_take_are_dead_lettered_alone_with_their_reason(
+    client: httpx.AsyncClient,
+    publish: Publish,
+    order_event: OrderEvent,
+    alice: Account,
+    bob: Account,
+    vhost: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = order_event(alice.id)
+    refused = [
+        (order_event(alice.id, "order.shipped"), "no handler for events of type order.shipped"),
+        (order_event(alice.id, total_cents="lots"), "total_cents"),
+        (
+            order_event(bob.id, "order.cancelled").model_copy(update={"subject": alice.id}),
+            "the order's user is not the subject",
+        ),
+    ]
+    with caplog.at_level(logging.ERROR, logger="meshkit.messaging.consumer"):
+        for event in [*(e for e, _ in refused), good]:
+            await publish(event)
+
+        async def dead_letters() -> list[DeadLetter] | None:
+            found = await list_dead_letters(amqp_url(vhost), "notifications")
+            return found if len(found) == len(refused) else None
+
+        found = await eventually(dead_letters)
+    assert {d.message_id for d in found} == {str(e.id) for e, _ in refused}
+    assert {d.reason for d in found} == {"rejected"}
+    items = await eventually(lambda: _notifications(client, alice))
+    assert [item["event_id"] for item in items] == [str(good.id)]
+    logged = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
+    for event, reason in refused:
+        assert any(str(event.id) in line and reason in line for line in logged), reason
 
 
 async def test_a_message_that_keeps_failing_is_dead_lettered_and_replayed_after_the_fix(

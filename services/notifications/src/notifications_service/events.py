@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from meshkit.messaging import CloudEvent, MalformedEventError
+from meshkit.messaging import CloudEvent, EventHandlers, MalformedEventError
 from notifications_service.schemas import NotificationRead
 
 SOURCE = "notifications"
@@ -14,8 +14,6 @@ USER_REGISTERED = "user.registered"
 ORDER_CREATED = "order.created"
 ORDER_CANCELLED = "order.cancelled"
 NOTIFICATION_CREATED = "notification.created"
-# What the notifications queue is bound to.
-SUBSCRIBED = (USER_REGISTERED, "order.*")
 
 
 class _Payload(BaseModel):
@@ -39,29 +37,41 @@ class Described(BaseModel):
     message: str
 
 
-def _money(cents: int) -> str:
-    return f"{cents // 100}.{cents % 100:02d}"
+# The notification each event produces; its bindings are the notifications queue's. Every order
+# event reaches the queue: one without a handler is dead-lettered, not left unroutable (and
+# retried) by the orders relay.
+handlers: EventHandlers[Described] = EventHandlers(wildcards=("order.*",))
 
 
-def describe(event: CloudEvent) -> Described:
-    """The notification an event produces; MalformedEventError if it cannot produce one."""
+def _user_id(event: CloudEvent) -> uuid.UUID:
     try:
-        user_id = uuid.UUID(event.subject)
-        if event.type == USER_REGISTERED:
-            user = UserRegistered.model_validate(event.data)
-            return Described(user_id=user_id, message=f"Welcome to the mesh, {user.name}!")
-        if event.type in (ORDER_CREATED, ORDER_CANCELLED):
-            order = OrderChanged.model_validate(event.data)
-            if order.user_id != user_id:
-                raise MalformedEventError("the order's user is not the event's subject")
-            verb = "was placed" if event.type == ORDER_CREATED else "was cancelled"
-            total = _money(order.total_cents)
-            return Described(
-                user_id=user_id, message=f"Your order {str(order.id)[:8]} {verb} (total {total})."
-            )
-    except (ValueError, ValidationError) as exc:
-        raise MalformedEventError(f"{event.type} {event.id}: {exc}") from exc
-    raise MalformedEventError(f"no notification for events of type {event.type}")
+        return uuid.UUID(event.subject)
+    except ValueError as exc:
+        raise MalformedEventError(f"{event.type} {event.id}: the subject is not a user id") from exc
+
+
+@handlers.on(USER_REGISTERED, UserRegistered)
+def _welcome(event: CloudEvent, user: UserRegistered) -> Described:
+    return Described(user_id=_user_id(event), message=f"Welcome to the mesh, {user.name}!")
+
+
+@handlers.on(ORDER_CREATED, OrderChanged)
+def _order_placed(event: CloudEvent, order: OrderChanged) -> Described:
+    return _order_notification(event, order, "was placed")
+
+
+@handlers.on(ORDER_CANCELLED, OrderChanged)
+def _order_cancelled(event: CloudEvent, order: OrderChanged) -> Described:
+    return _order_notification(event, order, "was cancelled")
+
+
+def _order_notification(event: CloudEvent, order: OrderChanged, verb: str) -> Described:
+    user_id = _user_id(event)
+    if order.user_id != user_id:
+        raise MalformedEventError(f"{event.type} {event.id}: the order's user is not the subject")
+    cents = order.total_cents
+    message = f"Your order {str(order.id)[:8]} {verb} (total {cents // 100}.{cents % 100:02d})."
+    return Described(user_id=user_id, message=message)
 
 
 def notification_created(notification: NotificationRead) -> CloudEvent:

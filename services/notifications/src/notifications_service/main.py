@@ -27,7 +27,7 @@ from meshkit.messaging import (
     declare_work_queue,
 )
 from notifications_service import service
-from notifications_service.events import SUBSCRIBED
+from notifications_service.events import handlers
 from notifications_service.models import outbox
 from notifications_service.push import PushHub, declare_push_queue
 from notifications_service.routes import routers
@@ -109,7 +109,7 @@ class EventProcessing:
         queue = await declare_work_queue(
             work_channel,
             settings.events_queue,
-            bindings=SUBSCRIBED,
+            bindings=handlers.bindings,
             delivery_limit=settings.delivery_limit,
         )
         push_channel = await self._broker.channel(prefetch=settings.consumer_prefetch)

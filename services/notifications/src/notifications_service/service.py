@@ -11,7 +11,7 @@ from meshkit.messaging import Delivery, outbox_values, wake_relays
 from meshkit.pagination import Cursor, Page, PageParams, build_page
 from meshkit.problems import NotFoundError
 from notifications_service import repository
-from notifications_service.events import describe, notification_created
+from notifications_service.events import handlers, notification_created
 from notifications_service.schemas import NotificationRead
 
 
@@ -22,7 +22,7 @@ async def handle_events(*, database: Database, deliveries: Sequence[Delivery]) -
     now = datetime.now(UTC)
     notifications = []
     for delivery in deliveries:
-        described = describe(delivery.event)  # MalformedEventError: to the DLQ, alone
+        described = handlers.dispatch(delivery.event)  # MalformedEventError: to the DLQ, alone
         notifications.append(
             NotificationRead(
                 id=uuid.uuid4(),

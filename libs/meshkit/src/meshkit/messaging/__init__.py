@@ -15,6 +15,7 @@ from meshkit.messaging.events import (
     event_message,
     to_message,
 )
+from meshkit.messaging.handlers import EventHandlers
 from meshkit.messaging.lifespan import broker_lifespan, publisher_lifespan, relay_lifespan
 from meshkit.messaging.outbox import (
     OutboxRelay,
@@ -37,6 +38,7 @@ __all__ = [
     "CloudEvent",
     "Delivery",
     "EventConsumer",
+    "EventHandlers",
     "Handler",
     "MalformedEventError",
     "MessagingSettings",
