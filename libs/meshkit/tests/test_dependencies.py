@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from meshkit.auth import get_token_verifier, require_principal
-from meshkit.db import get_database
+from meshkit.unit_of_work import unit_of_work
 
 
-@pytest.mark.parametrize("dependency", [get_database, get_token_verifier, require_principal])
+@pytest.mark.parametrize("dependency", [unit_of_work, get_token_verifier, require_principal])
 def test_per_request_dependencies_do_not_run_in_the_thread_pool(
     dependency: Callable[..., Any],
 ) -> None:

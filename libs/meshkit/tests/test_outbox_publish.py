@@ -13,10 +13,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import MetaData
 
 from meshkit.db import Database
-from meshkit.messaging import outbox as outbox_module
+from meshkit.messaging import relay as relay_module
 from meshkit.messaging.broker import Broker
 from meshkit.messaging.events import CloudEvent
-from meshkit.messaging.outbox import OutboxRelay, outbox_table
+from meshkit.messaging.outbox import Outbox
+from meshkit.messaging.relay import OutboxRelay
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 STORED_PARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -49,7 +50,7 @@ async def _publish_one(traceparent: str | None) -> aio_pika.Message:
     database = Database("postgresql+asyncpg://unused@127.0.0.1:1/unused")
     relay = OutboxRelay(
         database=database,
-        table=outbox_table(MetaData()),
+        outbox=Outbox(MetaData()),
         broker=Broker("amqp://unused", connection_name="test"),
     )
     event = CloudEvent(source="orders", type="order.created", subject="u1", data={"id": "o1"})
@@ -82,7 +83,7 @@ async def test_a_tracing_process_publishes_in_a_span_of_the_stored_trace(
 async def test_without_tracing_the_stored_context_travels_on_unchanged(
     monkeypatch: pytest.MonkeyPatch, spans: InMemorySpanExporter
 ) -> None:
-    monkeypatch.setattr(outbox_module, "tracing_enabled", lambda: False)
+    monkeypatch.setattr(relay_module, "tracing_enabled", lambda: False)
 
     message = await _publish_one(STORED_PARENT)
 
@@ -93,7 +94,7 @@ async def test_without_tracing_the_stored_context_travels_on_unchanged(
 async def test_without_tracing_a_row_without_context_publishes_without_headers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(outbox_module, "tracing_enabled", lambda: False)
+    monkeypatch.setattr(relay_module, "tracing_enabled", lambda: False)
 
     message = await _publish_one(None)
 

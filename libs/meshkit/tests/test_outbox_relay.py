@@ -1,7 +1,8 @@
 """The outbox relay against a real PostgreSQL (through a fault proxy) and a real RabbitMQ vhost:
-it claims when its process says it committed events and polls for the rest, publishes, marks
-with its next claim or on its own, survives the database going away at any of those moments,
-and counts what it sent; statements planned on an empty outbox do not read the sent rows."""
+it claims when a unit of work of its process committed events and polls for the rest,
+publishes, marks with its next claim or on its own, survives the database going away at any of
+those moments, and counts what it sent; statements planned on an empty outbox do not read the
+sent rows."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import aio_pika
 import asyncpg
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, text
 from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 
 from meshdev.customers import eventually
@@ -22,9 +23,10 @@ from meshdev.postgres import asyncpg_dsn, create_database, drop_database
 from meshdev.pytest_plugin import metric_points
 from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
 from meshkit.db import Database
-from meshkit.messaging import EVENTS_EXCHANGE, CloudEvent, outbox_table, wake_relays
+from meshkit.messaging import EVENTS_EXCHANGE, CloudEvent, Outbox
 from meshkit.messaging.broker import Broker
-from meshkit.messaging.outbox import OutboxRelay, RelaySettings, _RelayStatements
+from meshkit.messaging.relay import OutboxRelay, RelaySettings, _RelayStatements
+from meshkit.unit_of_work import UnitOfWork
 
 INSERT = "INSERT INTO outbox (id, event_type, event) VALUES ($1, 'test.event', $2::jsonb)"
 
@@ -32,10 +34,10 @@ INSERT = "INSERT INTO outbox (id, event_type, event) VALUES ($1, 'test.event', $
 @pytest.fixture
 async def database_name() -> AsyncIterator[str]:
     name = await create_database("meshkit_test")
-    table = outbox_table(MetaData())
+    outbox = Outbox(MetaData())
     database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}")
     async with database.transaction() as connection:
-        await connection.run_sync(table.metadata.create_all)
+        await connection.run_sync(outbox.table.metadata.create_all)
     await database.dispose()
     yield name
     await drop_database(name)
@@ -82,7 +84,7 @@ async def test_the_relay_survives_the_database_going_away_before_it_marks(
     # A long mark delay opens a window between the broker's confirm and the mark.
     relay = OutboxRelay(
         database=database,
-        table=outbox_table(MetaData()),
+        outbox=Outbox(MetaData()),
         broker=broker,
         # The backlog measured at every turn: also while the database is refused, which is
         # classified as the broker's failure if told apart by its type (ConnectionError).
@@ -122,19 +124,18 @@ async def test_the_relay_survives_the_database_going_away_before_it_marks(
     assert received.count(str(first.id)) == 1  # marked late, but published once
 
 
-async def test_a_relay_claims_when_woken_and_finds_the_rest_by_polling(
+async def test_a_relay_claims_what_a_unit_of_work_committed_and_finds_the_rest_by_polling(
     database_name: str, broker: Broker, received: list[str]
 ) -> None:
     database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database_name}")
     direct = await asyncpg.connect(asyncpg_dsn(database_name))
+    outbox = Outbox(MetaData())
 
     def relay(poll_interval: float) -> OutboxRelay:
         settings = RelaySettings(poll_interval=poll_interval)
-        return OutboxRelay(
-            database=database, table=outbox_table(MetaData()), broker=broker, settings=settings
-        )
+        return OutboxRelay(database=database, outbox=outbox, broker=broker, settings=settings)
 
-    async def write() -> uuid.UUID:
+    async def write_elsewhere() -> uuid.UUID:
         event = _event()
         await direct.execute(INSERT, event.id, event.model_dump_json())
         return event.id
@@ -147,26 +148,38 @@ async def test_a_relay_claims_when_woken_and_finds_the_rest_by_polling(
         woken.start()
         await asyncio.sleep(1.0)  # its first claim (on starting) is spent
 
-        committed = await write()
-        wake_relays()  # what the service layer calls after committing events
-        await eventually(lambda: published(committed), within=10)
+        work, committed = UnitOfWork(database, woken), _event()
+        async with work.connect() as connection:
+            await connection.execute(outbox.insert, work.publish(committed))
+        await eventually(lambda: published(committed.id), within=10)
 
-        unannounced = await write()
+        unannounced = await write_elsewhere()
+        rolled_back = _event()
+
+        async def failing_change() -> None:
+            async with work.transaction() as connection:
+                await connection.execute(outbox.insert, work.publish(rolled_back))
+                raise RuntimeError("the change fails after its event was written")
+
+        with pytest.raises(RuntimeError):
+            await failing_change()
+        async with work.connect() as connection:  # a commit that wrote no event
+            await connection.execute(text("SELECT 1"))
         await asyncio.sleep(1.5)
-        assert not await published(unannounced)  # nothing else wakes it before its poll
+        assert not await published(unannounced)  # nothing woke it before its poll
         await woken.stop()
-        wake_relays()  # no longer this process's relay: nothing to wake
 
         polling.start()  # claims `unannounced` on starting
         await eventually(lambda: published(unannounced), within=10)
         await asyncio.sleep(0.5)
-        written_elsewhere = await write()  # no wake-up: found by the poll
+        written_elsewhere = await write_elsewhere()  # no wake-up: found by the poll
         await eventually(lambda: published(written_elsewhere), within=10)
     finally:
         await woken.stop()
         await polling.stop()
         await direct.close()
         await database.dispose()
+    assert str(rolled_back.id) not in received
 
 
 def _event(event_type: str = "test.event") -> CloudEvent:
@@ -189,7 +202,7 @@ async def test_a_batch_is_counted_by_event_type_and_outcome(
     database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database_name}")
     listener = await aio_pika.connect(amqp_url(vhost))
     direct = await asyncpg.connect(asyncpg_dsn(database_name))
-    relay = OutboxRelay(database=database, table=outbox_table(MetaData()), broker=broker)
+    relay = OutboxRelay(database=database, outbox=Outbox(MetaData()), broker=broker)
     try:
         channel = await listener.channel()
         queue = await channel.declare_queue(exclusive=True)
@@ -221,7 +234,7 @@ async def test_a_statement_planned_on_an_empty_outbox_does_not_scan_the_sent_row
     """A relay's prepared statements keep the plan PostgreSQL made when they were first run,
     often on an empty outbox, until the table is analysed (never, with autovacuum off): that
     plan must not reach the rows by reading every row the outbox retains."""
-    compiled = getattr(_RelayStatements(outbox_table(MetaData())), statement).compile(
+    compiled = getattr(_RelayStatements(Outbox(MetaData()).table), statement).compile(
         dialect=postgresql_asyncpg.dialect()  # type: ignore[no-untyped-call]
     )
     arguments = {"sent": "'{}'::uuid[]", "ids": "'{}'::uuid[]", "lease": "30", "batch": "200"}

@@ -1,14 +1,12 @@
-"""One async SQLAlchemy engine per process, and the connections the service layer runs its
-statements on: autocommit for single statements, a transaction for several."""
+"""One async SQLAlchemy engine per process, and its connections: autocommit for single
+statements, a transaction for several (services open them through `meshkit.unit_of_work`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from contextlib import AbstractAsyncContextManager
-from typing import Annotated
 
-from fastapi import Depends, Request
 from sqlalchemy import ColumnElement, MetaData, Table, and_, bindparam, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -66,9 +64,7 @@ class Database:
 
     Repositories run SQLAlchemy Core statements on an `AsyncConnection`: the ORM's unit of work
     cost about twice the CPU of the same statements in Core on every request
-    (docs/benchmarks.md, "What an order costs"). A write that is one statement runs alone on
-    `connect()` (atomic by itself, no BEGIN or COMMIT round trip); several statements that must
-    commit together run in `transaction()`.
+    (docs/benchmarks.md, "What an order costs").
 
     `pre_ping` is off by default: SQLAlchemy's asyncpg ping is three round trips (BEGIN, an
     empty query, ROLLBACK) at every checkout — as many as a whole read. Without it a connection
@@ -136,16 +132,3 @@ class Database:
         except (sa_exc.DBAPIError, OSError):
             return True
         return True
-
-
-async def get_database(request: Request) -> Database:
-    # async: FastAPI runs a plain `def` dependency in its thread pool, a hand-off per request.
-    database = getattr(request.app.state, "database", None)
-    if not isinstance(database, Database):
-        raise RuntimeError("this service has no database configured")
-    return database
-
-
-# The service layer opens the connection or transaction a rule needs and commits before the
-# route answers, so a failed commit is never answered 2xx.
-DatabaseDep = Annotated[Database, Depends(get_database)]

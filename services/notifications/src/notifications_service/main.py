@@ -25,7 +25,9 @@ from meshkit.messaging import (
     OutboxRelay,
     broker_lifespan,
     declare_work_queue,
+    relay_lifespan,
 )
+from meshkit.unit_of_work import UnitOfWork
 from notifications_service import service
 from notifications_service.events import handlers
 from notifications_service.models import outbox
@@ -44,9 +46,12 @@ def create_app(settings: NotificationsSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub = PushHub(buffer=settings.push_buffer, per_user_limit=settings.stream_limit_per_user)
         app.state.push_hub = hub
-        async with broker_lifespan(app, settings) as broker:
+        async with (
+            broker_lifespan(app, settings) as broker,
+            relay_lifespan(app, settings, broker, outbox, start=False) as relay,
+        ):
             processing = EventProcessing(
-                settings=settings, broker=broker, database=app.state.database, hub=hub
+                settings=settings, broker=broker, database=app.state.database, relay=relay, hub=hub
             )
             processing.start()
             readiness_checks(app)["consumer"] = processing.ready
@@ -68,8 +73,8 @@ def create_app(settings: NotificationsSettings | None = None) -> FastAPI:
 
 
 class EventProcessing:
-    """This process's consumers and outbox relay, started once the broker is connected (in
-    the background: the service answers `/healthz` meanwhile, `/readyz` reports the broker)."""
+    """This process's consumers, started once the broker is connected (in the background: the
+    service answers `/healthz` meanwhile, `/readyz` reports the broker), and then its relay."""
 
     def __init__(
         self,
@@ -77,19 +82,15 @@ class EventProcessing:
         settings: NotificationsSettings,
         broker: Broker,
         database: Database,
+        relay: OutboxRelay,
         hub: PushHub,
     ) -> None:
         self._settings = settings
         self._broker = broker
         self._database = database
+        self._relay = relay
         self._hub = hub
         self._consumers: list[EventConsumer] = []
-        self._relay = OutboxRelay(
-            database=database,
-            table=outbox,
-            broker=broker,
-            settings=settings.relay_settings(),
-        )
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -130,17 +131,17 @@ class EventProcessing:
         logger.info("consuming %s", settings.events_queue)
 
     async def _handle(self, deliveries: Sequence[Delivery]) -> None:
-        await service.handle_events(database=self._database, deliveries=deliveries)
+        work = UnitOfWork(self._database, self._relay)
+        await service.handle_events(work=work, deliveries=deliveries)
 
     async def stop(self) -> None:
-        """Stop receiving, finish messages in flight, then the relay's batch."""
+        """Stop receiving and finish messages in flight (the relay's lifespan stops it next)."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         for consumer in self._consumers:
             await consumer.stop()
-        await self._relay.stop()
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Boolean, Column, DateTime, Index, String, Table, Uuid, func
 
 from meshkit.db import new_metadata
-from meshkit.messaging import outbox_table
+from meshkit.messaging import Outbox
 
 metadata = new_metadata()
 
@@ -27,4 +27,4 @@ notifications = Table(
     Index("ix_notifications_user_id_created_at_id", "user_id", "created_at", "id"),
 )
 
-outbox = outbox_table(metadata)
+outbox = Outbox(metadata)

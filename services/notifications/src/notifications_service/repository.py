@@ -6,75 +6,41 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ARRAY, Boolean, DateTime, Row, String, Uuid, bindparam, text, update
+from sqlalchemy import ARRAY, Row, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from meshkit.db import owners_row
+from meshkit.messaging import OutboxRow, outbox_arrays
 from meshkit.pagination import PageParams, newest_first
-from notifications_service.models import notifications
+from notifications_service.models import notifications, outbox
 
-# A whole batch of notifications and their `notification.created` rows in one statement: rows
-# as arrays, one notification per event (an event already stored, or twice in the batch, is
-# skipped by the unique `event_id`), and an outbox row only for the notifications inserted.
-_INSERT_WITH_EVENTS = text(
-    """
-    WITH stored AS (
-        INSERT INTO notifications (id, user_id, type, message, event_id, read, created_at)
-        SELECT * FROM unnest(:ids, :user_ids, :types, :messages, :event_ids, :reads, :times)
-        ON CONFLICT (event_id) DO NOTHING
-        RETURNING id
-    )
-    INSERT INTO outbox (id, event_type, event, traceparent, tracestate)
-    SELECT row.id, row.event_type, CAST(row.event AS JSONB), row.traceparent, row.tracestate
-    FROM unnest(
-        :outbox_ids, :outbox_event_types, :outbox_events, :outbox_traceparents,
-        :outbox_tracestates, :ids
-    ) AS row (id, event_type, event, traceparent, tracestate, notification_id)
-    JOIN stored ON stored.id = row.notification_id
-    """
-).bindparams(
-    bindparam("ids", type_=ARRAY(Uuid)),
-    bindparam("user_ids", type_=ARRAY(Uuid)),
-    bindparam("types", type_=ARRAY(String)),
-    bindparam("messages", type_=ARRAY(String)),
-    bindparam("event_ids", type_=ARRAY(Uuid)),
-    bindparam("reads", type_=ARRAY(Boolean)),
-    bindparam("times", type_=ARRAY(DateTime(timezone=True))),
-    bindparam("outbox_ids", type_=ARRAY(Uuid)),
-    bindparam("outbox_event_types", type_=ARRAY(String)),
-    bindparam("outbox_events", type_=ARRAY(String)),
-    bindparam("outbox_traceparents", type_=ARRAY(String)),
-    bindparam("outbox_tracestates", type_=ARRAY(String)),
+# A whole batch of notifications and their `notification.created` rows in one statement: each
+# column as an array, one notification per event (an event already stored, or twice in the
+# batch, is skipped by the unique `event_id`), and an outbox row only for those inserted.
+_COLUMNS = notifications.c.keys()
+_ROWS = (
+    func.unnest(*(bindparam(c.name, type_=ARRAY(c.type)) for c in notifications.c))
+    .table_valued(*_COLUMNS)
+    .render_derived()
 )
-
-# Which array of the statement holds which value of a row, and of its outbox row.
-_ROW_ARRAYS = {
-    "ids": "id",
-    "user_ids": "user_id",
-    "types": "type",
-    "messages": "message",
-    "event_ids": "event_id",
-    "reads": "read",
-    "times": "created_at",
-}
-_EVENT_ARRAYS = {
-    "outbox_ids": "outbox_id",
-    "outbox_event_types": "outbox_event_type",
-    "outbox_events": "outbox_event",
-    "outbox_traceparents": "outbox_traceparent",
-    "outbox_tracestates": "outbox_tracestate",
-}
+_STORED = (
+    insert(notifications)
+    .from_select(_COLUMNS, select(_ROWS))
+    .on_conflict_do_nothing(index_elements=[notifications.c.event_id])
+    .returning(notifications.c.id)
+    .cte("stored")
+)
+_INSERT_WITH_EVENTS = outbox.insert_rows(_STORED, key="id")
 
 
 async def add_notifications(
-    connection: AsyncConnection,
-    rows: Sequence[dict[str, Any]],
-    events: Sequence[dict[str, Any]],
+    connection: AsyncConnection, rows: Sequence[dict[str, Any]], events: Sequence[OutboxRow]
 ) -> None:
     """Inserts `rows` (rows of `notifications`) with their outbox rows (`events[i]`: the
-    `outbox_values` of `rows[i]`'s event); the rows of events already stored are skipped."""
-    parameters = {array: [row[key] for row in rows] for array, key in _ROW_ARRAYS.items()}
-    parameters.update({array: [e[key] for e in events] for array, key in _EVENT_ARRAYS.items()})
+    event of `rows[i]`); the rows of events already stored are skipped."""
+    parameters: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in _COLUMNS}
+    parameters.update(outbox_arrays(events))
     await connection.execute(_INSERT_WITH_EVENTS, parameters)
 
 

@@ -12,9 +12,9 @@ from fastapi import APIRouter, Depends, Query, Request, WebSocket, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from meshkit.auth import CurrentPrincipal, InvalidTokenError, TokenVerifier
-from meshkit.db import DatabaseDep
 from meshkit.pagination import Page, PageParamsDep
 from meshkit.problems import ProblemError
+from meshkit.unit_of_work import UnitOfWorkDep
 from notifications_service import service
 from notifications_service.push import END_OF_STREAM, PushHub, Subscription, TooManyStreamsError
 from notifications_service.schemas import NotificationRead
@@ -57,12 +57,10 @@ notifications = APIRouter(prefix="/api/notifications", tags=["notifications"])
 
 @notifications.get("", response_model=Page[NotificationRead])
 async def list_notifications(
-    principal: CurrentPrincipal, database: DatabaseDep, params: PageParamsDep
+    principal: CurrentPrincipal, work: UnitOfWorkDep, params: PageParamsDep
 ) -> Page[NotificationRead]:
     """The caller's notifications, newest first."""
-    return await service.list_notifications(
-        database=database, user_id=principal.user_id, params=params
-    )
+    return await service.list_notifications(work=work, user_id=principal.user_id, params=params)
 
 
 @notifications.get("/stream", response_class=EventSourceResponse)
@@ -78,11 +76,11 @@ async def stream(
 
 @notifications.post("/{notification_id}/read", response_model=NotificationRead)
 async def mark_read(
-    notification_id: uuid.UUID, principal: CurrentPrincipal, database: DatabaseDep
+    notification_id: uuid.UUID, principal: CurrentPrincipal, work: UnitOfWorkDep
 ) -> Any:
     """Mark one of the caller's notifications as read."""
     return await service.mark_read(
-        database=database, notification_id=notification_id, user_id=principal.user_id
+        work=work, notification_id=notification_id, user_id=principal.user_id
     )
 
 

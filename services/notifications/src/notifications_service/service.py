@@ -6,16 +6,16 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from meshkit.db import Database
-from meshkit.messaging import Delivery, outbox_values, wake_relays
+from meshkit.messaging import Delivery
 from meshkit.pagination import Cursor, Page, PageParams, build_page
 from meshkit.problems import NotFoundError
+from meshkit.unit_of_work import UnitOfWork
 from notifications_service import repository
 from notifications_service.events import handlers, notification_created
 from notifications_service.schemas import NotificationRead
 
 
-async def handle_events(*, database: Database, deliveries: Sequence[Delivery]) -> None:
+async def handle_events(*, work: UnitOfWork, deliveries: Sequence[Delivery]) -> None:
     """One notification per event, each stored with its `notification.created` event, the
     whole batch in one statement; the consumer acks only after this returns, i.e. after the
     commit. An event that already has its notification (a redelivery) is skipped."""
@@ -35,20 +35,19 @@ async def handle_events(*, database: Database, deliveries: Sequence[Delivery]) -
             )
         )
     events = [
-        outbox_values(notification_created(notification), trace=delivery.trace)
+        work.publish(notification_created(notification), trace=delivery.trace)
         for notification, delivery in zip(notifications, deliveries, strict=True)
     ]
-    async with database.connect() as connection:
+    async with work.connect() as connection:
         await repository.add_notifications(
             connection, [n.model_dump() for n in notifications], events
         )
-    wake_relays()
 
 
 async def list_notifications(
-    *, database: Database, user_id: uuid.UUID, params: PageParams
+    *, work: UnitOfWork, user_id: uuid.UUID, params: PageParams
 ) -> Page[NotificationRead]:
-    async with database.connect() as connection:
+    async with work.connect() as connection:
         rows = await repository.list_notifications(connection, user_id=user_id, params=params)
     return build_page(
         rows,
@@ -59,9 +58,9 @@ async def list_notifications(
 
 
 async def mark_read(
-    *, database: Database, notification_id: uuid.UUID, user_id: uuid.UUID
+    *, work: UnitOfWork, notification_id: uuid.UUID, user_id: uuid.UUID
 ) -> NotificationRead:
-    async with database.connect() as connection:
+    async with work.connect() as connection:
         row = await repository.mark_read(
             connection, notification_id=notification_id, user_id=user_id
         )

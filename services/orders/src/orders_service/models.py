@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from meshkit.db import new_metadata
-from meshkit.messaging import outbox_table
+from meshkit.messaging import Outbox
 
 metadata = new_metadata()
 
@@ -58,4 +58,4 @@ orders = Table(
     Index("ix_orders_user_id_created_at_id", "user_id", "created_at", "id"),
 )
 
-outbox = outbox_table(metadata)
+outbox = Outbox(metadata)

@@ -10,8 +10,8 @@ from sqlalchemy import Row, bindparam, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from meshkit import messaging
 from meshkit.db import owners_row
+from meshkit.messaging import OutboxRow
 from meshkit.pagination import PageParams, newest_first
 from orders_service.models import OrderStatus, orders, outbox
 
@@ -46,17 +46,13 @@ async def find_by_idempotency_key(
 
 
 # The order and its event row in one statement: atomic without BEGIN and COMMIT.
-_INSERT_ORDER_WITH_EVENT = messaging.with_outbox_row(insert(orders), outbox)
+_INSERT_ORDER_WITH_EVENT = outbox.with_row(insert(orders))
 
 
-async def add_order(
-    connection: AsyncConnection, order: dict[str, Any], event: messaging.CloudEvent
-) -> None:
+async def add_order(connection: AsyncConnection, order: dict[str, Any], event: OutboxRow) -> None:
     """Stores `order` (a row of `orders`) with its event."""
     try:
-        await connection.execute(
-            _INSERT_ORDER_WITH_EVENT, {**order, **messaging.outbox_values(event)}
-        )
+        await connection.execute(_INSERT_ORDER_WITH_EVENT, {**order, **event})
     except IntegrityError as exc:
         if "uq_orders_user_id_idempotency_key" in str(exc.orig):
             raise IdempotencyKeyTakenError(order["idempotency_key"]) from exc
@@ -98,5 +94,5 @@ async def cancel_order(
     return result.one_or_none()
 
 
-async def add_event(connection: AsyncConnection, event: messaging.CloudEvent) -> None:
-    await messaging.add_event(connection, outbox, event)
+async def add_event(connection: AsyncConnection, event: OutboxRow) -> None:
+    await connection.execute(outbox.insert, event)

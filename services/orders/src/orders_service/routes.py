@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, status
 
 from meshkit.auth import CurrentPrincipal
-from meshkit.db import DatabaseDep
 from meshkit.pagination import Page, PageParamsDep
+from meshkit.unit_of_work import UnitOfWorkDep
 from orders_service import service
 from orders_service.schemas import OrderCreate, OrderRead
 from orders_service.users import UsersClient
@@ -29,7 +29,7 @@ orders = APIRouter(prefix="/api/orders", tags=["orders"])
 async def place_order(
     data: OrderCreate,
     principal: CurrentPrincipal,
-    database: DatabaseDep,
+    work: UnitOfWorkDep,
     users: UsersDep,
     idempotency_key: Annotated[
         str | None,
@@ -43,7 +43,7 @@ async def place_order(
 ) -> Any:
     """Place an order. Publishes `order.created`."""
     return await service.place_order(
-        database=database,
+        work=work,
         users=users,
         user_id=principal.user_id,
         data=data,
@@ -53,26 +53,24 @@ async def place_order(
 
 @orders.get("", response_model=Page[OrderRead])
 async def list_orders(
-    principal: CurrentPrincipal, database: DatabaseDep, params: PageParamsDep
+    principal: CurrentPrincipal, work: UnitOfWorkDep, params: PageParamsDep
 ) -> Page[OrderRead]:
     """The caller's orders, newest first."""
-    return await service.list_orders(database=database, user_id=principal.user_id, params=params)
+    return await service.list_orders(work=work, user_id=principal.user_id, params=params)
 
 
 @orders.get("/{order_id}", response_model=OrderRead)
-async def get_order(order_id: uuid.UUID, principal: CurrentPrincipal, database: DatabaseDep) -> Any:
+async def get_order(order_id: uuid.UUID, principal: CurrentPrincipal, work: UnitOfWorkDep) -> Any:
     """One of the caller's orders; anyone else's is 404."""
-    return await service.get_order(database=database, order_id=order_id, user_id=principal.user_id)
+    return await service.get_order(work=work, order_id=order_id, user_id=principal.user_id)
 
 
 @orders.post("/{order_id}/cancel", response_model=OrderRead)
 async def cancel_order(
-    order_id: uuid.UUID, principal: CurrentPrincipal, database: DatabaseDep
+    order_id: uuid.UUID, principal: CurrentPrincipal, work: UnitOfWorkDep
 ) -> Any:
     """Cancel an order; an already cancelled order is 409. Publishes `order.cancelled`."""
-    return await service.cancel_order(
-        database=database, order_id=order_id, user_id=principal.user_id
-    )
+    return await service.cancel_order(work=work, order_id=order_id, user_id=principal.user_id)
 
 
 routers = (orders,)

@@ -1,6 +1,6 @@
 """Business rules of the orders service: placing (idempotently), reading and cancelling orders.
 
-Each rule opens the connection it needs and is done with the database before the route
+Each rule opens the block of work it needs (`UnitOfWork`), which commits before the route
 answers: placing an order is one statement (the order and its event row), an idempotent retry
 and a cancel are transactions.
 """
@@ -15,10 +15,9 @@ from typing import Any
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from meshkit.db import Database
-from meshkit.messaging import wake_relays
 from meshkit.pagination import Cursor, Page, PageParams, build_page
 from meshkit.problems import ConflictError, NotFoundError, UnprocessableError
+from meshkit.unit_of_work import UnitOfWork
 from orders_service import repository
 from orders_service.events import ORDER_CANCELLED, ORDER_CREATED, order_event
 from orders_service.models import OrderStatus
@@ -35,7 +34,7 @@ def request_fingerprint(data: OrderCreate) -> str:
 
 async def place_order(
     *,
-    database: Database,
+    work: UnitOfWork,
     users: UsersClient,
     user_id: uuid.UUID,
     data: OrderCreate,
@@ -61,18 +60,18 @@ async def place_order(
     row = {**order.model_dump(), "idempotency_key": idempotency_key, "request_hash": fingerprint}
     # Without a key the order is one statement; with one, the key is locked and looked up in
     # the transaction that stores the order.
-    opened = database.connect() if idempotency_key is None else database.transaction()
-    async with opened as connection:
+    async with work.connect() if idempotency_key is None else work.transaction() as connection:
         if idempotency_key is not None:
             existing = await _claim_key(connection, user_id, idempotency_key)
             if existing is not None:
                 return _replay(existing, fingerprint)
         try:
-            await repository.add_order(connection, row, order_event(ORDER_CREATED, order))
+            await repository.add_order(
+                connection, row, work.publish(order_event(ORDER_CREATED, order))
+            )
         except repository.IdempotencyKeyTakenError as exc:
             # Only reachable if the advisory lock was bypassed; the constraint still holds.
             raise ConflictError(IN_FLIGHT) from exc
-    wake_relays()
     return order
 
 
@@ -94,8 +93,8 @@ def _replay(existing: Row[Any], fingerprint: str | None) -> OrderRead:
     return OrderRead.model_validate(existing)
 
 
-async def get_order(*, database: Database, order_id: uuid.UUID, user_id: uuid.UUID) -> OrderRead:
-    async with database.connect() as connection:
+async def get_order(*, work: UnitOfWork, order_id: uuid.UUID, user_id: uuid.UUID) -> OrderRead:
+    async with work.connect() as connection:
         return await _visible_order(connection, order_id=order_id, user_id=user_id)
 
 
@@ -109,9 +108,9 @@ async def _visible_order(
 
 
 async def list_orders(
-    *, database: Database, user_id: uuid.UUID, params: PageParams
+    *, work: UnitOfWork, user_id: uuid.UUID, params: PageParams
 ) -> Page[OrderRead]:
-    async with database.connect() as connection:
+    async with work.connect() as connection:
         rows = await repository.list_orders(connection, user_id=user_id, params=params)
     return build_page(
         rows,
@@ -121,15 +120,14 @@ async def list_orders(
     )
 
 
-async def cancel_order(*, database: Database, order_id: uuid.UUID, user_id: uuid.UUID) -> OrderRead:
+async def cancel_order(*, work: UnitOfWork, order_id: uuid.UUID, user_id: uuid.UUID) -> OrderRead:
     """Cancels with its `order.cancelled` event in one transaction."""
-    async with database.transaction() as connection:
+    async with work.transaction() as connection:
         row = await repository.cancel_order(connection, order_id=order_id, user_id=user_id)
         if row is None:
             # Tell "not yours / not there" (404) apart from "already cancelled" (409).
             await _visible_order(connection, order_id=order_id, user_id=user_id)
             raise ConflictError("The order is already cancelled.")
         order = OrderRead.model_validate(row)
-        await repository.add_event(connection, order_event(ORDER_CANCELLED, order))
-    wake_relays()
+        await repository.add_event(connection, work.publish(order_event(ORDER_CANCELLED, order)))
     return order

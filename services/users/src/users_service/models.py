@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import CheckConstraint, Column, DateTime, String, Table, Uuid, func
 
 from meshkit.db import new_metadata
-from meshkit.messaging import outbox_table
+from meshkit.messaging import Outbox
 
 metadata = new_metadata()
 
@@ -25,4 +25,4 @@ users = Table(
     CheckConstraint("email = lower(email)", name="email_lowercase"),
 )
 
-outbox = outbox_table(metadata)
+outbox = Outbox(metadata)

@@ -9,7 +9,7 @@ from sqlalchemy import Row, Select, bindparam, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from meshkit import messaging
+from meshkit.messaging import OutboxRow
 from users_service.models import outbox, users
 
 
@@ -19,16 +19,12 @@ class EmailTakenError(Exception):
 
 # The user and its `user.registered` row in one statement: atomic without a transaction, and
 # the unique constraint, not a prior SELECT, decides that an email is taken (no race).
-_INSERT_USER_WITH_EVENT = messaging.with_outbox_row(insert(users), outbox)
+_INSERT_USER_WITH_EVENT = outbox.with_row(insert(users))
 
 
-async def add_user(
-    connection: AsyncConnection, user: dict[str, Any], event: messaging.CloudEvent
-) -> None:
+async def add_user(connection: AsyncConnection, user: dict[str, Any], event: OutboxRow) -> None:
     try:
-        await connection.execute(
-            _INSERT_USER_WITH_EVENT, {**user, **messaging.outbox_values(event)}
-        )
+        await connection.execute(_INSERT_USER_WITH_EVENT, {**user, **event})
     except IntegrityError as exc:
         if "uq_users_email" in str(exc.orig):
             raise EmailTakenError(user["email"]) from exc

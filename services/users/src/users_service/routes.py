@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, Form, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from meshkit.auth import CurrentPrincipal
-from meshkit.db import DatabaseDep
 from meshkit.fields import StorableStr
+from meshkit.unit_of_work import UnitOfWorkDep
 from users_service import service
 from users_service.login_limits import LoginLimiter
 from users_service.schemas import AccessToken, UserCreate, UserRead
@@ -36,23 +36,21 @@ internal = APIRouter(prefix="/internal/users", tags=["internal"], include_in_sch
 
 
 @users.post("", status_code=status.HTTP_201_CREATED, response_model=UserRead)
-async def register(data: UserCreate, database: DatabaseDep) -> Any:
+async def register(data: UserCreate, work: UnitOfWorkDep) -> Any:
     """Create an account. Emails are case-insensitive and unique."""
-    return await service.register(database=database, data=data)
+    return await service.register(work=work, data=data)
 
 
 @users.get("/me", response_model=UserRead)
-async def me(principal: CurrentPrincipal, database: DatabaseDep) -> Any:
+async def me(principal: CurrentPrincipal, work: UnitOfWorkDep) -> Any:
     """The caller's own account."""
-    return await service.get_user(database=database, user_id=principal.user_id)
+    return await service.get_user(work=work, user_id=principal.user_id)
 
 
 @users.get("/{user_id}", response_model=UserRead)
-async def get_user(user_id: uuid.UUID, principal: CurrentPrincipal, database: DatabaseDep) -> Any:
+async def get_user(user_id: uuid.UUID, principal: CurrentPrincipal, work: UnitOfWorkDep) -> Any:
     """A user by id: only the caller's own id is visible; any other id is 404."""
-    return await service.get_visible_user(
-        database=database, user_id=user_id, caller_id=principal.user_id
-    )
+    return await service.get_visible_user(work=work, user_id=user_id, caller_id=principal.user_id)
 
 
 class _PasswordForm(OAuth2PasswordRequestForm):
@@ -70,13 +68,13 @@ class _PasswordForm(OAuth2PasswordRequestForm):
 async def token(
     form: Annotated[_PasswordForm, Depends()],
     request: Request,
-    database: DatabaseDep,
+    work: UnitOfWorkDep,
     issuer: IssuerDep,
     limiter: LimiterDep,
 ) -> AccessToken:
     """OAuth2 password flow: `username` is the email. Failed attempts are rate limited."""
     issued = await service.login(
-        database=database,
+        work=work,
         limiter=limiter,
         issuer=issuer,
         email=form.username,
@@ -93,10 +91,10 @@ async def jwks(issuer: IssuerDep) -> dict[str, Any]:
 
 
 @internal.get("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def user_exists(user_id: uuid.UUID, database: DatabaseDep) -> Response:
+async def user_exists(user_id: uuid.UUID, work: UnitOfWorkDep) -> Response:
     """For other services: does this user exist? 204 or 404, no body. Not routed by the
     gateway."""
-    await service.ensure_exists(database=database, user_id=user_id)
+    await service.ensure_exists(work=work, user_id=user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from meshkit.db import Database
-from meshkit.messaging import wake_relays
 from meshkit.problems import ConflictError, NotFoundError, UnauthorizedError
+from meshkit.unit_of_work import UnitOfWork
 from users_service import repository
 from users_service.events import user_registered
 from users_service.login_limits import LoginLimiter
@@ -15,26 +14,25 @@ from users_service.schemas import UserCreate, UserRead
 from users_service.security import IssuedToken, TokenIssuer, hash_password, verify_password
 
 
-async def register(*, database: Database, data: UserCreate) -> UserRead:
+async def register(*, work: UnitOfWork, data: UserCreate) -> UserRead:
     """Stores the user with its `user.registered` event: both, or neither."""
     password_hash = await hash_password(data.password)
     user = UserRead(id=uuid.uuid4(), email=data.email, name=data.name, created_at=datetime.now(UTC))
     try:
-        async with database.connect() as connection:
+        async with work.connect() as connection:
             await repository.add_user(
                 connection,
                 {**user.model_dump(), "password_hash": password_hash},
-                user_registered(user),
+                work.publish(user_registered(user)),
             )
     except repository.EmailTakenError as exc:
         raise ConflictError("A user with this email already exists.") from exc
-    wake_relays()
     return user
 
 
 async def login(
     *,
-    database: Database,
+    work: UnitOfWork,
     limiter: LoginLimiter,
     issuer: TokenIssuer,
     email: str,
@@ -42,7 +40,7 @@ async def login(
     client: str | None,
 ) -> IssuedToken:
     await limiter.ensure_allowed(email=email, client=client)
-    async with database.connect() as connection:
+    async with work.connect() as connection:
         user = await repository.find_by_email(connection, email)
     # Same answer, and the same argon2 cost, whether the email exists or not.
     if not await verify_password(password, user.password_hash if user else None) or user is None:
@@ -52,23 +50,23 @@ async def login(
 
 
 async def get_visible_user(
-    *, database: Database, user_id: uuid.UUID, caller_id: uuid.UUID
+    *, work: UnitOfWork, user_id: uuid.UUID, caller_id: uuid.UUID
 ) -> UserRead:
     """Users see only themselves; anyone else's id is answered as if it did not exist."""
     if user_id != caller_id:
         raise NotFoundError("User not found.")
-    return await get_user(database=database, user_id=user_id)
+    return await get_user(work=work, user_id=user_id)
 
 
-async def get_user(*, database: Database, user_id: uuid.UUID) -> UserRead:
-    async with database.connect() as connection:
+async def get_user(*, work: UnitOfWork, user_id: uuid.UUID) -> UserRead:
+    async with work.connect() as connection:
         user = await repository.get_user(connection, user_id)
     if user is None:
         raise NotFoundError("User not found.")
     return UserRead.model_validate(user)
 
 
-async def ensure_exists(*, database: Database, user_id: uuid.UUID) -> None:
-    async with database.connect() as connection:
+async def ensure_exists(*, work: UnitOfWork, user_id: uuid.UUID) -> None:
+    async with work.connect() as connection:
         if not await repository.user_exists(connection, user_id):
             raise NotFoundError("User not found.")

@@ -17,16 +17,8 @@ from meshkit.messaging.events import (
 )
 from meshkit.messaging.handlers import EventHandlers
 from meshkit.messaging.lifespan import broker_lifespan, publisher_lifespan, relay_lifespan
-from meshkit.messaging.outbox import (
-    OutboxRelay,
-    RelaySettings,
-    add_event,
-    outbox_insert,
-    outbox_table,
-    outbox_values,
-    wake_relays,
-    with_outbox_row,
-)
+from meshkit.messaging.outbox import Outbox, OutboxRow, outbox_arrays
+from meshkit.messaging.relay import OutboxRelay, RelaySettings
 from meshkit.messaging.settings import MessagingSettings
 
 __all__ = [
@@ -42,19 +34,16 @@ __all__ = [
     "Handler",
     "MalformedEventError",
     "MessagingSettings",
+    "Outbox",
     "OutboxRelay",
+    "OutboxRow",
     "RelaySettings",
-    "add_event",
     "broker_lifespan",
     "declare_exchanges",
     "declare_work_queue",
     "event_message",
-    "outbox_insert",
-    "outbox_table",
-    "outbox_values",
+    "outbox_arrays",
     "publisher_lifespan",
     "relay_lifespan",
     "to_message",
-    "wake_relays",
-    "with_outbox_row",
 ]

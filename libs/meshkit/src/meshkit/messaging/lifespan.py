@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from sqlalchemy import Table
 
 from meshkit.app import readiness_checks
 from meshkit.db import Database
 from meshkit.messaging.broker import Broker
-from meshkit.messaging.outbox import OutboxRelay
+from meshkit.messaging.outbox import Outbox
+from meshkit.messaging.relay import OutboxRelay
 from meshkit.messaging.settings import MessagingSettings
 
 
@@ -34,14 +34,17 @@ async def broker_lifespan(app: FastAPI, settings: MessagingSettings) -> AsyncIte
 
 @asynccontextmanager
 async def relay_lifespan(
-    app: FastAPI, settings: MessagingSettings, broker: Broker, outbox: Table
+    app: FastAPI, settings: MessagingSettings, broker: Broker, outbox: Outbox, *, start: bool = True
 ) -> AsyncIterator[OutboxRelay]:
-    """Runs this process's outbox relay; on stop, the batch in flight is finished first."""
+    """This process's outbox relay, which the units of work of its requests wake
+    (`meshkit.unit_of_work`); on stop, the batch in flight is finished first. With
+    `start=False` the caller starts it, e.g. once the queue its events go to is bound."""
     database: Database = app.state.database
     relay = OutboxRelay(
-        database=database, table=outbox, broker=broker, settings=settings.relay_settings()
+        database=database, outbox=outbox, broker=broker, settings=settings.relay_settings()
     )
-    relay.start()
+    if start:
+        relay.start()
     app.state.outbox_relay = relay
     try:
         yield relay
@@ -51,7 +54,7 @@ async def relay_lifespan(
 
 @asynccontextmanager
 async def publisher_lifespan(
-    app: FastAPI, settings: MessagingSettings, outbox: Table
+    app: FastAPI, settings: MessagingSettings, outbox: Outbox
 ) -> AsyncIterator[OutboxRelay]:
     """The broker connection and this process's relay of `outbox`: what a service that only
     publishes needs."""

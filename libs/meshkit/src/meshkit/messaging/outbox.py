@@ -1,604 +1,154 @@
-"""Transactional outbox: events are rows written with the change they describe (in the same
-statement or the same transaction), and a relay publishes them afterwards, so an event is never
-lost and never published for a change that was rolled back.
-
-The relay claims pending rows with one `UPDATE … RETURNING` whose subquery locks them with `FOR
-UPDATE SKIP LOCKED`: the claim pushes the rows' `next_attempt_at` a lease into the future, so
-any number of relays (replicas, gunicorn workers) share the work without publishing a row twice
-at the same time, and no transaction stays open while the broker confirms. It publishes a whole
-batch concurrently with publisher confirms and `mandatory` (an unroutable event is returned and
-retried later, never silently dropped); the confirmed rows are marked sent by the next claim, in
-the same statement, or on their own once the relay goes idle. The service layer wakes its
-process's relays after committing outbox rows (`wake_relays`); rows written by another program,
-left by a relay that died, or postponed after a failure are found by polling. (Not `LISTEN/NOTIFY`:
-a notifying commit takes a lock of the whole PostgreSQL cluster and wakes a listening backend,
-which cost the server half as much again per insert; docs/benchmarks.md.) Delivery is at least
-once: a relay that dies between the broker's confirm and the mark leaves its rows to be
-published again when their lease ends, which consumers absorb by deduplicating on the event id.
-
-Stopping lets the batch being published finish, so its rows are marked sent, but nothing that
-waits: for the broker's first connection, a backoff, the next poll, or a claim the database
-does not answer. What was not published stays in the outbox for the next relay (this process's
-successor, or another replica).
+"""The writing side of the transactional outbox: a service's `outbox` table and the statements
+that store an event with the change it describes (in the change's own statement, in its
+transaction, or for a batch), so an event is never lost and never published for a change that
+was rolled back. A unit of work (`meshkit.unit_of_work`) writes the rows and wakes this
+process's relay (`meshkit.messaging.relay`) once they are committed; docs/events.md describes
+the whole design and its guarantees.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import logging
-import time
-import weakref
-from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-import aio_pika
 from sqlalchemy import (
     ARRAY,
     Column,
+    ColumnElement,
     DateTime,
     Index,
     Integer,
     MetaData,
-    Row,
     String,
     Table,
     Text,
     Uuid,
     bindparam,
     cast,
-    delete,
     func,
     insert,
     select,
     text,
-    update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert, Update
-from sqlalchemy.sql.selectable import TextualSelect
+from sqlalchemy.sql.selectable import CTE
+from sqlalchemy.types import TypeEngine
 
-from meshkit.db import Database
-from meshkit.messaging.broker import BROKER_DOWN_ERRORS, Broker, backoff_delay
-from meshkit.messaging.events import EVENTS_EXCHANGE, CloudEvent, event_message
-from meshkit.messaging.metrics import message_attributes, sent_messages, watch_backlog
-from meshkit.messaging.tracing import context_from, publish_span, trace_carrier
-from meshkit.telemetry import sampled_out, tracing_enabled, untraced
+from meshkit.messaging.events import CloudEvent
+from meshkit.messaging.tracing import trace_carrier
 
-logger = logging.getLogger("meshkit.messaging.outbox")
+# The columns a writer fills, in this order: every statement below, its parameters
+# (`outbox_<column>`) and the relay's claim are derived from this list.
+WRITTEN_COLUMNS = ("id", "event_type", "event", "traceparent", "tracestate")
+_PARAMETERS = tuple(f"outbox_{name}" for name in WRITTEN_COLUMNS)
 
-OUTBOX_TABLE = "outbox"
+# One row's parameters, as `outbox_row` makes them.
+OutboxRow = dict[str, Any]
 
-T = TypeVar("T")
-
-
-class DatabaseUnavailableError(Exception):
-    """The relay's database did not answer (refused, reset, restarting): told apart from the
-    broker's failures, which are `ConnectionError`s too."""
+Statement = TypeVar("Statement", Insert, Update)
 
 
-class _StopRequestedError(Exception):
-    """The relay was asked to stop before, or while, a statement that publishes nothing ran;
-    the statement was not run, or given up."""
-
-
-# Raised for one message: unroutable (returned) or refused by the broker (nacked).
-MESSAGE_REFUSED_ERRORS: tuple[type[BaseException], ...] = (
-    aio_pika.exceptions.PublishError,
-    aio_pika.exceptions.DeliveryError,
-)
-
-
-def outbox_table(metadata: MetaData) -> Table:
-    """The `outbox` table of a publishing service; add it to the service's metadata."""
-    return Table(
-        OUTBOX_TABLE,
-        metadata,
-        Column("id", Uuid, primary_key=True, comment="The event id."),
-        Column("event_type", String(100), nullable=False),
-        Column("event", JSONB, nullable=False, comment="The CloudEvents envelope."),
-        Column("traceparent", String(55)),
-        Column("tracestate", String(512)),
-        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Column(
-            "next_attempt_at",
-            DateTime(timezone=True),
-            nullable=False,
-            server_default=func.now(),
-        ),
-        Column("attempts", Integer, nullable=False, server_default="0"),
-        Column("last_error", Text),
-        Column("sent_at", DateTime(timezone=True)),
-        Index(
-            "ix_outbox_pending",
-            "next_attempt_at",
-            postgresql_where=text("sent_at IS NULL"),
-        ),
-    )
-
-
-def outbox_values(event: CloudEvent, *, trace: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The parameters of `outbox_insert` for `event`, with the trace context it was caused in
-    (default: the current one), so the relay's publish and everything after it join the trace
-    of the request or message that wrote it."""
+def outbox_row(event: CloudEvent, *, trace: Mapping[str, str] | None = None) -> OutboxRow:
+    """The parameters of `event`'s row, with the trace context it was caused in (default: the
+    current one), so the relay's publish and everything after it join that trace. Services
+    take it from `UnitOfWork.publish`, which wakes the relay once the row is committed."""
     carrier = trace_carrier() if trace is None else trace
-    return {
-        "outbox_id": event.id,
-        "outbox_event_type": event.type,
+    values = (
+        event.id,
+        event.type,
         # Serialised once here; stored as JSONB and sent on by the relay as this very text.
-        "outbox_event": event.model_dump_json(exclude_none=True),
-        "outbox_traceparent": carrier.get("traceparent"),
-        "outbox_tracestate": carrier.get("tracestate") or None,
-    }
-
-
-@functools.cache
-def outbox_insert(table: Table) -> Insert:
-    """The INSERT of one outbox row (parameters: `outbox_values`). Run it in the transaction of
-    the change, or attach it to the change's own statement with `with_outbox_row`.
-
-    One statement object per table, values as parameters: SQLAlchemy computes its cache key
-    once, where `.values(...)` with literals builds and hashes a new statement for every event.
-    INSERT … SELECT, because its columns are fixed: a plain INSERT in a CTE would take more
-    columns from the parameters of the statement it is attached to (`id`, `created_at`).
-    """
-    c = table.c
-    values = select(
-        bindparam("outbox_id", type_=c.id.type),
-        bindparam("outbox_event_type", type_=c.event_type.type),
-        cast(bindparam("outbox_event", type_=Text), JSONB),
-        bindparam("outbox_traceparent", type_=c.traceparent.type),
-        bindparam("outbox_tracestate", type_=c.tracestate.type),
+        event.model_dump_json(exclude_none=True),
+        carrier.get("traceparent"),
+        carrier.get("tracestate") or None,
     )
-    return insert(table).from_select(
-        [c.id, c.event_type, c.event, c.traceparent, c.tracestate], values
-    )
+    return dict(zip(_PARAMETERS, values, strict=True))
 
 
-def with_outbox_row(statement: Insert | Update, table: Table) -> Insert | Update:
-    """`statement` writing its event row as well, as a data-modifying CTE: the change and its
-    event are one statement, atomic without a transaction (no BEGIN and COMMIT round trips)."""
-    return statement.add_cte(outbox_insert(table).cte("outbox_row"))
+def outbox_arrays(rows: Sequence[OutboxRow]) -> dict[str, list[Any]]:
+    """The parameters of `Outbox.insert_rows`: each parameter of `rows` as one array."""
+    return {name: [row[name] for row in rows] for name in _PARAMETERS}
 
 
-async def add_event(connection: AsyncConnection, table: Table, event: CloudEvent) -> None:
-    """Write `event` to the outbox, in the transaction `connection` is in."""
-    await connection.execute(outbox_insert(table), outbox_values(event))
+def is_json(column: ColumnElement[Any]) -> bool:
+    """The event: written as the JSON text it was serialised to, read back as that text."""
+    return isinstance(column.type, JSONB)
 
 
-@dataclass(frozen=True, slots=True)
-class RelaySettings:
-    # 1 000 drained a 20 000-event backlog ~25 % faster than 200, with ~10 % less relay CPU
-    # (fewer claim/mark round trips and confirm waits; docs/benchmarks.md, "Outbox batch size").
-    batch_size: int = 1000
-    poll_interval: float = 1.0
-    publish_timeout: float = 10.0
-    retention: timedelta = timedelta(days=7)
-    purge_every: float = 600.0
-    backlog_every: float = 5.0
-
-    # How long confirmed rows wait for the next claim to mark them before they are marked on
-    # their own: at 50 orders/s the next claim comes within 20 ms.
-    mark_delay: float = 0.05
-
-    # How long a stop waits for a statement that publishes nothing (a claim, a count) before
-    # giving it up: one that has not answered by then waits on a database that is not there.
-    statement_stop_wait: float = 1.0
-
-    @property
-    def lease_seconds(self) -> float:
-        """How long a claimed row is left to its relay before another may publish it: longer
-        than publishing a whole batch can take (its confirms are waited for at most
-        `publish_timeout`), and short, because it is also how long the rows of a claim whose
-        answer was lost with the database connection wait before they go out."""
-        return self.publish_timeout + 5.0
+def _parameter_type(column: ColumnElement[Any]) -> TypeEngine[Any]:
+    return Text() if is_json(column) else column.type
 
 
-class _RelayStatements:
-    """The relay's statements for one outbox table, built once."""
+def _stored(column: ColumnElement[Any], value: ColumnElement[Any]) -> ColumnElement[Any]:
+    return cast(value, JSONB) if is_json(column) else value
 
-    def __init__(self, table: Table) -> None:
-        # `= ANY(ARRAY(subquery))` makes PostgreSQL run the locking subquery once; the rows it
-        # locked are updated by the same statement, so the claim needs no transaction. The
-        # rows of the batch before (published since) are marked sent in the same statement.
-        # The outer `sent_at IS NULL` is true of every row the subquery locked; it lets the
-        # plan reach them through the pending rows' index. The relay's prepared statement
-        # keeps the plan made while its outbox was empty, until the table is analysed: without
-        # it that plan scans the whole outbox, sent rows of the retention included, at every
-        # claim (docs/benchmarks.md, "PostgreSQL per order").
-        self.claim: TextualSelect = text(
-            f"""
-            WITH marked AS (
-                UPDATE {table.name} SET sent_at = now()
-                WHERE id = ANY(:sent) AND sent_at IS NULL
-            )
-            UPDATE {table.name} SET next_attempt_at = now() + make_interval(secs => :lease)
-            WHERE id = ANY(ARRAY(
-                SELECT id FROM {table.name}
-                WHERE sent_at IS NULL AND next_attempt_at <= now()
-                ORDER BY next_attempt_at, created_at
-                LIMIT :batch
-                FOR UPDATE SKIP LOCKED
-            )) AND sent_at IS NULL
-            RETURNING id, event_type, attempts, traceparent, tracestate,
-                event::text AS event, event->>'source' AS source, event->>'time' AS time
-            """  # noqa: S608 - the table name is the service's own, not input
-        ).bindparams(bindparam("sent", type_=ARRAY(Uuid))).columns(
-            table.c.id, table.c.event_type, table.c.attempts, table.c.traceparent,
-            table.c.tracestate,
-        )  # fmt: skip
-        ids = bindparam("ids", type_=ARRAY(Uuid))
-        # `sent_at IS NULL` here too, for the plan (see the claim); a row marked already keeps
-        # the time it was first marked.
-        self.mark_sent: Update = (
-            update(table)
-            .where(table.c.id == func.any(ids), table.c.sent_at.is_(None))
-            .values(sent_at=func.now())
+
+class Outbox:
+    """A publishing service's `outbox` table, in the service's metadata, and the statements
+    that write it, built once with values as parameters (SQLAlchemy computes each one's cache
+    key once, where literal values would build and hash a new statement per event)."""
+
+    def __init__(self, metadata: MetaData) -> None:
+        self.table = Table(
+            "outbox",
+            metadata,
+            Column("id", Uuid, primary_key=True, comment="The event id."),
+            Column("event_type", String(100), nullable=False),
+            Column("event", JSONB, nullable=False, comment="The CloudEvents envelope."),
+            Column("traceparent", String(55)),
+            Column("tracestate", String(512)),
+            Column(
+                "created_at", DateTime(timezone=True), nullable=False, server_default=func.now()
+            ),
+            Column(
+                "next_attempt_at",
+                DateTime(timezone=True),
+                nullable=False,
+                server_default=func.now(),
+            ),
+            Column("attempts", Integer, nullable=False, server_default="0"),
+            Column("last_error", Text),
+            Column("sent_at", DateTime(timezone=True)),
+            Index("ix_outbox_pending", "next_attempt_at", postgresql_where=text("sent_at IS NULL")),
         )
-        self.release: Update = (
-            update(table)
-            .where(table.c.id == func.any(ids), table.c.sent_at.is_(None))
-            .values(next_attempt_at=func.now())
-        )
-
-
-# The relays running in this process, for `wake_relays`.
-_running_relays: weakref.WeakSet[OutboxRelay] = weakref.WeakSet()
-
-
-def wake_relays() -> None:
-    """Call after a commit that wrote outbox rows: this process's relays claim them at once
-    instead of at their next poll."""
-    for relay in _running_relays:
-        relay.wake()
-
-
-def _count_sent(rows: Sequence[Row[Any]], outcomes: Sequence[BaseException | None]) -> None:
-    """`messaging.client.sent.messages` for a published batch: one count per event type and
-    outcome, not one per message."""
-    counted = Counter(
-        (row.event_type, None if outcome is None else type(outcome).__name__)
-        for row, outcome in zip(rows, outcomes, strict=True)
-    )
-    for (event_type, error), count in counted.items():
-        sent_messages.add(count, message_attributes(EVENTS_EXCHANGE, event_type, error=error))
-
-
-class OutboxRelay:
-    """Publishes a service's outbox; run one per process, as many processes as you like."""
-
-    def __init__(
-        self,
-        *,
-        database: Database,
-        table: Table,
-        broker: Broker,
-        settings: RelaySettings | None = None,
-    ) -> None:
-        self._database = database
-        self._table = table
-        self._broker = broker
-        self._settings = settings or RelaySettings()
-        self._wake = asyncio.Event()
-        self._stop_requested = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._statement: asyncio.Task[Any] | None = None  # one a stop may give up
-        self._outage: str | None = None  # "broker" or "database" while the relay waits on it
-        self._last_purge = time.monotonic()
-        self._last_backlog = float("-inf")
-        self._statements = _RelayStatements(table)
-        self._unmarked: list[Any] = []  # ids published and confirmed, not yet marked sent
-        # Read by the `outbox.pending.*` gauges.
-        self.table_name = table.name
-        self.pending_rows = 0
-        self.oldest_pending_age = 0.0
-        watch_backlog(self)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="outbox-relay")
-        _running_relays.add(self)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def stop(self, *, grace_seconds: float = 10.0) -> None:
-        """Finish the batch being published (so its rows are marked sent), then stop; a wait
-        (see the module's docstring) ends at once."""
-        _running_relays.discard(self)
-        self._stop_requested.set()
-        self._wake.set()
-        statement = self._statement
-        if statement is not None:
-            await asyncio.wait({statement}, timeout=self._settings.statement_stop_wait)
-            statement.cancel()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
-            except TimeoutError:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        failures = 0
-        try:
-            while not self._stop_requested.is_set():
-                self._wake.clear()
-                try:
-                    if not await self._broker.wait_connected(unless=self._stop_requested):
-                        self._outage = "broker"
-                        break
-                    claimed = await self.drain_once()
-                    failures = 0
-                    self._outage = None
-                    await self._maybe_purge()
-                    await self._maybe_measure_backlog()
-                    if claimed < self._settings.batch_size:
-                        await self._idle()
-                except DatabaseUnavailableError as exc:
-                    failures += 1
-                    self._report_outage("database", exc)
-                    # A write that gets through again wakes the relay before the backoff ends.
-                    await self._sleep(backoff_delay(failures), wake_early=True)
-                except BROKER_DOWN_ERRORS as exc:
-                    failures += 1
-                    self._report_outage("broker", exc)
-                    await self._maybe_measure_backlog()
-                    await self._sleep(backoff_delay(failures))
-        except _StopRequestedError:
-            pass
-        # The broker as it is now: it may have come back during a backoff, or gone while idle.
-        outage = "database" if self._outage == "database" else None
-        if not self._broker.is_connected:
-            outage = "broker"
-        if outage is not None:
-            logger.warning(
-                "outbox relay stopped while the %s is unreachable; unsent events stay in the "
-                "outbox for the next relay",
-                outage,
-            )
-        try:
-            await self._mark_unmarked()
-        except DatabaseUnavailableError as exc:
-            logger.warning(
-                "outbox relay: %d published rows not marked on stop (%s); another relay "
-                "publishes them again when their lease ends",
-                len(self._unmarked),
-                exc,
-            )
-
-    def _report_outage(self, outage: str, exc: BaseException) -> None:
-        """The first failure of an outage is news; the retries after it are not."""
-        level = logging.DEBUG if self._outage == outage else logging.WARNING
-        self._outage = outage
-        logger.log(level, "outbox relay: %s unavailable (%s); backing off", outage, exc)
-
-    async def _unless_stopped(self, statement: Coroutine[Any, Any, T]) -> T:
-        """Runs `statement` (one that publishes nothing) as a task `stop` may give up."""
-        if self._stop_requested.is_set():
-            statement.close()
-            raise _StopRequestedError
-        task = asyncio.ensure_future(statement)
-        self._statement = task
-        try:
-            return await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if task.cancelled() and not (current is not None and current.cancelling()):
-                self._outage = "database"  # given up by `stop`: the database did not answer
-                raise _StopRequestedError from None
-            raise
-        finally:
-            self._statement = None
-
-    async def _idle(self) -> None:
-        """Nothing more to claim now: wait for the next wake-up. Rows still to be marked wait
-        `mark_delay` for a claim to mark them, then are marked on their own."""
-        if self._unmarked and await self._sleep(self._settings.mark_delay, wake_early=True):
-            return  # woken in time: the next claim marks them
-        await self._mark_unmarked()
-        await self._sleep(self._settings.poll_interval, wake_early=True)
-
-    @contextlib.asynccontextmanager
-    async def _connect(self) -> AsyncIterator[AsyncConnection]:
-        """An autocommit connection for the relay's own statements (no spans: one batch mixes
-        many traces); its failures raise `DatabaseUnavailableError`."""
-        try:
-            with untraced():
-                async with self._database.connect() as connection:
-                    yield connection
-        except (DBAPIError, OSError) as exc:
-            raise DatabaseUnavailableError(str(exc).splitlines()[0]) from exc
-
-    async def _sleep(self, seconds: float, *, wake_early: bool = False) -> bool:
-        """Sleeps, ending early on stop (and on a wake-up if `wake_early`); True if it did."""
-        event = self._wake if wake_early else self._stop_requested
-        try:
-            await asyncio.wait_for(event.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
-
-    async def _mark_unmarked(self) -> None:
-        """Marks the confirmed rows no claim has marked yet (the relay goes idle or stops)."""
-        if not self._unmarked:
-            return
-        ids, self._unmarked = self._unmarked, []
-        try:
-            async with self._connect() as connection:
-                await connection.execute(self._statements.mark_sent, {"ids": ids})
-        except DatabaseUnavailableError:
-            # Published, but still leased: the next claim tries again (or, if this process
-            # ends first, another relay publishes them once more when the lease runs out).
-            self._unmarked = ids + self._unmarked
-            raise
-
-    async def drain_once(self) -> int:
-        """Claim (marking the batch before) and publish one batch; returns how many rows were
-        claimed."""
-        channel = self._broker.publish_channel
-        exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
-        statements = self._statements
-        # The rows the last batch published are marked sent by this same statement.
-        marks, self._unmarked = self._unmarked, []
-        try:
-            rows = await self._unless_stopped(self._claim(marks))
-        except BaseException:
-            self._unmarked = marks + self._unmarked
-            raise
-        if not rows:
-            return 0
-        outcomes = await asyncio.gather(
-            *(self._publish(exchange, row) for row in rows), return_exceptions=True
-        )
-        _count_sent(rows, outcomes)
-        sent = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
-        refused = [
-            (row, outcome)
-            for row, outcome in zip(rows, outcomes, strict=True)
-            if isinstance(outcome, MESSAGE_REFUSED_ERRORS)
-        ]
-        broken = [
-            (row.id, outcome)
-            for row, outcome in zip(rows, outcomes, strict=True)
-            if isinstance(outcome, BaseException)
-            and not isinstance(outcome, MESSAGE_REFUSED_ERRORS)
-        ]
-        # Marked by the next claim (which follows at once under load) or, when the relay goes
-        # idle, on their own after `mark_delay`: one statement per batch, not two.
-        self._unmarked.extend(sent)
-        if refused or broken:
-            async with self._connect() as connection:
-                for row, error in refused:
-                    await self._postpone(connection, row, error)
-                if broken:
-                    # Not confirmed (the broker went away): free them at once rather than
-                    # when the lease ends, so they go out as soon as the broker is back.
-                    await connection.execute(
-                        statements.release, {"ids": [row_id for row_id, _ in broken]}
-                    )
-        if broken:
-            # The caller backs off.
-            raise broken[0][1]
-        return len(rows)
-
-    async def _claim(self, marks: list[Any]) -> Sequence[Row[Any]]:
-        """Leases the next batch, marking the rows in `marks` sent."""
-        settings = self._settings
-        async with self._connect() as connection:
-            result = await connection.execute(
-                self._statements.claim,
-                {"batch": settings.batch_size, "lease": settings.lease_seconds, "sent": marks},
-            )
-            return result.all()
-
-    async def _publish(self, exchange: aio_pika.abc.AbstractExchange, row: Row[Any]) -> None:
-        stored = {"traceparent": row.traceparent, "tracestate": row.tracestate}
-        if tracing_enabled():
-            parent = context_from(stored)
-            if not sampled_out(parent):
-                with publish_span(
-                    exchange=EVENTS_EXCHANGE,
-                    routing_key=row.event_type,
-                    message_id=str(row.id),
-                    parent=parent,
-                ):
-                    await self._send(exchange, row, trace_carrier())
-                return
-        # No span to make (tracing is off: a no-op one cost ~9% of the relay's CPU; or the
-        # request that wrote the row was not sampled): the stored context travels on
-        # unchanged, so services downstream stay in the trace and keep its decision.
-        await self._send(exchange, row, {key: value for key, value in stored.items() if value})
-
-    async def _send(
-        self,
-        exchange: aio_pika.abc.AbstractExchange,
-        row: Row[Any],
-        trace_headers: dict[str, str],
-    ) -> None:
-        message = event_message(
-            row.event.encode(),
-            event_id=str(row.id),
-            event_type=row.event_type,
-            source=row.source,
-            time=datetime.fromisoformat(row.time),
-            trace_headers=trace_headers,
-        )
-        await exchange.publish(
-            message,
-            routing_key=row.event_type,
-            mandatory=True,
-            timeout=self._settings.publish_timeout,
-        )
-
-    async def _postpone(
-        self, connection: AsyncConnection, row: Row[Any], error: BaseException
-    ) -> None:
-        """A refused or unroutable event waits (growing delays) instead of blocking the batch."""
-        delay = min(60.0, 2.0 ** min(row.attempts, 6))
-        logger.error(
-            "outbox relay: %s %s was refused by the broker (%s); retrying in %.0fs",
-            row.event_type,
-            row.id,
-            error,
-            delay,
-        )
-        await connection.execute(
-            update(self._table)
-            .where(self._table.c.id == row.id)
-            .values(
-                attempts=self._table.c.attempts + 1,
-                last_error=str(error)[:1000],
-                next_attempt_at=func.now() + timedelta(seconds=delay),
+        self._columns = [self.table.c[name] for name in WRITTEN_COLUMNS]
+        # INSERT … SELECT, because its columns are fixed: a plain INSERT in a CTE would take
+        # more columns from the parameters of the statement it is attached to (`id`, …).
+        values = select(
+            *(
+                _stored(column, bindparam(name, type_=_parameter_type(column)))
+                for column, name in zip(self._columns, _PARAMETERS, strict=True)
             )
         )
+        # One row (parameters: `outbox_row`), in the transaction of the change.
+        self.insert: Insert = insert(self.table).from_select(self._columns, values)
 
-    async def _maybe_measure_backlog(self) -> None:
-        """Refreshes the `outbox.pending.*` gauges every `backlog_every` seconds; while the
-        database does not answer they keep their last figures (this must not end the relay:
-        it also runs while the broker is away)."""
-        if time.monotonic() - self._last_backlog < self._settings.backlog_every:
-            return
-        self._last_backlog = time.monotonic()
-        try:
-            self.pending_rows, self.oldest_pending_age = await self._unless_stopped(
-                self._count_pending()
+    def with_row(self, statement: Statement) -> Statement:
+        """`statement` writing its event's row as well (parameters: `outbox_row`), as a
+        data-modifying CTE: the change and its event are one statement, atomic without a
+        transaction (no BEGIN and COMMIT round trips)."""
+        return statement.add_cte(self.insert.cte("outbox_row"))
+
+    def insert_rows(self, changes: CTE, *, key: str) -> Insert:
+        """A batch of rows (parameters: `outbox_arrays`), each with the key of the change it
+        describes in the array parameter `key`; a row is written only if `changes`, the
+        data-modifying CTE that stores the changes, returned its key (as its column `key`: e.g.
+        the ids an `ON CONFLICT DO NOTHING` insert stored)."""
+        stored = changes.c[key]
+        rows = (
+            func.unnest(
+                *(
+                    bindparam(name, type_=ARRAY(_parameter_type(column)))
+                    for column, name in zip(self._columns, _PARAMETERS, strict=True)
+                ),
+                bindparam(key, type_=ARRAY(stored.type)),
             )
-        except DatabaseUnavailableError as exc:
-            logger.info("outbox relay: backlog not measured (%s)", exc)
-
-    async def _count_pending(self) -> tuple[int, float]:
-        table = self._table
-        async with self._connect() as connection:
-            result = await connection.execute(
-                select(
-                    func.count(),
-                    func.coalesce(
-                        func.extract("epoch", func.now() - func.min(table.c.created_at)), 0
-                    ),
-                ).where(table.c.sent_at.is_(None))
-            )
-            count, age = result.one()
-        return int(count), float(age)
-
-    async def _maybe_purge(self) -> None:
-        if time.monotonic() - self._last_purge < self._settings.purge_every:
-            return
-        self._last_purge = time.monotonic()
-        await self._unless_stopped(self._purge())
-
-    async def _purge(self) -> None:
-        table = self._table
-        old = (
-            select(table.c.id)
-            .where(table.c.sent_at < func.now() - self._settings.retention)
-            .limit(5000)
-            .scalar_subquery()
+            .table_valued(*WRITTEN_COLUMNS, "key")
+            .render_derived()
         )
-        async with self._connect() as connection:
-            await connection.execute(delete(table).where(table.c.id.in_(old)))
+        values = select(*(_stored(column, rows.c[column.name]) for column in self._columns))
+        return (
+            insert(self.table)
+            .from_select(self._columns, values.join_from(rows, changes, stored == rows.c.key))
+            .add_cte(changes)
+        )

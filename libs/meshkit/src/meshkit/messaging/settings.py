@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field
 
-from meshkit.messaging.outbox import RelaySettings
+from meshkit.messaging.relay import RelaySettings
 from meshkit.settings import ServiceSettings
 
 # The relay's own defaults, stated once (in RelaySettings) for both.

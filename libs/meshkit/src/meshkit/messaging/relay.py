@@ -1,0 +1,486 @@
+"""The outbox relay: publishes the rows of a service's outbox (`meshkit.messaging.outbox`),
+woken by its process's unit of work after a commit that wrote events and by its poll for the
+rest; built and stopped by the service's lifespan (`meshkit.messaging.lifespan`).
+
+Stopping lets the batch being published finish, so its rows are marked sent, but nothing that
+waits: for the broker's first connection, a backoff, the next poll, or a claim the database
+does not answer. docs/events.md describes the claim, the lease and the delivery guarantees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import aio_pika
+from sqlalchemy import ARRAY, Row, Table, Uuid, bindparam, delete, func, select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Update
+from sqlalchemy.sql.selectable import TextualSelect
+
+from meshkit.db import Database
+from meshkit.messaging.broker import BROKER_DOWN_ERRORS, Broker, backoff_delay
+from meshkit.messaging.events import EVENTS_EXCHANGE, event_message
+from meshkit.messaging.metrics import message_attributes, sent_messages, watch_backlog
+from meshkit.messaging.outbox import WRITTEN_COLUMNS, Outbox, is_json
+from meshkit.messaging.tracing import context_from, publish_span, trace_carrier
+from meshkit.telemetry import sampled_out, tracing_enabled, untraced
+
+# The outbox's logger, as the runbook filters it.
+logger = logging.getLogger("meshkit.messaging.outbox")
+
+T = TypeVar("T")
+
+
+class DatabaseUnavailableError(Exception):
+    """The relay's database did not answer (refused, reset, restarting): told apart from the
+    broker's failures, which are `ConnectionError`s too."""
+
+
+class _StopRequestedError(Exception):
+    """The relay was asked to stop before, or while, a statement that publishes nothing ran;
+    the statement was not run, or given up."""
+
+
+# Raised for one message: unroutable (returned) or refused by the broker (nacked).
+MESSAGE_REFUSED_ERRORS: tuple[type[BaseException], ...] = (
+    aio_pika.exceptions.PublishError,
+    aio_pika.exceptions.DeliveryError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    # 1 000 drained a 20 000-event backlog ~25 % faster than 200, with ~10 % less relay CPU
+    # (fewer claim/mark round trips and confirm waits; docs/benchmarks.md, "Outbox batch size").
+    batch_size: int = 1000
+    poll_interval: float = 1.0
+    publish_timeout: float = 10.0
+    retention: timedelta = timedelta(days=7)
+    purge_every: float = 600.0
+    backlog_every: float = 5.0
+
+    # How long confirmed rows wait for the next claim to mark them before they are marked on
+    # their own: at 50 orders/s the next claim comes within 20 ms.
+    mark_delay: float = 0.05
+
+    # How long a stop waits for a statement that publishes nothing (a claim, a count) before
+    # giving it up: one that has not answered by then waits on a database that is not there.
+    statement_stop_wait: float = 1.0
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claimed row is left to its relay before another may publish it: longer
+        than publishing a whole batch can take (its confirms are waited for at most
+        `publish_timeout`), and short, because it is also how long the rows of a claim whose
+        answer was lost with the database connection wait before they go out."""
+        return self.publish_timeout + 5.0
+
+
+class _RelayStatements:
+    """The relay's statements for one outbox table, built once."""
+
+    def __init__(self, table: Table) -> None:
+        # What the claim returns of a row: the written columns (the event as its stored text),
+        # the attempts, and the envelope's `source` and `time` for the message's properties.
+        # The typed columns come first: a textual statement's columns match by position.
+        written = [table.c[name] for name in WRITTEN_COLUMNS]
+        typed = [column for column in written if not is_json(column)] + [table.c.attempts]
+        returned = [column.name for column in typed] + [
+            f"{column.name}::text AS {column.name}" for column in written if is_json(column)
+        ]
+        # `= ANY(ARRAY(subquery))` makes PostgreSQL run the locking subquery once; the rows it
+        # locked are updated by the same statement, so the claim needs no transaction. The
+        # rows of the batch before (published since) are marked sent in the same statement.
+        # The outer `sent_at IS NULL` is true of every row the subquery locked; it lets the
+        # plan reach them through the pending rows' index. The relay's prepared statement
+        # keeps the plan made while its outbox was empty, until the table is analysed: without
+        # it that plan scans the whole outbox, sent rows of the retention included, at every
+        # claim (docs/benchmarks.md, "PostgreSQL per order").
+        self.claim: TextualSelect = (
+            text(
+                f"""
+            WITH marked AS (
+                UPDATE {table.name} SET sent_at = now()
+                WHERE id = ANY(:sent) AND sent_at IS NULL
+            )
+            UPDATE {table.name} SET next_attempt_at = now() + make_interval(secs => :lease)
+            WHERE id = ANY(ARRAY(
+                SELECT id FROM {table.name}
+                WHERE sent_at IS NULL AND next_attempt_at <= now()
+                ORDER BY next_attempt_at, created_at
+                LIMIT :batch
+                FOR UPDATE SKIP LOCKED
+            )) AND sent_at IS NULL
+            RETURNING {", ".join(returned)},
+                event->>'source' AS source, event->>'time' AS time
+            """  # noqa: S608 - the table name is the service's own, not input
+            )
+            .bindparams(bindparam("sent", type_=ARRAY(Uuid)))
+            .columns(*typed)
+        )
+        ids = bindparam("ids", type_=ARRAY(Uuid))
+        # `sent_at IS NULL` here too, for the plan (see the claim); a row marked already keeps
+        # the time it was first marked.
+        self.mark_sent: Update = (
+            update(table)
+            .where(table.c.id == func.any(ids), table.c.sent_at.is_(None))
+            .values(sent_at=func.now())
+        )
+        self.release: Update = (
+            update(table)
+            .where(table.c.id == func.any(ids), table.c.sent_at.is_(None))
+            .values(next_attempt_at=func.now())
+        )
+
+
+def _count_sent(rows: Sequence[Row[Any]], outcomes: Sequence[BaseException | None]) -> None:
+    """`messaging.client.sent.messages` for a published batch: one count per event type and
+    outcome, not one per message."""
+    counted = Counter(
+        (row.event_type, None if outcome is None else type(outcome).__name__)
+        for row, outcome in zip(rows, outcomes, strict=True)
+    )
+    for (event_type, error), count in counted.items():
+        sent_messages.add(count, message_attributes(EVENTS_EXCHANGE, event_type, error=error))
+
+
+class OutboxRelay:
+    """Publishes a service's outbox; run one per process, as many processes as you like."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        outbox: Outbox,
+        broker: Broker,
+        settings: RelaySettings | None = None,
+    ) -> None:
+        self._database = database
+        self._table = table = outbox.table
+        self._broker = broker
+        self._settings = settings or RelaySettings()
+        self._wake = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._statement: asyncio.Task[Any] | None = None  # one a stop may give up
+        self._outage: str | None = None  # "broker" or "database" while the relay waits on it
+        self._last_purge = time.monotonic()
+        self._last_backlog = float("-inf")
+        self._statements = _RelayStatements(table)
+        self._unmarked: list[Any] = []  # ids published and confirmed, not yet marked sent
+        # Read by the `outbox.pending.*` gauges.
+        self.table_name = table.name
+        self.pending_rows = 0
+        self.oldest_pending_age = 0.0
+        watch_backlog(self)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    def wake(self) -> None:
+        """Claims at once: its process committed events (`meshkit.unit_of_work`)."""
+        self._wake.set()
+
+    async def stop(self, *, grace_seconds: float = 10.0) -> None:
+        """Finish the batch being published (so its rows are marked sent), then stop; a wait
+        (see the module's docstring) ends at once."""
+        self._stop_requested.set()
+        self._wake.set()
+        statement = self._statement
+        if statement is not None:
+            await asyncio.wait({statement}, timeout=self._settings.statement_stop_wait)
+            statement.cancel()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), grace_seconds)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        failures = 0
+        try:
+            while not self._stop_requested.is_set():
+                self._wake.clear()
+                try:
+                    if not await self._broker.wait_connected(unless=self._stop_requested):
+                        self._outage = "broker"
+                        break
+                    claimed = await self.drain_once()
+                    failures = 0
+                    self._outage = None
+                    await self._maybe_purge()
+                    await self._maybe_measure_backlog()
+                    if claimed < self._settings.batch_size:
+                        await self._idle()
+                except DatabaseUnavailableError as exc:
+                    failures += 1
+                    self._report_outage("database", exc)
+                    # A write that gets through again wakes the relay before the backoff ends.
+                    await self._sleep(backoff_delay(failures), wake_early=True)
+                except BROKER_DOWN_ERRORS as exc:
+                    failures += 1
+                    self._report_outage("broker", exc)
+                    await self._maybe_measure_backlog()
+                    await self._sleep(backoff_delay(failures))
+        except _StopRequestedError:
+            pass
+        # The broker as it is now: it may have come back during a backoff, or gone while idle.
+        outage = "database" if self._outage == "database" else None
+        if not self._broker.is_connected:
+            outage = "broker"
+        if outage is not None:
+            logger.warning(
+                "outbox relay stopped while the %s is unreachable; unsent events stay in the "
+                "outbox for the next relay",
+                outage,
+            )
+        try:
+            await self._mark_unmarked()
+        except DatabaseUnavailableError as exc:
+            logger.warning(
+                "outbox relay: %d published rows not marked on stop (%s); another relay "
+                "publishes them again when their lease ends",
+                len(self._unmarked),
+                exc,
+            )
+
+    def _report_outage(self, outage: str, exc: BaseException) -> None:
+        """The first failure of an outage is news; the retries after it are not."""
+        level = logging.DEBUG if self._outage == outage else logging.WARNING
+        self._outage = outage
+        logger.log(level, "outbox relay: %s unavailable (%s); backing off", outage, exc)
+
+    async def _unless_stopped(self, statement: Coroutine[Any, Any, T]) -> T:
+        """Runs `statement` (one that publishes nothing) as a task `stop` may give up."""
+        if self._stop_requested.is_set():
+            statement.close()
+            raise _StopRequestedError
+        task = asyncio.ensure_future(statement)
+        self._statement = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current is not None and current.cancelling()):
+                self._outage = "database"  # given up by `stop`: the database did not answer
+                raise _StopRequestedError from None
+            raise
+        finally:
+            self._statement = None
+
+    async def _idle(self) -> None:
+        """Nothing more to claim now: wait for the next wake-up. Rows still to be marked wait
+        `mark_delay` for a claim to mark them, then are marked on their own."""
+        if self._unmarked and await self._sleep(self._settings.mark_delay, wake_early=True):
+            return  # woken in time: the next claim marks them
+        await self._mark_unmarked()
+        await self._sleep(self._settings.poll_interval, wake_early=True)
+
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """An autocommit connection for the relay's own statements (no spans: one batch mixes
+        many traces); its failures raise `DatabaseUnavailableError`."""
+        try:
+            with untraced():
+                async with self._database.connect() as connection:
+                    yield connection
+        except (DBAPIError, OSError) as exc:
+            raise DatabaseUnavailableError(str(exc).splitlines()[0]) from exc
+
+    async def _sleep(self, seconds: float, *, wake_early: bool = False) -> bool:
+        """Sleeps, ending early on stop (and on a wake-up if `wake_early`); True if it did."""
+        event = self._wake if wake_early else self._stop_requested
+        try:
+            await asyncio.wait_for(event.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _mark_unmarked(self) -> None:
+        """Marks the confirmed rows no claim has marked yet (the relay goes idle or stops)."""
+        if not self._unmarked:
+            return
+        ids, self._unmarked = self._unmarked, []
+        try:
+            async with self._connect() as connection:
+                await connection.execute(self._statements.mark_sent, {"ids": ids})
+        except DatabaseUnavailableError:
+            # Published, but still leased: the next claim tries again (or, if this process
+            # ends first, another relay publishes them once more when the lease runs out).
+            self._unmarked = ids + self._unmarked
+            raise
+
+    async def drain_once(self) -> int:
+        """Claim (marking the batch before) and publish one batch; returns how many rows were
+        claimed."""
+        channel = self._broker.publish_channel
+        exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
+        statements = self._statements
+        # The rows the last batch published are marked sent by this same statement.
+        marks, self._unmarked = self._unmarked, []
+        try:
+            rows = await self._unless_stopped(self._claim(marks))
+        except BaseException:
+            self._unmarked = marks + self._unmarked
+            raise
+        if not rows:
+            return 0
+        outcomes = await asyncio.gather(
+            *(self._publish(exchange, row) for row in rows), return_exceptions=True
+        )
+        _count_sent(rows, outcomes)
+        sent = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
+        refused = [
+            (row, outcome)
+            for row, outcome in zip(rows, outcomes, strict=True)
+            if isinstance(outcome, MESSAGE_REFUSED_ERRORS)
+        ]
+        broken = [
+            (row.id, outcome)
+            for row, outcome in zip(rows, outcomes, strict=True)
+            if isinstance(outcome, BaseException)
+            and not isinstance(outcome, MESSAGE_REFUSED_ERRORS)
+        ]
+        # Marked by the next claim (which follows at once under load) or, when the relay goes
+        # idle, on their own after `mark_delay`: one statement per batch, not two.
+        self._unmarked.extend(sent)
+        if refused or broken:
+            async with self._connect() as connection:
+                for row, error in refused:
+                    await self._postpone(connection, row, error)
+                if broken:
+                    # Not confirmed (the broker went away): free them at once rather than
+                    # when the lease ends, so they go out as soon as the broker is back.
+                    await connection.execute(
+                        statements.release, {"ids": [row_id for row_id, _ in broken]}
+                    )
+        if broken:
+            # The caller backs off.
+            raise broken[0][1]
+        return len(rows)
+
+    async def _claim(self, marks: list[Any]) -> Sequence[Row[Any]]:
+        """Leases the next batch, marking the rows in `marks` sent."""
+        settings = self._settings
+        async with self._connect() as connection:
+            result = await connection.execute(
+                self._statements.claim,
+                {"batch": settings.batch_size, "lease": settings.lease_seconds, "sent": marks},
+            )
+            return result.all()
+
+    async def _publish(self, exchange: aio_pika.abc.AbstractExchange, row: Row[Any]) -> None:
+        stored = {"traceparent": row.traceparent, "tracestate": row.tracestate}
+        if tracing_enabled():
+            parent = context_from(stored)
+            if not sampled_out(parent):
+                with publish_span(
+                    exchange=EVENTS_EXCHANGE,
+                    routing_key=row.event_type,
+                    message_id=str(row.id),
+                    parent=parent,
+                ):
+                    await self._send(exchange, row, trace_carrier())
+                return
+        # No span to make (tracing is off: a no-op one cost ~9% of the relay's CPU; or the
+        # request that wrote the row was not sampled): the stored context travels on
+        # unchanged, so services downstream stay in the trace and keep its decision.
+        await self._send(exchange, row, {key: value for key, value in stored.items() if value})
+
+    async def _send(
+        self,
+        exchange: aio_pika.abc.AbstractExchange,
+        row: Row[Any],
+        trace_headers: dict[str, str],
+    ) -> None:
+        message = event_message(
+            row.event.encode(),
+            event_id=str(row.id),
+            event_type=row.event_type,
+            source=row.source,
+            time=datetime.fromisoformat(row.time),
+            trace_headers=trace_headers,
+        )
+        await exchange.publish(
+            message,
+            routing_key=row.event_type,
+            mandatory=True,
+            timeout=self._settings.publish_timeout,
+        )
+
+    async def _postpone(
+        self, connection: AsyncConnection, row: Row[Any], error: BaseException
+    ) -> None:
+        """A refused or unroutable event waits (growing delays) instead of blocking the batch."""
+        delay = min(60.0, 2.0 ** min(row.attempts, 6))
+        logger.error(
+            "outbox relay: %s %s was refused by the broker (%s); retrying in %.0fs",
+            row.event_type,
+            row.id,
+            error,
+            delay,
+        )
+        await connection.execute(
+            update(self._table)
+            .where(self._table.c.id == row.id)
+            .values(
+                attempts=self._table.c.attempts + 1,
+                last_error=str(error)[:1000],
+                next_attempt_at=func.now() + timedelta(seconds=delay),
+            )
+        )
+
+    async def _maybe_measure_backlog(self) -> None:
+        """Refreshes the `outbox.pending.*` gauges every `backlog_every` seconds; while the
+        database does not answer they keep their last figures (this must not end the relay:
+        it also runs while the broker is away)."""
+        if time.monotonic() - self._last_backlog < self._settings.backlog_every:
+            return
+        self._last_backlog = time.monotonic()
+        try:
+            self.pending_rows, self.oldest_pending_age = await self._unless_stopped(
+                self._count_pending()
+            )
+        except DatabaseUnavailableError as exc:
+            logger.info("outbox relay: backlog not measured (%s)", exc)
+
+    async def _count_pending(self) -> tuple[int, float]:
+        table = self._table
+        async with self._connect() as connection:
+            result = await connection.execute(
+                select(
+                    func.count(),
+                    func.coalesce(
+                        func.extract("epoch", func.now() - func.min(table.c.created_at)), 0
+                    ),
+                ).where(table.c.sent_at.is_(None))
+            )
+            count, age = result.one()
+        return int(count), float(age)
+
+    async def _maybe_purge(self) -> None:
+        if time.monotonic() - self._last_purge < self._settings.purge_every:
+            return
+        self._last_purge = time.monotonic()
+        await self._unless_stopped(self._purge())
+
+    async def _purge(self) -> None:
+        table = self._table
+        old = (
+            select(table.c.id)
+            .where(table.c.sent_at < func.now() - self._settings.retention)
+            .limit(5000)
+            .scalar_subquery()
+        )
+        async with self._connect() as connection:
+            await connection.execute(delete(table).where(table.c.id.in_(old)))
