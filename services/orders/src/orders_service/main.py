@@ -2,7 +2,7 @@
 
 Served by `gunicorn --config python:meshkit.gunicorn_conf 'orders_service.main:create_app()'`.
 Every worker runs its own outbox relay (they share the rows safely, see
-`meshkit.messaging.outbox`).
+`meshkit.messaging.relay`).
 """
 
 from __future__ import annotations

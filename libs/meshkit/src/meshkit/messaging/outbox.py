@@ -46,7 +46,7 @@ _PARAMETERS = tuple(f"outbox_{name}" for name in WRITTEN_COLUMNS)
 # One row's parameters, as `outbox_row` makes them.
 OutboxRow = dict[str, Any]
 
-Statement = TypeVar("Statement", Insert, Update)
+_Statement = TypeVar("_Statement", Insert, Update)
 
 
 def outbox_row(event: CloudEvent, *, trace: Mapping[str, str] | None = None) -> OutboxRow:
@@ -123,7 +123,7 @@ class Outbox:
         # One row (parameters: `outbox_row`), in the transaction of the change.
         self.insert: Insert = insert(self.table).from_select(self._columns, values)
 
-    def with_row(self, statement: Statement) -> Statement:
+    def with_row(self, statement: _Statement) -> _Statement:
         """`statement` writing its event's row as well (parameters: `outbox_row`), as a
         data-modifying CTE: the change and its event are one statement, atomic without a
         transaction (no BEGIN and COMMIT round trips)."""
