@@ -85,7 +85,7 @@ class UnitOfWork:
         opened, self._opened = self._opened, None
         events, self._events = self._events, 0
         assert opened is not None  # entered by `__aenter__`
-        await opened.__aexit__(exc_type, exc, traceback)  # commits, or rolls back and re-raises
+        await opened.__aexit__(exc_type, exc, traceback)  # commits, or rolls back
         if exc_type is None and events and self._relay is not None:
             self._relay.wake()
 
