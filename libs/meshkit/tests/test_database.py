@@ -196,9 +196,9 @@ async def test_pool_usage_is_a_gauge_read_when_metrics_are_collected(
     def usage() -> dict[str, int]:
         name = database.engine.url.render_as_string(hide_password=True)
         return {
-            str(p.attributes["state"]): int(p.value)
-            for p in metric_points(metric_reader, "db.client.connections.usage")
-            if p.attributes.get("pool.name") == name
+            str(p.attributes["db.client.connection.state"]): int(p.value)
+            for p in metric_points(metric_reader, "db.client.connection.count")
+            if p.attributes.get("db.client.connection.pool.name") == name
         }
 
     async with database.connect() as connection:
@@ -221,8 +221,8 @@ async def test_the_pool_limit_is_a_gauge_of_size_and_overflow(
     try:
         limits = [
             int(p.value)
-            for p in metric_points(metric_reader, "db.client.connections.max")
-            if p.attributes.get("pool.name") == pool_name
+            for p in metric_points(metric_reader, "db.client.connection.max")
+            if p.attributes.get("db.client.connection.pool.name") == pool_name
         ]
     finally:
         await database.dispose()

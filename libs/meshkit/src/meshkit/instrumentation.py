@@ -28,6 +28,47 @@ from opentelemetry.instrumentation.utils import (
     is_instrumentation_enabled,
 )
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.semconv._incubating.attributes.db_attributes import (
+    DB_CLIENT_CONNECTION_POOL_NAME,
+    DB_CLIENT_CONNECTION_STATE,
+    DbClientConnectionStateValues,
+)
+from opentelemetry.semconv._incubating.metrics.db_metrics import (
+    DB_CLIENT_CONNECTION_COUNT,
+    DB_CLIENT_CONNECTION_MAX,
+)
+from opentelemetry.semconv.attributes.client_attributes import CLIENT_ADDRESS
+from opentelemetry.semconv.attributes.db_attributes import (
+    DB_NAMESPACE,
+    DB_OPERATION_NAME,
+    DB_QUERY_TEXT,
+    DB_RESPONSE_STATUS_CODE,
+    DB_SYSTEM_NAME,
+    DbSystemNameValues,
+)
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+from opentelemetry.semconv.attributes.http_attributes import (
+    HTTP_REQUEST_METHOD,
+    HTTP_REQUEST_METHOD_ORIGINAL,
+    HTTP_RESPONSE_STATUS_CODE,
+    HTTP_ROUTE,
+    HttpRequestMethodValues,
+)
+from opentelemetry.semconv.attributes.network_attributes import (
+    NETWORK_PROTOCOL_NAME,
+    NETWORK_PROTOCOL_VERSION,
+)
+from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, SERVER_PORT
+from opentelemetry.semconv.attributes.url_attributes import (
+    URL_FULL,
+    URL_PATH,
+    URL_QUERY,
+    URL_SCHEME,
+)
+from opentelemetry.semconv.metrics.http_metrics import (
+    HTTP_CLIENT_REQUEST_DURATION,
+    HTTP_SERVER_REQUEST_DURATION,
+)
 from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -42,13 +83,13 @@ from meshkit.telemetry import sampled_out, tracing_enabled
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 
-def http_duration(scope: str, side: str) -> metrics.Histogram:
-    """`http.<side>.request.duration` (side: server or client), seconds, with the semantic
+def http_duration(scope: str, name: str, description: str) -> metrics.Histogram:
+    """The request duration histogram `name` (server or client), in seconds with the semantic
     conventions' buckets, on the meter named `scope`."""
     return metrics.get_meter(scope).create_histogram(
-        f"http.{side}.request.duration",
+        name,
         unit="s",
-        description=f"Duration of HTTP {side} requests.",
+        description=description,
         explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
     )
 
@@ -58,6 +99,7 @@ def http_duration(scope: str, side: str) -> metrics.Histogram:
 _KNOWN_METHODS = frozenset(
     {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
 )
+_OTHER_METHOD = HttpRequestMethodValues.OTHER.value
 _PROPAGATED_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
 
 RequestHandler = Callable[[Scope, Receive, Send], Awaitable[int]]
@@ -88,7 +130,9 @@ class ServerTelemetry:
     def __init__(self, handle: RequestHandler) -> None:
         self._handle = handle
         self._tracer = trace.get_tracer("meshkit.server")
-        self._duration = http_duration("meshkit.server", "server")
+        self._duration = http_duration(
+            "meshkit.server", HTTP_SERVER_REQUEST_DURATION, "Duration of HTTP server requests."
+        )
 
     async def __call__(
         self,
@@ -108,7 +152,7 @@ class ServerTelemetry:
         is_http = scope["type"] == "http"
         method = scope["method"] if is_http else "WS"
         if method not in _KNOWN_METHODS and is_http:
-            method = "_OTHER"
+            method = _OTHER_METHOD
         carrier = {
             name.decode("latin-1"): value.decode("latin-1")
             for name, value in scope["headers"]
@@ -145,24 +189,24 @@ class ServerTelemetry:
                 if recording:
                     if route:
                         span.update_name(f"{method} {route}")
-                        span.set_attribute("http.route", route)
+                        span.set_attribute(HTTP_ROUTE, route)
                     if status:
-                        span.set_attribute("http.response.status_code", status)
+                        span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
                     if error is not None:
-                        span.set_attribute("error.type", error)
+                        span.set_attribute(ERROR_TYPE, error)
                         span.set_status(StatusCode.ERROR)
                 if is_http:
                     # While the span is current: a kept trace becomes the measurement's exemplar.
                     attributes: dict[str, str | int] = {
-                        "http.request.method": method,
-                        "url.scheme": scope.get("scheme", "http"),
+                        HTTP_REQUEST_METHOD: method,
+                        URL_SCHEME: scope.get("scheme", "http"),
                     }
                     if route:
-                        attributes["http.route"] = route
+                        attributes[HTTP_ROUTE] = route
                     if status:
-                        attributes["http.response.status_code"] = status
+                        attributes[HTTP_RESPONSE_STATUS_CODE] = status
                     if error is not None:
-                        attributes["error.type"] = error
+                        attributes[ERROR_TYPE] = error
                     self._duration.record(time.perf_counter() - started, attributes)
 
 
@@ -170,20 +214,20 @@ def _request_attributes(scope: Scope, method: str) -> dict[str, str]:
     """What a recorded server span says of its request (the query without credentials)."""
     client = scope.get("client")
     attributes = {
-        "url.path": scope["path"],
-        "url.scheme": scope.get("scheme", "http"),
-        "network.protocol.version": scope.get("http_version", "1.1"),
-        "client.address": client[0] if client else "",
+        URL_PATH: scope["path"],
+        URL_SCHEME: scope.get("scheme", "http"),
+        NETWORK_PROTOCOL_VERSION: scope.get("http_version", "1.1"),
+        CLIENT_ADDRESS: client[0] if client else "",
     }
     if scope["type"] == "http":
-        attributes["http.request.method"] = method
-        if method == "_OTHER":
-            attributes["http.request.method_original"] = scope["method"]
+        attributes[HTTP_REQUEST_METHOD] = method
+        if method == _OTHER_METHOD:
+            attributes[HTTP_REQUEST_METHOD_ORIGINAL] = scope["method"]
     else:
-        attributes["network.protocol.name"] = "websocket"
+        attributes[NETWORK_PROTOCOL_NAME] = "websocket"
     query = scope.get("query_string", b"")
     if query:
-        attributes["url.query"] = redact(query.decode("latin-1"))
+        attributes[URL_QUERY] = redact(query.decode("latin-1"))
     return attributes
 
 
@@ -197,10 +241,10 @@ class _StatementTracer:
         url = engine.url
         self._tracer = trace.get_tracer("meshkit.db")
         self._attributes: dict[str, str | int] = {
-            "db.system.name": "postgresql",
-            "db.namespace": url.database or "",
-            "server.address": url.host or "localhost",
-            "server.port": url.port or 5432,
+            DB_SYSTEM_NAME: DbSystemNameValues.POSTGRESQL.value,
+            DB_NAMESPACE: url.database or "",
+            SERVER_ADDRESS: url.host or "localhost",
+            SERVER_PORT: url.port or 5432,
         }
 
     def before(
@@ -228,8 +272,8 @@ class _StatementTracer:
                 kind=SpanKind.CLIENT,
                 attributes={
                     **self._attributes,
-                    "db.operation.name": operation,
-                    "db.query.text": statement,
+                    DB_OPERATION_NAME: operation,
+                    DB_QUERY_TEXT: statement,
                 },
             ),
         )
@@ -254,10 +298,10 @@ class _StatementTracer:
         if span is None:
             return
         error = exception_context.original_exception
-        span.set_attribute("error.type", type(error).__qualname__)
+        span.set_attribute(ERROR_TYPE, type(error).__qualname__)
         sqlstate = getattr(error, "sqlstate", None)
         if sqlstate:
-            span.set_attribute("db.response.status_code", str(sqlstate))
+            span.set_attribute(DB_RESPONSE_STATUS_CODE, str(sqlstate))
         # The message may quote row values: the type and SQLSTATE say enough.
         span.set_status(StatusCode.ERROR, type(error).__qualname__)
         span.end()
@@ -292,6 +336,8 @@ _TOKENS = re.compile(r"[()]|[A-Za-z_]+")
 
 _traced_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _pool_gauges: list[object] = []  # the observable instruments, created with the first engine
+_USED = DbClientConnectionStateValues.USED.value
+_IDLE = DbClientConnectionStateValues.IDLE.value
 
 
 def _pools() -> Iterable[tuple[str, Any]]:
@@ -303,8 +349,10 @@ def _pools() -> Iterable[tuple[str, Any]]:
 
 def _pool_usage(options: CallbackOptions) -> Iterable[Observation]:
     for name, pool in _pools():
-        yield Observation(pool.checkedout(), {"pool.name": name, "state": "used"})
-        yield Observation(pool.checkedin(), {"pool.name": name, "state": "idle"})
+        used = {DB_CLIENT_CONNECTION_POOL_NAME: name, DB_CLIENT_CONNECTION_STATE: _USED}
+        idle = {DB_CLIENT_CONNECTION_POOL_NAME: name, DB_CLIENT_CONNECTION_STATE: _IDLE}
+        yield Observation(pool.checkedout(), used)
+        yield Observation(pool.checkedin(), idle)
 
 
 def _pool_limit(options: CallbackOptions) -> Iterable[Observation]:
@@ -313,7 +361,7 @@ def _pool_limit(options: CallbackOptions) -> Iterable[Observation]:
         # `_max_overflow` (negative: no limit, nothing to report).
         overflow = getattr(pool, "_max_overflow", -1)
         if overflow >= 0:
-            yield Observation(pool.size() + overflow, {"pool.name": name})
+            yield Observation(pool.size() + overflow, {DB_CLIENT_CONNECTION_POOL_NAME: name})
 
 
 def instrument_engine(engine: Engine) -> None:
@@ -324,8 +372,8 @@ def instrument_engine(engine: Engine) -> None:
         # Read at collection time: nothing is recorded per checkout.
         meter = metrics.get_meter("meshkit.db")
         for name, callback, description in (
-            ("db.client.connections.usage", _pool_usage, "Connections of the pool, idle or used."),
-            ("db.client.connections.max", _pool_limit, "The pool's size plus its overflow."),
+            (DB_CLIENT_CONNECTION_COUNT, _pool_usage, "Connections of the pool, idle or used."),
+            (DB_CLIENT_CONNECTION_MAX, _pool_limit, "The pool's size plus its overflow."),
         ):
             _pool_gauges.append(
                 meter.create_observable_up_down_counter(
@@ -350,7 +398,9 @@ class TracedTransport(httpx.AsyncBaseTransport):
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self._inner = inner
         self._tracer = trace.get_tracer("meshkit.http_client")
-        self._duration = http_duration("meshkit.http_client", "client")
+        self._duration = http_duration(
+            "meshkit.http_client", HTTP_CLIENT_REQUEST_DURATION, "Duration of HTTP client requests."
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not is_http_instrumentation_enabled():
@@ -358,9 +408,9 @@ class TracedTransport(httpx.AsyncBaseTransport):
         url = request.url
         method = request.method
         attributes: dict[str, str | int] = {
-            "http.request.method": method,
-            "server.address": url.host,
-            "server.port": url.port or (443 if url.scheme == "https" else 80),
+            HTTP_REQUEST_METHOD: method,
+            SERVER_ADDRESS: url.host,
+            SERVER_PORT: url.port or (443 if url.scheme == "https" else 80),
         }
         if not trace.get_current_span().is_recording():
             # Sampled out, or outside any request: no span, but the callee learns the sampling
@@ -370,7 +420,7 @@ class TracedTransport(httpx.AsyncBaseTransport):
         with self._tracer.start_as_current_span(
             method,
             kind=SpanKind.CLIENT,
-            attributes={**attributes, "url.full": redact(str(url))},
+            attributes={**attributes, URL_FULL: redact(str(url))},
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
@@ -387,20 +437,20 @@ class TracedTransport(httpx.AsyncBaseTransport):
         try:
             response = await self._inner.handle_async_request(request)
         except Exception as exc:
-            error = attributes["error.type"] = type(exc).__qualname__
+            error = attributes[ERROR_TYPE] = type(exc).__qualname__
             if span is not None:
-                span.set_attribute("error.type", error)
+                span.set_attribute(ERROR_TYPE, error)
                 span.set_status(StatusCode.ERROR, error)
             self._duration.record(time.perf_counter() - started, attributes)
             raise
         status = response.status_code
-        attributes["http.response.status_code"] = status
+        attributes[HTTP_RESPONSE_STATUS_CODE] = status
         if status >= 400:
-            attributes["error.type"] = str(status)
+            attributes[ERROR_TYPE] = str(status)
         if span is not None:
-            span.set_attribute("http.response.status_code", status)
+            span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
             if status >= 400:
-                span.set_attribute("error.type", attributes["error.type"])
+                span.set_attribute(ERROR_TYPE, attributes[ERROR_TYPE])
                 span.set_status(StatusCode.ERROR)
         self._duration.record(time.perf_counter() - started, attributes)
         return response

@@ -32,6 +32,12 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased
+from opentelemetry.semconv.attributes.deployment_attributes import DEPLOYMENT_ENVIRONMENT_NAME
+from opentelemetry.semconv.attributes.service_attributes import (
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    SERVICE_VERSION,
+)
 
 from meshkit.logging import NOT_LOGGED, STAMPED, add_export_handler, remove_export_handler
 
@@ -166,11 +172,11 @@ def build_resource(*, service_name: str, service_version: str, environment: str)
     """Our defaults, overridden by `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES`."""
     defaults = Resource.create(
         {
-            "service.name": service_name,
-            "service.version": service_version,
-            "deployment.environment.name": environment,
+            SERVICE_NAME: service_name,
+            SERVICE_VERSION: service_version,
+            DEPLOYMENT_ENVIRONMENT_NAME: environment,
             # One id per process: gunicorn workers of one pod are told apart in traces.
-            "service.instance.id": str(uuid.uuid4()),
+            SERVICE_INSTANCE_ID: str(uuid.uuid4()),
         }
     )
     return defaults.merge(OTELResourceDetector().detect())

@@ -16,17 +16,31 @@ from typing import Protocol
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
+    MESSAGING_DESTINATION_NAME,
+    MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+    MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+    MESSAGING_SYSTEM,
+)
+from opentelemetry.semconv._incubating.metrics.messaging_metrics import (
+    MESSAGING_CLIENT_CONSUMED_MESSAGES,
+    MESSAGING_CLIENT_SENT_MESSAGES,
+    MESSAGING_PROCESS_DURATION,
+)
+from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
+
+from meshkit.messaging.tracing import RABBITMQ
 
 meter = metrics.get_meter("meshkit.messaging")
 
 sent_messages = meter.create_counter(
-    "messaging.client.sent.messages", unit="{message}", description="Messages published."
+    MESSAGING_CLIENT_SENT_MESSAGES, unit="{message}", description="Messages published."
 )
 consumed_messages = meter.create_counter(
-    "messaging.client.consumed.messages", unit="{message}", description="Messages processed."
+    MESSAGING_CLIENT_CONSUMED_MESSAGES, unit="{message}", description="Messages processed."
 )
 process_duration = meter.create_histogram(
-    "messaging.process.duration", unit="s", description="Time spent processing one message."
+    MESSAGING_PROCESS_DURATION, unit="s", description="Time spent processing one message."
 )
 
 
@@ -35,14 +49,14 @@ def message_attributes(
 ) -> dict[str, str]:
     """What a sent or consumed count (and a process duration) is measured by."""
     attributes = {
-        "messaging.system": "rabbitmq",
-        "messaging.destination.name": exchange,
-        "messaging.rabbitmq.destination.routing_key": routing_key,
+        MESSAGING_SYSTEM: RABBITMQ,
+        MESSAGING_DESTINATION_NAME: exchange,
+        MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY: routing_key,
     }
     if subscription is not None:
-        attributes["messaging.destination.subscription.name"] = subscription
+        attributes[MESSAGING_DESTINATION_SUBSCRIPTION_NAME] = subscription
     if error is not None:
-        attributes["error.type"] = error
+        attributes[ERROR_TYPE] = error
     return attributes
 
 

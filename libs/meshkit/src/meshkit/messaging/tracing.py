@@ -13,9 +13,21 @@ from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.semconv._incubating.attributes.messaging_attributes import (
+    MESSAGING_DESTINATION_NAME,
+    MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+    MESSAGING_MESSAGE_ID,
+    MESSAGING_OPERATION_NAME,
+    MESSAGING_OPERATION_TYPE,
+    MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+    MESSAGING_SYSTEM,
+    MessagingOperationTypeValues,
+    MessagingSystemValues,
+)
 from opentelemetry.trace import Span, SpanKind
 
 tracer = trace.get_tracer("meshkit.messaging")
+RABBITMQ = MessagingSystemValues.RABBITMQ.value
 
 
 def trace_carrier() -> dict[str, str]:
@@ -44,12 +56,12 @@ def publish_span(
         context=parent,
         kind=SpanKind.PRODUCER,
         attributes={
-            "messaging.system": "rabbitmq",
-            "messaging.operation.name": "publish",
-            "messaging.operation.type": "send",
-            "messaging.destination.name": exchange,
-            "messaging.rabbitmq.destination.routing_key": routing_key,
-            "messaging.message.id": message_id,
+            MESSAGING_SYSTEM: RABBITMQ,
+            MESSAGING_OPERATION_NAME: "publish",
+            MESSAGING_OPERATION_TYPE: MessagingOperationTypeValues.SEND.value,
+            MESSAGING_DESTINATION_NAME: exchange,
+            MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY: routing_key,
+            MESSAGING_MESSAGE_ID: message_id,
         },
     ) as span:
         yield span
@@ -66,15 +78,15 @@ def start_process_span(
     """The CONSUMER span of one message, child of `parent` (the context in its headers); the
     caller ends it (a batch keeps several open at once)."""
     attributes: dict[str, str] = {
-        "messaging.system": "rabbitmq",
-        "messaging.operation.name": "process",
-        "messaging.operation.type": "process",
-        "messaging.destination.name": exchange,
-        "messaging.destination.subscription.name": queue,
-        "messaging.rabbitmq.destination.routing_key": routing_key,
+        MESSAGING_SYSTEM: RABBITMQ,
+        MESSAGING_OPERATION_NAME: "process",
+        MESSAGING_OPERATION_TYPE: MessagingOperationTypeValues.PROCESS.value,
+        MESSAGING_DESTINATION_NAME: exchange,
+        MESSAGING_DESTINATION_SUBSCRIPTION_NAME: queue,
+        MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY: routing_key,
     }
     if message_id:
-        attributes["messaging.message.id"] = message_id
+        attributes[MESSAGING_MESSAGE_ID] = message_id
     return tracer.start_span(
         f"process {queue}",
         context=parent,
