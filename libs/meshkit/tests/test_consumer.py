@@ -5,6 +5,7 @@ database is unavailable, and consuming going on after the broker connection was 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ from meshkit.messaging import (
     declare_work_queue,
     to_message,
 )
+from meshkit.messaging import consumer as consumer_module
 
 QUEUE = "consumer-test"
 
@@ -290,3 +292,35 @@ async def test_a_batch_whose_connection_was_lost_is_handled_again_and_consuming_
         await broker.close()
         await link.close()
     assert await _left_in(channel, QUEUE) == 0  # all acked
+
+
+async def test_a_stop_during_a_database_outage_leaves_the_batch_to_the_broker_at_once(
+    channel: AbstractChannel,
+    queue: AbstractQueue,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The stop ends the pause between tries: the batch is left unsettled (the broker delivers
+    it again, no delivery spent), not tried once more, not dead-lettered."""
+    monkeypatch.setattr(consumer_module, "_OUTAGE_RETRY_CAP", 60.0)  # pauses of up to 30 s
+    tries = 0
+
+    async def database_gone(deliveries: Sequence[Delivery]) -> None:
+        nonlocal tries
+        tries += 1
+        raise ConnectionRefusedError("the database is restarting")
+
+    async def tried() -> bool:
+        return tries == 1
+
+    consumer = EventConsumer(queue, database_gone, retry_delay=30)
+    await consumer.start()
+    await _publish(channel, [_event(1)])
+    await eventually(tried)
+    with caplog.at_level(logging.INFO, logger="meshkit.messaging.consumer"):
+        async with asyncio.timeout(1):
+            await consumer.stop()
+
+    assert tries == 1
+    assert any("left to the broker to deliver again" in r.getMessage() for r in caplog.records)
+    assert await _left_in(channel, f"{QUEUE}.dlq") == 0

@@ -16,7 +16,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusC
 
 from meshdev.processes import free_port
 from meshdev.pytest_plugin import metric_points
-from meshkit.http_client import ServiceClient, create_http_client
+from meshkit.http_client import ConnectRetryTransport, ServiceClient, create_http_client
 
 TRACER = trace.get_tracer("tests")
 
@@ -274,3 +274,49 @@ async def test_a_full_pool_is_a_pool_timeout_not_a_connect_timeout() -> None:
         await http.aclose()
         server.close()
         await server.wait_closed()
+
+
+class _Refusing(httpx.AsyncBaseTransport):
+    """Refuses the first `refusals` connections, then answers 200."""
+
+    def __init__(self, refusals: int, error: type[httpx.TransportError] = httpx.ConnectError):
+        self.refusals = refusals
+        self.error = error
+        self.calls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if self.calls <= self.refusals:
+            raise self.error("refused", request=request)
+        return httpx.Response(200, request=request)
+
+
+async def test_a_refused_connection_is_tried_again() -> None:
+    inner = _Refusing(1)
+
+    response = await ConnectRetryTransport(inner, retries=1).handle_async_request(
+        httpx.Request("GET", "http://users/")
+    )
+
+    assert response.status_code == 200
+    assert inner.calls == 2
+
+
+async def test_a_connection_refused_after_every_retry_is_a_connect_error() -> None:
+    inner = _Refusing(5)
+
+    with pytest.raises(httpx.ConnectError):
+        await ConnectRetryTransport(inner, retries=2).handle_async_request(
+            httpx.Request("GET", "http://users/")
+        )
+    assert inner.calls == 3
+
+
+async def test_a_request_that_may_have_reached_the_server_is_not_tried_again() -> None:
+    inner = _Refusing(1, error=httpx.ReadTimeout)
+
+    with pytest.raises(httpx.ReadTimeout):
+        await ConnectRetryTransport(inner, retries=2).handle_async_request(
+            httpx.Request("GET", "http://users/")
+        )
+    assert inner.calls == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import random
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 
 from meshkit.instrumentation import TracedTransport
+from meshkit.retry import Retry
 from meshkit.telemetry import tracing_enabled
 
 
@@ -178,24 +178,17 @@ class PreciseAiohttpTransport(AiohttpTransport):
 
 class ConnectRetryTransport(httpx.AsyncBaseTransport):
     """Retries a request only when the connection could not be made, so it never reached the
-    server and retrying cannot duplicate work; jittered so replicas do not retry in step."""
+    server and retrying cannot duplicate work."""
 
-    def __init__(
-        self, inner: httpx.AsyncBaseTransport, *, retries: int = 1, backoff: float = 0.05
-    ) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, *, retries: int = 1) -> None:
         self._inner = inner
-        self._retries = retries
-        self._backoff = backoff
+        self._retry = Retry(on=httpx.ConnectError, base=0.1, cap=1.0, attempts=1 + retries)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        for attempt in range(self._retries + 1):
-            try:
-                return await self._inner.handle_async_request(request)
-            except httpx.ConnectError:
-                if attempt == self._retries:
-                    raise
-                await asyncio.sleep(self._backoff * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return await self._inner.handle_async_request(request)
+        except httpx.ConnectError as exc:
+            return await self._retry.after(exc, self._inner.handle_async_request, request)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -305,7 +298,9 @@ def create_http_client(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
     )
-    outer: httpx.AsyncBaseTransport = ConnectRetryTransport(transport, retries=connect_retries)
+    outer: httpx.AsyncBaseTransport = (
+        ConnectRetryTransport(transport, retries=connect_retries) if connect_retries else transport
+    )
     if tracing_enabled():
         # Outermost: one span per request, however many connection attempts it took.
         outer = TracedTransport(outer)

@@ -2,7 +2,7 @@
 
 `connect_robust` reconnects after a lost connection but fails on the *first* attempt; a service
 must start (and answer `/healthz`) while the broker is still down, so the first connection is
-retried here in the background with jittered backoff, and readiness reports the broker until then.
+retried here in the background (`meshkit.retry`), and readiness reports the broker until then.
 Publishing and consuming use separate channels, so a slow consumer never holds up confirms.
 
 A lost connection is logged here, once, as a warning, and so is its recovery; what aio-pika and
@@ -27,7 +27,9 @@ from aio_pika.abc import (
     ExchangeType,
 )
 
+from meshkit.concurrency import first_completed
 from meshkit.messaging.events import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE
+from meshkit.retry import Retry
 
 logger = logging.getLogger("meshkit.messaging.broker")
 
@@ -52,6 +54,16 @@ BROKER_DOWN_ERRORS: tuple[type[BaseException], ...] = (
 def backoff_delay(attempt: int, *, base: float = 0.25, cap: float = 15.0) -> float:
     """Exponential backoff with full jitter, so replicas do not retry in step."""
     return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter, not crypto
+
+
+# The first connection; a closing broker cancels it, also mid-backoff.
+_CONNECT_RETRY = Retry(
+    on=(OSError, aio_pika.exceptions.AMQPError, TimeoutError),
+    base=0.25,
+    cap=15.0,
+    logger=logger,
+    what="broker not reachable",
+)
 
 
 async def declare_exchanges(channel: AbstractChannel) -> None:
@@ -114,21 +126,7 @@ class Broker:
         self._watch_outage(time.monotonic())
 
     async def _connect(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                connection = await aio_pika.connect_robust(
-                    self._url,
-                    client_properties={"connection_name": self._connection_name},
-                    timeout=5,
-                )
-                break
-            except (OSError, aio_pika.exceptions.AMQPError, TimeoutError) as exc:
-                delay = backoff_delay(attempt)
-                attempt += 1
-                logger.warning("broker not reachable (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-        self._connection = connection
+        self._connection = connection = await _CONNECT_RETRY(self._connect_once)
         connection.close_callbacks.add(self._on_connection_lost)
         connection.reconnect_callbacks.add(self._on_reconnected)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -137,6 +135,11 @@ class Broker:
         self._connected.set()
         self._end_outage_watch()
         logger.info("connected to the broker")
+
+    async def _connect_once(self) -> AbstractRobustConnection:
+        return await aio_pika.connect_robust(
+            self._url, client_properties={"connection_name": self._connection_name}, timeout=5
+        )
 
     def _on_connection_lost(self, _: object, exc: BaseException | None = None) -> None:
         if self._closed.is_set() or self._lost_at is not None:
@@ -178,12 +181,7 @@ class Broker:
         if self._connected.is_set():
             return True
         events = [self._connected, self._closed] + ([unless] if unless is not None else [])
-        waits = [asyncio.ensure_future(event.wait()) for event in events]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
+        await first_completed(*(event.wait() for event in events))
         if self._connected.is_set():
             return True
         if self._closed.is_set():

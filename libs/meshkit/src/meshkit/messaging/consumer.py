@@ -49,6 +49,7 @@ from meshkit.messaging.broker import BROKER_DOWN_ERRORS
 from meshkit.messaging.events import TRACE_HEADERS, CloudEvent
 from meshkit.messaging.metrics import consumed_messages, message_attributes, process_duration
 from meshkit.messaging.tracing import context_from, span_carrier, start_process_span
+from meshkit.retry import Retry
 from meshkit.telemetry import sampled_out, tracing_enabled
 
 logger = logging.getLogger("meshkit.messaging.consumer")
@@ -115,6 +116,15 @@ class EventConsumer:
         self._idle.set()
         self._worker: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # Kept messages spend nothing by waiting: look again every few seconds at most.
+        self._outage_retry = Retry(
+            on=is_database_unavailable,
+            base=retry_delay,
+            cap=_OUTAGE_RETRY_CAP,
+            stop=self._stopping,
+            logger=logger,
+            what=f"database unavailable; messages of {queue.name} kept",
+        )
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._work(), name=f"consume {self._queue.name}")
@@ -267,39 +277,23 @@ class EventConsumer:
         long enough outage would dead-letter every message in flight. A stop during the
         outage leaves them unsettled (`_Left.UNSETTLED`) for the broker to deliver again."""
         deliveries = [item.delivery for item in batch if item.delivery is not None]
-        outage = 0
-        while True:
-            try:
-                with trace.use_span(span, end_on_exit=False):
-                    await self._handler(deliveries)
-            except Exception as exc:
-                if not is_database_unavailable(exc):
-                    return exc
-                if self._stopping.is_set():
-                    logger.info(
-                        "database unavailable while stopping: %d message(s) of %s left to the "
-                        "broker to deliver again",
-                        len(batch),
-                        self._queue.name,
-                    )
-                    return _Left.UNSETTLED
-                if outage == 0:
-                    logger.warning(
-                        "database unavailable while handling %d message(s) of %s (%s); "
-                        "keeping them and trying again",
-                        len(batch),
-                        self._queue.name,
-                        exc,
-                    )
-                outage += 1
-                # Kept messages spend nothing by waiting: look again every few seconds at most.
-                await self._pause(min(_OUTAGE_RETRY_CAP, self._retry_delay * 2**outage))
-                continue
-            if outage:
-                logger.info(
-                    "database back: %d message(s) of %s handled", len(batch), self._queue.name
-                )
-            return None
+        try:
+            await self._outage_retry(self._call_handler, deliveries, span)
+        except Exception as exc:
+            if not (self._stopping.is_set() and is_database_unavailable(exc)):
+                return exc
+            logger.info(
+                "database unavailable while stopping: %d message(s) of %s left to the "
+                "broker to deliver again",
+                len(batch),
+                self._queue.name,
+            )
+            return _Left.UNSETTLED
+        return None
+
+    async def _call_handler(self, deliveries: list[Delivery], span: Span) -> None:
+        with trace.use_span(span, end_on_exit=False):
+            await self._handler(deliveries)
 
     async def _settle_failure(self, item: _Received, exc: Exception) -> None:
         """Handling `item` alone raised `exc`: dead-letter it, or requeue it after a pause."""
