@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,10 +21,12 @@ from mesh_gateway.breaker import CircuitBreaker
 from mesh_gateway.edge import Admission, Edge, EdgeRequest, Refusal, bearer_token
 from mesh_gateway.routing import is_stream
 from mesh_gateway.streams import StreamGate, StreamTicket
+from meshkit.concurrency import first_completed
 from meshkit.http_client import POOLED, ServiceClient
 from meshkit.logging import request_id_var
 from meshkit.problems import problem_response
 from meshkit.resources import count_refusal
+from meshkit.retry import Retry
 
 logger = logging.getLogger("mesh_gateway.proxy")
 
@@ -160,6 +161,10 @@ class _Failure:
     upstream_fault: bool = True  # counts against the upstream's circuit breaker
 
 
+# The failures `_classify` calls retryable.
+_RETRYABLE = (httpx.ConnectError, httpx.WriteError, httpx.ConnectTimeout)
+
+
 def _classify(exc: httpx.HTTPError, upstream: str) -> _Failure:
     if isinstance(exc, httpx.ConnectError):
         return _Failure(503, f"The {upstream} service is unavailable.", retryable=True)
@@ -218,7 +223,11 @@ class HttpForwarder:
     ) -> None:
         self._edge = edge
         self._streams = streams
-        self._retry_attempts = retry_attempts
+        self._retry = (
+            Retry(on=_RETRYABLE, base=0.1, cap=1.0, attempts=1 + retry_attempts)
+            if retry_attempts
+            else None
+        )
         self._answer_timeout = answer_timeout
         self._stream_timeout = stream_timeout
         self._body_timeout = body_timeout
@@ -355,67 +364,66 @@ class HttpForwarder:
         """The upstream's answer (headers received, body still streaming), or None once a
         problem has been sent instead."""
         answer_deadline = None if body is not None else self._answer_timeout
-        # Retrying is safe only when the request never reached the upstream, only for methods
-        # that may be repeated, and only without a body (a streamed body cannot be replayed).
-        attempts = 1 + (
-            self._retry_attempts if method in IDEMPOTENT_METHODS and body is None else 0
-        )
-        for attempt in range(attempts):
-            error: httpx.HTTPError
-            try:
-                async with asyncio.timeout(answer_deadline):
+        error: httpx.HTTPError
+        try:
+            # One deadline for the answer, however many connection attempts it takes.
+            async with asyncio.timeout(answer_deadline):
+                try:
                     return await client.send(request)
-            except TimeoutError:
-                if request.extensions.get(POOLED, True):
-                    upstream.breaker.record_failure()
-                    await send_problem(
-                        scope,
-                        receive,
-                        send,
-                        status=504,
-                        detail=f"The {upstream.name} service did not answer in time.",
-                    )
-                    return None
-                # Cut short while still waiting for a connection of the gateway's own pool.
-                error = httpx.PoolTimeout("no free connection in time", request=request)
-            except httpx.HTTPError as exc:
-                if body is not None and body.client_gone:
-                    return None  # nobody is left to answer
-                if body is not None and body.too_large:
-                    await body.drain(_LINGER_BYTES)
-                    await send_refusal(scope, receive, send, self._edge.body_too_large)
-                    return None
-                if body is not None and body.timed_out:
-                    count_refusal("request_body_timeout")
-                    await send_refusal(scope, receive, send, self._body_too_slow)
-                    return None
-                error = exc
-            failure = _classify(error, upstream.name)
-            if failure.retryable and attempt + 1 < attempts:
-                await asyncio.sleep(0.05 * (attempt + 1) * random.uniform(0.5, 1.5))  # noqa: S311
-                continue
-            if failure.upstream_fault:
+                except _RETRYABLE as exc:
+                    # Retrying is safe only when the request never reached the upstream, only
+                    # for methods that may be repeated, and only without a body (a streamed
+                    # body cannot be replayed).
+                    if self._retry is None or body is not None or method not in IDEMPOTENT_METHODS:
+                        raise
+                    return await self._retry.after(exc, client.send, request)
+        except TimeoutError:
+            if request.extensions.get(POOLED, True):
                 upstream.breaker.record_failure()
-                logger.warning("%s %s: %s (%s)", method, upstream.name, failure.detail, error)
-            else:
-                count_refusal("upstream_pool_full")
-                logger.warning(
-                    "%s %s: the gateway's own pool of connections to it is full (%s); "
-                    "answered 503, not counted against the upstream",
-                    method,
-                    upstream.name,
-                    error,
+                await send_problem(
+                    scope,
+                    receive,
+                    send,
+                    status=504,
+                    detail=f"The {upstream.name} service did not answer in time.",
                 )
-            await send_problem(
-                scope,
-                receive,
-                send,
-                status=failure.status,
-                detail=failure.detail,
-                headers={"Retry-After": "1"} if failure.status == 503 else None,
+                return None
+            # Cut short while still waiting for a connection of the gateway's own pool.
+            error = httpx.PoolTimeout("no free connection in time", request=request)
+        except httpx.HTTPError as exc:
+            if body is not None and body.client_gone:
+                return None  # nobody is left to answer
+            if body is not None and body.too_large:
+                await body.drain(_LINGER_BYTES)
+                await send_refusal(scope, receive, send, self._edge.body_too_large)
+                return None
+            if body is not None and body.timed_out:
+                count_refusal("request_body_timeout")
+                await send_refusal(scope, receive, send, self._body_too_slow)
+                return None
+            error = exc
+        failure = _classify(error, upstream.name)
+        if failure.upstream_fault:
+            upstream.breaker.record_failure()
+            logger.warning("%s %s: %s (%s)", method, upstream.name, failure.detail, error)
+        else:
+            count_refusal("upstream_pool_full")
+            logger.warning(
+                "%s %s: the gateway's own pool of connections to it is full (%s); "
+                "answered 503, not counted against the upstream",
+                method,
+                upstream.name,
+                error,
             )
-            return None
-        raise AssertionError("unreachable: the last attempt returns or answers")  # pragma: no cover
+        await send_problem(
+            scope,
+            receive,
+            send,
+            status=failure.status,
+            detail=failure.detail,
+            headers={"Retry-After": "1"} if failure.status == 503 else None,
+        )
+        return None
 
     async def _relay(
         self,
@@ -461,17 +469,13 @@ class HttpForwarder:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        pumping = asyncio.create_task(pump())
-        watching = asyncio.create_task(client_left())
         try:
-            await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (pumping, watching):
-                task.cancel()
-            results = await asyncio.gather(pumping, watching, return_exceptions=True)
-        for result in results:
-            if isinstance(result, httpx.HTTPError):
-                logger.warning("event stream broke off: %s", result)
+            await first_completed(pump(), client_left())
+        except* httpx.HTTPError as broken:
+            for exc in broken.exceptions:
+                logger.warning("event stream broke off: %s", exc)
+        except* Exception:  # noqa: S110 - anything else ends the stream as a client leaving does
+            pass
 
     @staticmethod
     def _target(scope: Scope) -> str:

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from mesh_gateway.edge import POLICY_VIOLATION, TRY_AGAIN_LATER, Edge, EdgeRequest, Refusal
 from mesh_gateway.proxy import Upstream, client_address
 from mesh_gateway.streams import StreamGate
+from meshkit.concurrency import first_completed
 from meshkit.logging import request_id_var
 from meshkit.resources import count_refusal
 
@@ -153,18 +154,13 @@ class WebSocketForwarder:
                 code, reason = (1000, "") if code == 1005 else (INTERNAL_ERROR, "upstream lost")
             await send({"type": "websocket.close", "code": code, "reason": reason})
 
-        tasks = {
-            asyncio.create_task(client_to_upstream()),
-            asyncio.create_task(upstream_to_client()),
-        }
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for result in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(result, Exception) and not isinstance(result, ConnectionClosed):
-                    logger.warning("websocket relay ended with %r", result)
+            await first_completed(client_to_upstream(), upstream_to_client())
+        except* ConnectionClosed:
+            pass
+        except* Exception as errors:
+            for exc in errors.exceptions:
+                logger.warning("websocket relay ended with %r", exc)
 
     async def _refuse(self, send: Send, refusal: Refusal) -> None:
         logger.info("websocket refused: %s", refusal.detail)
