@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import ExitStack
@@ -12,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, WebSocket, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from meshkit.auth import CurrentPrincipal, InvalidTokenError, TokenVerifier
+from meshkit.concurrency import first_completed
 from meshkit.pagination import Page, PageParamsDep
 from meshkit.problems import ProblemError
 from meshkit.unit_of_work import UnitOfWorkDep
@@ -121,13 +121,10 @@ async def websocket_stream(
             while (await websocket.receive())["type"] != "websocket.disconnect":
                 pass
 
-        tasks = {asyncio.create_task(forward()), asyncio.create_task(until_closed())}
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await first_completed(forward(), until_closed())
+        except* Exception:  # noqa: S110 - a client gone mid-send ends the stream as a close does
+            pass
 
 
 routers = (notifications,)
