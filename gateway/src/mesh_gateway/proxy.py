@@ -157,30 +157,25 @@ class _RequestBody:
 class _Failure:
     status: int
     detail: str
-    retryable: bool  # the request never reached the upstream
     upstream_fault: bool = True  # counts against the upstream's circuit breaker
 
 
-# The failures `_classify` calls retryable.
+# Failures of requests that never reached the upstream: retrying them cannot duplicate work.
+# A WriteError: the upstream closed the connection before taking the request (it is stopping).
 _RETRYABLE = (httpx.ConnectError, httpx.WriteError, httpx.ConnectTimeout)
 
 
 def _classify(exc: httpx.HTTPError, upstream: str) -> _Failure:
-    if isinstance(exc, httpx.ConnectError):
-        return _Failure(503, f"The {upstream} service is unavailable.", retryable=True)
-    if isinstance(exc, httpx.WriteError):
-        # The upstream closed the connection before taking the request (it is stopping).
-        return _Failure(503, f"The {upstream} service is unavailable.", retryable=True)
+    if isinstance(exc, httpx.ConnectError | httpx.WriteError):
+        return _Failure(503, f"The {upstream} service is unavailable.")
     if isinstance(exc, httpx.ConnectTimeout):
-        return _Failure(504, f"The {upstream} service did not accept a connection in time.", True)
+        return _Failure(504, f"The {upstream} service did not accept a connection in time.")
     if isinstance(exc, httpx.PoolTimeout):
         # The gateway's own pool is exhausted: the upstream is not at fault.
-        return _Failure(
-            503, f"Too many requests in flight to the {upstream} service.", False, False
-        )
+        return _Failure(503, f"Too many requests in flight to the {upstream} service.", False)
     if isinstance(exc, httpx.TimeoutException):
-        return _Failure(504, f"The {upstream} service did not answer in time.", retryable=False)
-    return _Failure(502, f"The {upstream} service sent no valid answer.", retryable=False)
+        return _Failure(504, f"The {upstream} service did not answer in time.")
+    return _Failure(502, f"The {upstream} service sent no valid answer.")
 
 
 async def send_problem(
