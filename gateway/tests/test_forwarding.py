@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import httpx
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+
+from meshdev.pytest_plugin import recorded
 
 
 async def test_users_routes_reach_the_users_service(
@@ -125,6 +130,34 @@ async def test_trace_context_reaches_the_upstream_under_the_gateway_span(
     assert upstream_call.parent is not None
     assert upstream_call.parent.span_id == server.context.span_id
     assert traceparent.split("-")[2] == format(upstream_call.context.span_id, "016x")
+
+
+async def test_with_nowhere_to_send_a_forward_makes_no_span_and_records_nothing(
+    nowhere_to_send: None,
+    start_gateway: Callable[..., AbstractAsyncContextManager[str]],
+    auth: dict[str, str],
+    spans: InMemorySpanExporter,
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    """No OTLP endpoint: neither the gateway's span nor its call's, no duration; the caller's
+    trace context passes through as it came."""
+    before = recorded(metric_reader, scope="meshkit")
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with start_gateway() as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        response = await client.get(
+            "/api/orders/echo", headers={**auth, "traceparent": traceparent}
+        )
+
+    assert response.status_code == 200
+    assert dict(response.json()["headers"])["traceparent"] == traceparent
+    assert response.headers["x-trace-id"] == "0af7651916cd43dd8448eb211c80319c"
+    # The stand-in upstream is a plain FastAPI app with FastAPI's own telemetry: not counted.
+    assert [
+        s.name
+        for s in spans.get_finished_spans()
+        if s.instrumentation_scope is None or s.instrumentation_scope.name != "fastapi"
+    ] == []
+    assert recorded(metric_reader, scope="meshkit") == before
 
 
 async def test_every_response_carries_ids_and_security_headers(

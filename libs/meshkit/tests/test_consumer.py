@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from meshdev.customers import eventually
 from meshdev.faults import TcpProxy
-from meshdev.pytest_plugin import metric_points
+from meshdev.pytest_plugin import metric_points, recorded
 from meshdev.rabbitmq import BROKER_URL, amqp_url, create_vhost, delete_vhost
 from meshkit.messaging import (
     EVENTS_EXCHANGE,
@@ -239,6 +239,39 @@ async def test_a_message_of_an_unsampled_trace_is_processed_in_that_trace_withou
     assert sampled_headers["traceparent"] == (
         f"00-{trace_id}-{format(span.context.span_id, '016x')}-01"
     )
+
+
+async def test_with_nowhere_to_send_a_message_is_processed_without_a_span_or_a_count(
+    nowhere_to_send: None,
+    channel: AbstractChannel,
+    queue: AbstractQueue,
+    spans: InMemorySpanExporter,
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    """No OTLP endpoint: no `process` span, nothing counted or timed; the context the
+    message carries travels on as it came."""
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    before = recorded(metric_reader, scope="meshkit")
+    seen: list[Mapping[str, str]] = []
+
+    async def store(deliveries: Sequence[Delivery]) -> None:
+        seen.extend(delivery.trace for delivery in deliveries)
+
+    consumer = EventConsumer(queue, store)
+    await consumer.start()
+    try:
+        await _publish(channel, [_event(0)], {"traceparent": traceparent})
+
+        async def handled() -> bool:
+            return bool(seen)
+
+        await eventually(handled)
+    finally:
+        await consumer.stop()
+
+    assert seen == [{"traceparent": traceparent}]
+    assert spans.get_finished_spans() == ()
+    assert recorded(metric_reader, scope="meshkit") == before
 
 
 async def test_a_batch_whose_connection_was_lost_is_handled_again_and_consuming_goes_on(

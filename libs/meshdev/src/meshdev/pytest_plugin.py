@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    NumberDataPoint,
+    Sum,
+)
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -15,6 +21,7 @@ from meshdev.containers import ContainerMesh, container_mesh
 from meshdev.docker import REPOSITORY, require_engine
 from meshdev.faults import TcpProxy
 from meshdev.redis import redis_proxy
+from meshkit import telemetry
 from meshkit.telemetry import configure_telemetry
 
 SPANS = InMemorySpanExporter()
@@ -35,6 +42,17 @@ def pytest_configure(config: pytest.Config) -> None:
 def spans() -> InMemorySpanExporter:
     SPANS.clear()
     return SPANS
+
+
+@pytest.fixture
+def nowhere_to_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process as `configure_telemetry` leaves one with no OTLP endpoint and no extra
+    processor: no provider of its own, `tracing_enabled()` and `metrics_enabled()` false. The
+    in-memory ones above stay global and catch whatever is still recorded (`spans`,
+    `recorded`)."""
+    for name in [name for name in os.environ if name.startswith("OTEL_EXPORTER_OTLP")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(telemetry, "_state", {})
 
 
 @pytest.fixture
@@ -72,6 +90,26 @@ def metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
         if metric.name == name
         for point in metric.data.data_points
     ]
+
+
+def recorded(reader: InMemoryMetricReader, scope: str = "") -> dict[str, float]:
+    """What each counter (its sum) and histogram (its count) of the meters named `scope…` has
+    recorded so far, by name: the instruments a request or a message adds to, unlike the
+    gauges read at collection."""
+    data = reader.get_metrics_data()
+    totals: dict[str, float] = {}
+    for resource in data.resource_metrics if data else []:
+        for meter in resource.scope_metrics:
+            if not meter.scope.name.startswith(scope):
+                continue
+            for metric in meter.metrics:
+                counted = isinstance(metric.data, Sum) and metric.data.is_monotonic
+                for point in metric.data.data_points:
+                    if isinstance(point, HistogramDataPoint):
+                        totals[metric.name] = totals.get(metric.name, 0) + point.count
+                    elif counted and isinstance(point, NumberDataPoint):
+                        totals[metric.name] = totals.get(metric.name, 0) + point.value
+    return totals
 
 
 _EXERCISED: dict[str, int] = {}

@@ -12,7 +12,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from meshkit.instrumentation import instrument_engine
-from meshkit.telemetry import tracing_enabled, untraced
+from meshkit.telemetry import untraced
 
 logger = logging.getLogger("meshkit.db")
 
@@ -90,8 +90,7 @@ class Database:
             pool_recycle=1800,
             echo=echo,
         )
-        if tracing_enabled():
-            instrument_engine(self.engine.sync_engine)
+        instrument_engine(self.engine.sync_engine)
         # Autocommit connections from the same pool: each statement is sent alone, without
         # BEGIN and COMMIT around it (asyncpg's adapter sets the mode without a query).
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")

@@ -19,6 +19,7 @@ import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import httpx
@@ -69,7 +70,7 @@ from opentelemetry.semconv.metrics.http_metrics import (
     HTTP_CLIENT_REQUEST_DURATION,
     HTTP_SERVER_REQUEST_DURATION,
 )
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import ExceptionContext
@@ -77,7 +78,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
 from meshkit.logging import redact
-from meshkit.telemetry import sampled_out, tracing_enabled
+from meshkit.telemetry import metrics_enabled, sampled_out, tracing_enabled
 
 # The semantic conventions' recommended boundaries for HTTP request durations (seconds).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
@@ -119,8 +120,9 @@ def _route_template(scope: Scope) -> str | None:
 
 class ServerTelemetry:
     """Serves each request through `handle` (which answers with the status it sent) inside its
-    SERVER span, and records its `http.server.request.duration` (WebSocket sessions: the span
-    only). While tracing is off, requests go straight to `handle`.
+    SERVER span while this process traces, and records its `http.server.request.duration`
+    while it measures (WebSocket sessions: the span only). With neither, requests go straight
+    to `handle`.
 
     The span continues the caller's trace (`traceparent`); when the caller's trace is not
     sampled, none is started and the caller's context is current. Its attributes are built
@@ -146,26 +148,30 @@ class ServerTelemetry:
         """`route` names the request when the caller knows it before the app has routed;
         `span_attributes` go on the span when it records."""
         handle = self._handle
-        if not tracing_enabled():
+        tracing = tracing_enabled()
+        measuring = metrics_enabled()
+        if not (tracing or measuring):
             await handle(scope, receive, send)
             return
         is_http = scope["type"] == "http"
         method = scope["method"] if is_http else "WS"
         if method not in _KNOWN_METHODS and is_http:
             method = _OTHER_METHOD
-        carrier = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in scope["headers"]
-            if name in _PROPAGATED_HEADERS
-        }
         started = time.perf_counter()
-        parent = propagate.extract(carrier) if carrier else None
-        if parent is not None and sampled_out(parent):
-            span = trace.get_current_span(parent)  # the caller's, current as it came
-        else:
-            span = self._tracer.start_span(
-                f"{method} {route}" if route else method, context=parent, kind=SpanKind.SERVER
-            )
+        span: trace.Span = INVALID_SPAN
+        if tracing:
+            carrier = {
+                name.decode("latin-1"): value.decode("latin-1")
+                for name, value in scope["headers"]
+                if name in _PROPAGATED_HEADERS
+            }
+            parent = propagate.extract(carrier) if carrier else None
+            if parent is not None and sampled_out(parent):
+                span = trace.get_current_span(parent)  # the caller's, current as it came
+            else:
+                span = self._tracer.start_span(
+                    f"{method} {route}" if route else method, context=parent, kind=SpanKind.SERVER
+                )
         recording = span.is_recording()
         if recording:
             span.set_attributes(_request_attributes(scope, method))
@@ -173,8 +179,12 @@ class ServerTelemetry:
                 span.set_attributes(span_attributes)
         status = 0
         error: str | None = None
-        with trace.use_span(
-            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        with (
+            trace.use_span(
+                span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+            )
+            if tracing
+            else _UNTRACED
         ):
             try:
                 status = await handle(scope, receive, send)
@@ -195,7 +205,7 @@ class ServerTelemetry:
                     if error is not None:
                         span.set_attribute(ERROR_TYPE, error)
                         span.set_status(StatusCode.ERROR)
-                if is_http:
+                if is_http and measuring:
                     # While the span is current: a kept trace becomes the measurement's exemplar.
                     attributes: dict[str, str | int] = {
                         HTTP_REQUEST_METHOD: method,
@@ -208,6 +218,9 @@ class ServerTelemetry:
                     if error is not None:
                         attributes[ERROR_TYPE] = error
                     self._duration.record(time.perf_counter() - started, attributes)
+
+
+_UNTRACED = nullcontext()
 
 
 def _request_attributes(scope: Scope, method: str) -> dict[str, str]:
@@ -334,14 +347,14 @@ def statement_operation(statement: str) -> str:
 
 _TOKENS = re.compile(r"[()]|[A-Za-z_]+")
 
-_traced_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_measured_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _pool_gauges: list[object] = []  # the observable instruments, created with the first engine
 _USED = DbClientConnectionStateValues.USED.value
 _IDLE = DbClientConnectionStateValues.IDLE.value
 
 
 def _pools() -> Iterable[tuple[str, Any]]:
-    for engine in list(_traced_engines):
+    for engine in list(_measured_engines):
         pool: Any = engine.pool
         if hasattr(pool, "checkedout"):  # a pool that keeps no connections (NullPool) has none
             yield engine.url.render_as_string(hide_password=True), pool
@@ -365,8 +378,14 @@ def _pool_limit(options: CallbackOptions) -> Iterable[Observation]:
 
 
 def instrument_engine(engine: Engine) -> None:
-    """SQL spans for every statement of `engine`, its pool's usage and limit as gauges."""
-    if engine in _traced_engines:
+    """Once per engine: SQL spans for every statement of `engine` while this process traces,
+    its pool's usage and limit as gauges while it measures."""
+    if tracing_enabled():
+        statements = _StatementTracer(engine)
+        event.listen(engine, "before_cursor_execute", statements.before)
+        event.listen(engine, "after_cursor_execute", statements.after)
+        event.listen(engine, "handle_error", statements.failed)
+    if not metrics_enabled():
         return
     if not _pool_gauges:
         # Read at collection time: nothing is recorded per checkout.
@@ -383,17 +402,14 @@ def instrument_engine(engine: Engine) -> None:
                     description=description,
                 )
             )
-    statements = _StatementTracer(engine)
-    event.listen(engine, "before_cursor_execute", statements.before)
-    event.listen(engine, "after_cursor_execute", statements.after)
-    event.listen(engine, "handle_error", statements.failed)
-    _traced_engines.add(engine)
+    _measured_engines.add(engine)
 
 
 class TracedTransport(httpx.AsyncBaseTransport):
-    """A CLIENT span and an `http.client.request.duration` measurement per request, and the
-    span's `traceparent` on the request, around another transport. The span ends when the
-    answer's headers arrive (a streamed body may go on for much longer)."""
+    """A CLIENT span (while tracing) and an `http.client.request.duration` measurement (while
+    measuring) per request, and the span's `traceparent` on the request, around another
+    transport. The span ends when the answer's headers arrive (a streamed body may go on for
+    much longer)."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self._inner = inner
@@ -441,7 +457,8 @@ class TracedTransport(httpx.AsyncBaseTransport):
             if span is not None:
                 span.set_attribute(ERROR_TYPE, error)
                 span.set_status(StatusCode.ERROR, error)
-            self._duration.record(time.perf_counter() - started, attributes)
+            if metrics_enabled():
+                self._duration.record(time.perf_counter() - started, attributes)
             raise
         status = response.status_code
         attributes[HTTP_RESPONSE_STATUS_CODE] = status
@@ -452,7 +469,8 @@ class TracedTransport(httpx.AsyncBaseTransport):
             if status >= 400:
                 span.set_attribute(ERROR_TYPE, attributes[ERROR_TYPE])
                 span.set_status(StatusCode.ERROR)
-        self._duration.record(time.perf_counter() - started, attributes)
+        if metrics_enabled():
+            self._duration.record(time.perf_counter() - started, attributes)
         return response
 
     async def aclose(self) -> None:

@@ -190,42 +190,51 @@ def configure_telemetry(
     span_processors: tuple[SpanProcessor, ...] = (),
     metric_readers: tuple[MetricReader, ...] = (),
 ) -> None:
-    """Install the global tracer and meter providers (once per process). SQL and outgoing HTTP
-    calls are traced by `meshkit.instrumentation`, hooked in by `Database` and
-    `create_http_client` when this process traces."""
+    """Install the SDK's provider of each signal that has somewhere to go (once per process):
+    an OTLP endpoint, or a processor or reader given here (tests pass in-memory ones). A
+    signal with neither keeps the API's no-op provider, and its per-request work is skipped
+    (`tracing_enabled`, `metrics_enabled`). SQL and outgoing HTTP calls are traced by
+    `meshkit.instrumentation`, hooked in by `Database` and `create_http_client`."""
     # New, stable semantic conventions for HTTP and database spans and metrics.
     os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http,database")
     check_telemetry_environment()
-    if "tracer" in _state or _truthy("OTEL_SDK_DISABLED"):
+    if _state or _truthy("OTEL_SDK_DISABLED"):
         return
     resource = build_resource(
         service_name=service_name, service_version=service_version, environment=environment
     )
-    # The sampler comes from OTEL_TRACES_SAMPLER (default: parentbased_always_on).
-    tracer_provider = TracerProvider(resource=resource)
+    processors: list[SpanProcessor] = list(span_processors)
     if _exports("traces"):
-        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter()))
-    for processor in span_processors:
-        tracer_provider.add_span_processor(processor)
+        processors.insert(0, BatchSpanProcessor(_span_exporter()))
+    if processors:
+        # The sampler comes from OTEL_TRACES_SAMPLER (default: parentbased_always_on).
+        tracer_provider = TracerProvider(resource=resource)
+        for processor in processors:
+            tracer_provider.add_span_processor(processor)
+        trace.set_tracer_provider(tracer_provider)
+        _state["tracer"] = tracer_provider
 
     readers = list(metric_readers)
     if _exports("metrics"):
         readers.append(PeriodicExportingMetricReader(_metric_exporter()))
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-
-    trace.set_tracer_provider(tracer_provider)
-    metrics.set_meter_provider(meter_provider)
-    _state["tracer"] = tracer_provider
-    _state["meter"] = meter_provider
+    if readers:
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        metrics.set_meter_provider(meter_provider)
+        _state["meter"] = meter_provider
     # Nothing is added to logging unless logs are exported: not a filter, not a handler.
     if _exports("logs"):
         _export_logs(resource)
 
 
 def tracing_enabled() -> bool:
-    """True while this process records spans: `configure_telemetry` installed the providers
-    and `OTEL_SDK_DISABLED` is not set (read at each call: tests switch it per test)."""
+    """True while this process records spans: `configure_telemetry` installed a tracer
+    provider and `OTEL_SDK_DISABLED` is not set (read at each call: tests switch it per test)."""
     return "tracer" in _state and not _truthy("OTEL_SDK_DISABLED")
+
+
+def metrics_enabled() -> bool:
+    """True while this process records measurements, as `tracing_enabled` for spans."""
+    return "meter" in _state and not _truthy("OTEL_SDK_DISABLED")
 
 
 def sampled_out(parent: Context) -> bool:

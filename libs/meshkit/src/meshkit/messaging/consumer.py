@@ -50,7 +50,7 @@ from meshkit.messaging.events import TRACE_HEADERS, CloudEvent
 from meshkit.messaging.metrics import consumed_messages, message_attributes, process_duration
 from meshkit.messaging.tracing import context_from, span_carrier, start_process_span
 from meshkit.retry import Retry
-from meshkit.telemetry import sampled_out, tracing_enabled
+from meshkit.telemetry import metrics_enabled, sampled_out, tracing_enabled
 
 logger = logging.getLogger("meshkit.messaging.consumer")
 
@@ -193,18 +193,22 @@ class EventConsumer:
             duration = time.perf_counter() - started
             for item in received:
                 item.span.end()
-            # One count per event type and outcome of the batch, not one per message.
-            outcomes = Counter(
-                (item.message.exchange or "", item.message.routing_key or "", item.outcome)
-                for item in received
+            if metrics_enabled():
+                self._count(received, duration)
+
+    def _count(self, received: list[_Received], duration: float) -> None:
+        """One count per event type and outcome of the batch, not one per message."""
+        outcomes = Counter(
+            (item.message.exchange or "", item.message.routing_key or "", item.outcome)
+            for item in received
+        )
+        for (exchange, routing_key, outcome), count in outcomes.items():
+            attributes = message_attributes(
+                exchange, routing_key, subscription=self._queue.name, error=outcome
             )
-            for (exchange, routing_key, outcome), count in outcomes.items():
-                attributes = message_attributes(
-                    exchange, routing_key, subscription=self._queue.name, error=outcome
-                )
-                consumed_messages.add(count, attributes)
-                for _ in range(count):
-                    process_duration.record(duration, attributes)
+            consumed_messages.add(count, attributes)
+            for _ in range(count):
+                process_duration.record(duration, attributes)
 
     def _receive(self, message: AbstractIncomingMessage) -> _Received:
         headers = message.headers or {}
