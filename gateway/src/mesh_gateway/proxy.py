@@ -1,7 +1,7 @@
 """The forwarding hot path: one proxied HTTP request, as a raw ASGI handler — the transport
 only; whether the request may go on is the edge's decision (`mesh_gateway.edge`).
 
-A FastAPI catch-all route costs about half the throughput of a raw ASGI handler (PERF-NOTES),
+A FastAPI catch-all route costs much of a raw ASGI handler's throughput (docs/benchmarks.md),
 so forwarding bypasses FastAPI's routing, dependency injection and request objects. Request and
 response bodies are streamed chunk by chunk; nothing is buffered.
 """

@@ -62,9 +62,8 @@ def new_metadata() -> MetaData:
 class Database:
     """The engine of one process; created and disposed by the lifespan.
 
-    Repositories run SQLAlchemy Core statements on an `AsyncConnection`: the ORM's unit of work
-    cost about twice the CPU of the same statements in Core on every request
-    (docs/benchmarks.md, "What an order costs").
+    Repositories run SQLAlchemy Core statements on an `AsyncConnection`, cheaper than the ORM
+    on every request (docs/benchmarks.md, "What an order costs").
 
     `pre_ping` is off by default: SQLAlchemy's asyncpg ping is three round trips (BEGIN, an
     empty query, ROLLBACK) at every checkout — as many as a whole read. Without it a connection

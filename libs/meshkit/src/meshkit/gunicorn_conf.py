@@ -51,8 +51,8 @@ logconfig_dict = logging_config(
     log_format=os.environ.get("LOG_FORMAT", "json"),
 )
 proc_name = os.environ.get("OTEL_SERVICE_NAME")
-# Measured in interleaved A/Bs (docs/benchmarks.md): 12-15 % more GETs per second than
-# Python's 700, young collections of about 5 ms instead of under 1; 50000 made them 20-30 ms.
+# Fewer, slightly longer young collections: more throughput at the same CPU
+# (docs/benchmarks.md, "Garbage collection").
 gc_young_threshold = int(os.environ.get("GC_YOUNG_THRESHOLD", "10000"))
 # The runtime control socket defaults to one path per user: several masters on one machine
 # would fight over it, and a read-only root filesystem has no place for it.
@@ -72,11 +72,10 @@ def post_worker_init(worker: Any) -> None:
     """Keep what the worker imported and built at start-up out of every later collection.
 
     The app, its routes, schemas and ORM metadata are tens of thousands of long-lived objects;
-    each full collection walked them all, 60-100 ms with the event loop stopped, which showed as
-    one slow second in ten in the order → notification latency (docs/benchmarks.md). Garbage of
-    the start-up is collected first, so none of it is frozen. Young collections then run every
-    `GC_YOUNG_THRESHOLD` allocations rather than every 700: each one costs a few milliseconds
-    instead of a fraction of one, and the service spends far less of its time in them.
+    each full collection walked them all with the event loop stopped, which showed in the
+    order → notification latency (docs/benchmarks.md). Garbage of the start-up is collected
+    first, so none of it is frozen. Young collections then run every `GC_YOUNG_THRESHOLD`
+    allocations rather than every 700, and the service spends less of its time in them.
     """
     gc.collect()
     gc.freeze()

@@ -212,8 +212,8 @@ class ServiceClient:
     `httpx.AsyncClient` wraps every call in layers the mesh uses none of — merging URLs,
     headers and cookies into each request, auth flows, redirect handling, and a cookie jar that
     keeps what one answer set and sends it with every later request to that host (for a
-    gateway, one user's cookie on everybody's requests). Together they cost about as much CPU
-    per call as the transport itself (docs/benchmarks.md, "What an order costs").
+    gateway, one user's cookie on everybody's requests), at a cost per call that rivals the
+    transport's own (docs/benchmarks.md, "What an order costs").
     """
 
     def __init__(

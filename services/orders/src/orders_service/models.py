@@ -1,7 +1,7 @@
 """Tables of the orders database (API schemas live in `schemas.py`).
 
-SQLAlchemy Core tables, not ORM classes: the repository runs one Core statement where the ORM's
-unit of work ran several and cost twice the CPU (docs/benchmarks.md, "What an order costs").
+SQLAlchemy Core tables, not ORM classes: a repository runs one Core statement per change, at
+a fraction of the ORM's CPU (docs/benchmarks.md, "What an order costs").
 """
 
 from __future__ import annotations
