@@ -1,14 +1,17 @@
-"""The outbox relay against a real PostgreSQL (through a fault proxy) and a real RabbitMQ vhost:
-it claims when a unit of work of its process committed events and polls for the rest,
-publishes, marks with its next claim or on its own, survives the database going away at any of
-those moments, and counts what it sent; statements planned on an empty outbox do not read the
-sent rows."""
+"""The outbox relay against a real PostgreSQL and a real RabbitMQ vhost (each through a fault
+proxy where a test cuts it): it claims when a unit of work of its process committed events and
+polls for the rest, publishes, marks with its next claim or on its own, survives the database
+going away at any of those moments, ends a broker outage's backoff at the next write, and
+counts what it sent; statements planned on an empty outbox do not read the sent rows."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import asyncpg
@@ -21,14 +24,17 @@ from meshdev.customers import eventually
 from meshdev.faults import TcpProxy
 from meshdev.postgres import asyncpg_dsn, create_database, drop_database
 from meshdev.pytest_plugin import metric_points
-from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
+from meshdev.rabbitmq import BROKER_URL, amqp_url, create_vhost, delete_vhost
 from meshkit.db import Database
 from meshkit.messaging import EVENTS_EXCHANGE, CloudEvent, Outbox
+from meshkit.messaging import relay as relay_module
 from meshkit.messaging.broker import Broker
 from meshkit.messaging.relay import OutboxRelay, RelaySettings, _RelayStatements
+from meshkit.retry import Retry
 from meshkit.unit_of_work import UnitOfWork
 
 INSERT = "INSERT INTO outbox (id, event_type, event) VALUES ($1, 'test.event', $2::jsonb)"
+LOGGER = "meshkit.messaging.outbox"
 
 
 @pytest.fixture
@@ -75,8 +81,17 @@ async def received(broker: Broker, vhost: str) -> AsyncIterator[list[str]]:
         yield ids
 
 
+def _logged(caplog: pytest.LogCaptureFixture, level: int, start: str) -> int:
+    """How many records of the relay's logger at `level` start with `start`."""
+    return sum(
+        1
+        for r in caplog.records
+        if r.name == LOGGER and r.levelno == level and r.getMessage().startswith(start)
+    )
+
+
 async def test_the_relay_survives_the_database_going_away_before_it_marks(
-    database_name: str, broker: Broker, received: list[str]
+    database_name: str, broker: Broker, received: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy = await TcpProxy("127.0.0.1", 5432).start()
     database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{proxy.port}/{database_name}")
@@ -91,6 +106,7 @@ async def test_the_relay_survives_the_database_going_away_before_it_marks(
         settings=RelaySettings(poll_interval=0.2, mark_delay=2.0, backlog_every=0.0),
     )
     try:
+        caplog.set_level(logging.INFO, logger=LOGGER)
         relay.start()
         await asyncio.sleep(1.0)  # its first claim (on starting) is spent
 
@@ -122,6 +138,88 @@ async def test_the_relay_survives_the_database_going_away_before_it_marks(
         await database.dispose()
         await proxy.close()
     assert received.count(str(first.id)) == 1  # marked late, but published once
+    # One warning for the outage, under the name the runbook searches for, and its end.
+    assert _logged(caplog, logging.WARNING, "outbox relay: database unavailable (") == 1
+    assert _logged(caplog, logging.INFO, "outbox relay: database unavailable; back after") == 1
+
+
+@pytest.fixture
+def long_backoffs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay's backoffs last up to a million seconds: in a test's time, only a wake-up or a
+    stop ends one."""
+
+    def retry(**policy: Any) -> Retry:
+        return Retry(**{**policy, "base": 1e6, "cap": 1e6})
+
+    monkeypatch.setattr(relay_module, "Retry", retry)
+
+
+async def test_after_a_broker_outage_the_next_write_ends_the_relays_backoff(
+    long_backoffs: None,
+    database_name: str,
+    vhost: str,
+    received: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The events written during the outage go out with the first one written after it, not
+    when the backoff ends; a stop ends the backoff of the next outage at once."""
+    address = urlsplit(BROKER_URL)
+    link = await TcpProxy(address.hostname or "127.0.0.1", address.port or 5672).start()
+    broker = Broker(amqp_url(vhost, port=link.port), connection_name="relay-test")
+    database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database_name}")
+    direct = await asyncpg.connect(asyncpg_dsn(database_name))
+    outbox = Outbox(MetaData())
+    settings = RelaySettings(poll_interval=0.2)
+    relay = OutboxRelay(database=database, outbox=outbox, broker=broker, settings=settings)
+    caplog.set_level(logging.INFO)
+
+    async def outages(count: int) -> bool:
+        return _logged(caplog, logging.WARNING, "outbox relay: broker unavailable (") == count
+
+    async def reconnected() -> bool:
+        return any(
+            r.name == "meshkit.messaging.broker" and r.getMessage().startswith("reconnected")
+            for r in caplog.records
+        )
+
+    async def published(*events: CloudEvent) -> bool:
+        return all(str(event.id) in received for event in events)
+
+    try:
+        broker.start()
+        await broker.wait_connected()
+        relay.start()
+        await link.cut()
+        await eventually(lambda: outages(1))  # and a long backoff began
+        during = _event()
+        await direct.execute(INSERT, during.id, during.model_dump_json())  # wakes nothing
+        await link.restore()
+        await eventually(reconnected, within=30)
+        await asyncio.sleep(0.5)
+        assert not await published(during)  # still in the backoff
+
+        work, after = UnitOfWork(database, relay), _event()
+        async with work.connect() as connection:
+            await connection.execute(outbox.insert, work.publish(after))
+        await eventually(lambda: published(during, after), within=5)
+
+        async def over() -> bool:
+            return _logged(caplog, logging.INFO, "outbox relay: broker unavailable; back") == 1
+
+        await eventually(over)  # logged once the relay's turn (an idle wait included) ends
+
+        await link.cut()
+        await eventually(lambda: outages(2))
+        async with asyncio.timeout(2):
+            await relay.stop()
+    finally:
+        await relay.stop()
+        await broker.close()
+        await direct.close()
+        await database.dispose()
+        await link.close()
+    assert _logged(caplog, logging.WARNING, "outbox relay stopped while the broker is") == 1
+    assert received.count(str(during.id)) == 1
 
 
 async def test_a_relay_claims_what_a_unit_of_work_committed_and_finds_the_rest_by_polling(

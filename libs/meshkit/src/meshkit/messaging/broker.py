@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -49,11 +48,6 @@ BROKER_DOWN_ERRORS: tuple[type[BaseException], ...] = (
     aiormq.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.ChannelClosed,
 )
-
-
-def backoff_delay(attempt: int, *, base: float = 0.25, cap: float = 15.0) -> float:
-    """Exponential backoff with full jitter, so replicas do not retry in step."""
-    return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter, not crypto
 
 
 # The first connection; a closing broker cancels it, also mid-backoff.

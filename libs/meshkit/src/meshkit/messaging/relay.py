@@ -27,11 +27,12 @@ from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.selectable import TextualSelect
 
 from meshkit.db import Database
-from meshkit.messaging.broker import BROKER_DOWN_ERRORS, Broker, backoff_delay
+from meshkit.messaging.broker import BROKER_DOWN_ERRORS, Broker
 from meshkit.messaging.events import EVENTS_EXCHANGE, event_message
 from meshkit.messaging.metrics import message_attributes, sent_messages, watch_backlog
 from meshkit.messaging.outbox import WRITTEN_COLUMNS, Outbox, is_json
 from meshkit.messaging.tracing import context_from, publish_span, trace_carrier
+from meshkit.retry import Retry
 from meshkit.telemetry import sampled_out, tracing_enabled, untraced
 
 # The outbox's logger, as the runbook filters it.
@@ -173,6 +174,16 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._statement: asyncio.Task[Any] | None = None  # one a stop may give up
         self._outage: str | None = None  # "broker" or "database" while the relay waits on it
+        # An outage's backoff; a wake-up (a write of this process got through) ends it early.
+        self._retry = Retry(
+            on=(DatabaseUnavailableError, *BROKER_DOWN_ERRORS),
+            base=0.5,
+            cap=15.0,
+            stop=self._stop_requested,
+            wake=self._wake,
+            logger=logger,
+            what=self._unavailable,
+        )
         self._last_purge = time.monotonic()
         self._last_backlog = float("-inf")
         self._statements = _RelayStatements(table)
@@ -207,33 +218,12 @@ class OutboxRelay:
                 await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        failures = 0
-        try:
+        # A stop ends the loop: by its own error, or by the failure whose backoff it ended.
+        with contextlib.suppress(
+            _StopRequestedError, DatabaseUnavailableError, *BROKER_DOWN_ERRORS
+        ):
             while not self._stop_requested.is_set():
-                self._wake.clear()
-                try:
-                    if not await self._broker.wait_connected(unless=self._stop_requested):
-                        self._outage = "broker"
-                        break
-                    claimed = await self.drain_once()
-                    failures = 0
-                    self._outage = None
-                    await self._maybe_purge()
-                    await self._maybe_measure_backlog()
-                    if claimed < self._settings.batch_size:
-                        await self._idle()
-                except DatabaseUnavailableError as exc:
-                    failures += 1
-                    self._report_outage("database", exc)
-                    # A write that gets through again wakes the relay before the backoff ends.
-                    await self._sleep(backoff_delay(failures), wake_early=True)
-                except BROKER_DOWN_ERRORS as exc:
-                    failures += 1
-                    self._report_outage("broker", exc)
-                    await self._maybe_measure_backlog()
-                    await self._sleep(backoff_delay(failures))
-        except _StopRequestedError:
-            pass
+                await self._retry(self._step)
         # The broker as it is now: it may have come back during a backoff, or gone while idle.
         outage = "database" if self._outage == "database" else None
         if not self._broker.is_connected:
@@ -254,11 +244,28 @@ class OutboxRelay:
                 exc,
             )
 
-    def _report_outage(self, outage: str, exc: BaseException) -> None:
-        """The first failure of an outage is news; the retries after it are not."""
-        level = logging.DEBUG if self._outage == outage else logging.WARNING
-        self._outage = outage
-        logger.log(level, "outbox relay: %s unavailable (%s); backing off", outage, exc)
+    async def _step(self) -> None:
+        """Claims and publishes a batch; idles once the outbox is drained; notes an outage."""
+        self._wake.clear()
+        try:
+            if not await self._broker.wait_connected(unless=self._stop_requested):
+                raise _StopRequestedError  # the broker never connected: the stop says so
+            claimed = await self.drain_once()
+            self._outage = None
+            await self._maybe_purge()
+            await self._maybe_measure_backlog()
+            if claimed < self._settings.batch_size:
+                await self._idle()
+        except DatabaseUnavailableError:
+            self._outage = "database"
+            raise
+        except BROKER_DOWN_ERRORS:
+            self._outage = "broker"
+            await self._maybe_measure_backlog()
+            raise
+
+    def _unavailable(self, _: BaseException) -> str:
+        return f"outbox relay: {self._outage} unavailable"  # as the runbook searches for it
 
     async def _unless_stopped(self, statement: Coroutine[Any, Any, T]) -> T:
         """Runs `statement` (one that publishes nothing) as a task `stop` may give up."""
@@ -281,10 +288,10 @@ class OutboxRelay:
     async def _idle(self) -> None:
         """Nothing more to claim now: wait for the next wake-up. Rows still to be marked wait
         `mark_delay` for a claim to mark them, then are marked on their own."""
-        if self._unmarked and await self._sleep(self._settings.mark_delay, wake_early=True):
+        if self._unmarked and await self._sleep(self._settings.mark_delay):
             return  # woken in time: the next claim marks them
         await self._mark_unmarked()
-        await self._sleep(self._settings.poll_interval, wake_early=True)
+        await self._sleep(self._settings.poll_interval)
 
     @contextlib.asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
@@ -297,14 +304,11 @@ class OutboxRelay:
         except (DBAPIError, OSError) as exc:
             raise DatabaseUnavailableError(str(exc).splitlines()[0]) from exc
 
-    async def _sleep(self, seconds: float, *, wake_early: bool = False) -> bool:
-        """Sleeps, ending early on stop (and on a wake-up if `wake_early`); True if it did."""
-        event = self._wake if wake_early else self._stop_requested
-        try:
-            await asyncio.wait_for(event.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleeps, ending early on a wake-up (a stop wakes too); True if woken."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        return self._wake.is_set()
 
     async def _mark_unmarked(self) -> None:
         """Marks the confirmed rows no claim has marked yet (the relay goes idle or stops)."""
@@ -323,9 +327,7 @@ class OutboxRelay:
     async def drain_once(self) -> int:
         """Claim (marking the batch before) and publish one batch; returns how many rows were
         claimed."""
-        channel = self._broker.publish_channel
-        exchange = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
-        statements = self._statements
+        exchange = await self._broker.publish_channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
         # The rows the last batch published are marked sent by this same statement.
         marks, self._unmarked = self._unmarked, []
         try:
@@ -339,21 +341,17 @@ class OutboxRelay:
             *(self._publish(exchange, row) for row in rows), return_exceptions=True
         )
         _count_sent(rows, outcomes)
-        sent = [row.id for row, outcome in zip(rows, outcomes, strict=True) if outcome is None]
-        refused = [
-            (row, outcome)
-            for row, outcome in zip(rows, outcomes, strict=True)
-            if isinstance(outcome, MESSAGE_REFUSED_ERRORS)
-        ]
-        broken = [
-            (row.id, outcome)
-            for row, outcome in zip(rows, outcomes, strict=True)
-            if isinstance(outcome, BaseException)
-            and not isinstance(outcome, MESSAGE_REFUSED_ERRORS)
-        ]
-        # Marked by the next claim (which follows at once under load) or, when the relay goes
-        # idle, on their own after `mark_delay`: one statement per batch, not two.
-        self._unmarked.extend(sent)
+        refused: list[tuple[Row[Any], BaseException]] = []
+        broken: list[tuple[Any, BaseException]] = []
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if outcome is None:
+                # Marked by the next claim (which follows at once under load) or, when the relay
+                # goes idle, on their own after `mark_delay`: one statement per batch, not two.
+                self._unmarked.append(row.id)
+            elif isinstance(outcome, MESSAGE_REFUSED_ERRORS):
+                refused.append((row, outcome))
+            else:
+                broken.append((row.id, outcome))
         if refused or broken:
             async with self._connect() as connection:
                 for row, error in refused:
@@ -362,11 +360,10 @@ class OutboxRelay:
                     # Not confirmed (the broker went away): free them at once rather than
                     # when the lease ends, so they go out as soon as the broker is back.
                     await connection.execute(
-                        statements.release, {"ids": [row_id for row_id, _ in broken]}
+                        self._statements.release, {"ids": [row_id for row_id, _ in broken]}
                     )
         if broken:
-            # The caller backs off.
-            raise broken[0][1]
+            raise broken[0][1]  # the caller backs off
         return len(rows)
 
     async def _claim(self, marks: list[Any]) -> Sequence[Row[Any]]:
