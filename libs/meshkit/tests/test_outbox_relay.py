@@ -2,7 +2,8 @@
 proxy where a test cuts it): it claims when a unit of work of its process committed events and
 polls for the rest, publishes, marks with its next claim or on its own, survives the database
 going away at any of those moments, ends a broker outage's backoff at the next write, and
-counts what it sent; statements planned on an empty outbox do not read the sent rows."""
+counts what it sent (nothing, with nowhere to send it); statements planned on an empty outbox do
+not read the sent rows."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from meshdev.customers import eventually
 from meshdev.faults import TcpProxy
 from meshdev.postgres import asyncpg_dsn, create_database, drop_database
-from meshdev.pytest_plugin import metric_points
+from meshdev.pytest_plugin import metric_points, recorded
 from meshdev.rabbitmq import BROKER_URL, amqp_url, create_vhost, delete_vhost
 from meshkit.db import Database
 from meshkit.messaging import EVENTS_EXCHANGE, CloudEvent, Outbox
@@ -220,6 +221,33 @@ async def test_after_a_broker_outage_the_next_write_ends_the_relays_backoff(
         await link.close()
     assert _logged(caplog, logging.WARNING, "outbox relay stopped while the broker is") == 1
     assert received.count(str(during.id)) == 1
+
+
+async def test_with_nowhere_to_send_a_batch_is_published_without_a_count(
+    nowhere_to_send: None,
+    database_name: str,
+    broker: Broker,
+    received: list[str],
+    metric_reader: InMemoryMetricReader,
+) -> None:
+    database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database_name}")
+    direct = await asyncpg.connect(asyncpg_dsn(database_name))
+    relay = OutboxRelay(database=database, outbox=Outbox(MetaData()), broker=broker)
+    before = recorded(metric_reader, scope="meshkit")
+    event = _event()
+    try:
+        await direct.execute(INSERT, event.id, event.model_dump_json())
+
+        assert await relay.drain_once() == 1
+
+        async def published() -> bool:
+            return str(event.id) in received
+
+        await eventually(published)
+    finally:
+        await direct.close()
+        await database.dispose()
+    assert recorded(metric_reader, scope="meshkit") == before
 
 
 async def test_a_relay_claims_what_a_unit_of_work_committed_and_finds_the_rest_by_polling(

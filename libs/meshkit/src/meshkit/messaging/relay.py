@@ -33,7 +33,7 @@ from meshkit.messaging.metrics import message_attributes, sent_messages, watch_b
 from meshkit.messaging.outbox import WRITTEN_COLUMNS, Outbox, is_json
 from meshkit.messaging.tracing import context_from, publish_span, trace_carrier
 from meshkit.retry import Retry
-from meshkit.telemetry import sampled_out, tracing_enabled, untraced
+from meshkit.telemetry import metrics_enabled, sampled_out, tracing_enabled, untraced
 
 # The outbox's logger, as the runbook filters it.
 logger = logging.getLogger("meshkit.messaging.outbox")
@@ -340,7 +340,8 @@ class OutboxRelay:
         outcomes = await asyncio.gather(
             *(self._publish(exchange, row) for row in rows), return_exceptions=True
         )
-        _count_sent(rows, outcomes)
+        if metrics_enabled():
+            _count_sent(rows, outcomes)
         refused: list[tuple[Row[Any], BaseException]] = []
         broken: list[tuple[Any, BaseException]] = []
         for row, outcome in zip(rows, outcomes, strict=True):
