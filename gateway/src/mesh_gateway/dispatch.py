@@ -1,7 +1,7 @@
-"""The gateway's ASGI entry: paths under an upstream's prefix go to the forwarders on the lean
-path — meshkit's request context (the server span when this process traces, ids, access log,
-security headers; the one wrapper of `send`), the forwarder — and everything else (docs,
-OpenAPI, probes, unknown paths: 404 problem) to the FastAPI app."""
+"""The gateway's ASGI entry: a path under an upstream's prefix is forwarded on the lean path —
+in meshkit's request context (the server span when this process traces, ids, access log,
+security headers; the one wrapper of `send`), straight to the forwarder — and everything else
+(docs, OpenAPI, probes, unknown paths: 404 problem) goes to the FastAPI app."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from mesh_gateway.routing import Route, RouteTable
-from meshkit.middleware import RequestContextMiddleware
+from mesh_gateway.routing import RouteTable
+from meshkit.instrumentation import ServerTelemetry
+from meshkit.middleware import RequestContext
 
 if TYPE_CHECKING:
     from mesh_gateway.state import GatewayState
@@ -22,7 +23,6 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"referrer-policy", b"no-referrer"),
     (b"cross-origin-opener-policy", b"same-origin"),
 )
-_ROUTE_KEY = "mesh_gateway.route"
 
 
 class Gateway:
@@ -31,32 +31,27 @@ class Gateway:
     def __init__(self, api: FastAPI, routes: RouteTable) -> None:
         self.api = api
         self.routes = routes
-        self._with_context = RequestContextMiddleware(
-            self._forward, default_headers=SECURITY_HEADERS
-        )
+        self._telemetry = ServerTelemetry()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            route = self.routes.match(scope["path"])
-            if route is not None:
-                scope[_ROUTE_KEY] = route
-                # The server span and the duration are named by the route's prefix; the
-                # upstream call becomes the span's child client span.
-                await self._with_context.serve(
-                    scope,
-                    receive,
-                    send,
-                    route=route.prefix,
-                    span_attributes={"gateway.upstream": route.upstream},
-                )
-                return
-        await self.api(scope, receive, send)
-
-    async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route: Route = scope[_ROUTE_KEY]
-        state: GatewayState = self.api.state.gateway
-        upstream = state.upstreams[route.upstream]
-        if scope["type"] == "websocket":
-            await state.websocket(scope, receive, send, upstream)
-        else:
-            await state.http(scope, receive, send, upstream)
+        route = self.routes.match(scope["path"]) if scope["type"] in ("http", "websocket") else None
+        if route is None:
+            await self.api(scope, receive, send)  # its lifespan, pages, probes and 404s
+            return
+        # The upstream call becomes the server span's child client span. (No keyword arguments:
+        # they make the class call dearer, on every request.)
+        async with RequestContext(
+            scope,
+            receive,
+            send,
+            self._telemetry,
+            SECURITY_HEADERS,
+            route.prefix,  # names the server span and the duration
+            {"gateway.upstream": route.upstream},  # on the span when it records
+        ) as send_with_ids:
+            state: GatewayState = self.api.state.gateway
+            upstream = state.upstreams[route.upstream]
+            if scope["type"] == "websocket":
+                await state.websocket(scope, receive, send_with_ids, upstream)
+            else:
+                await state.http(scope, receive, send_with_ids, upstream)

@@ -1,4 +1,4 @@
-"""The request-context middleware on WebSocket sessions: ids, the server span, closes."""
+"""The request context: ids and the server span of WebSocket sessions, closes, and crashes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
-from meshkit.middleware import RequestContextMiddleware
+from meshkit.instrumentation import ServerTelemetry
+from meshkit.logging import request_id_var, trace_id_var
+from meshkit.middleware import RequestContext, RequestContextMiddleware
 
 
 async def test_a_websocket_accept_without_headers_gets_the_request_ids() -> None:
@@ -45,7 +47,8 @@ async def test_a_websocket_session_is_a_server_span(spans: InMemorySpanExporter)
         pass
 
     scope = {"type": "websocket", "path": "/ws", "query_string": b"access_token=abc", "headers": []}
-    await RequestContextMiddleware(app).serve(scope, receive, send, route="/ws")
+    async with RequestContext(scope, receive, send, ServerTelemetry(), route="/ws") as send_ids:
+        await app(scope, receive, send_ids)
 
     (span,) = spans.get_finished_spans()
     assert (span.name, span.kind) == ("WS /ws", SpanKind.SERVER)
@@ -77,3 +80,62 @@ async def test_only_an_abnormal_websocket_close_is_an_error(
     assert (span.status.status_code is StatusCode.ERROR) is failed
     assert ("error.type" in (span.attributes or {})) is failed
     assert bool([r for r in caplog.records if r.name == "meshkit.errors"]) is failed
+
+
+def _http_scope() -> Scope:
+    return {"type": "http", "method": "GET", "path": "/crash", "headers": []}
+
+
+async def test_a_crash_after_the_answer_began_is_raised_and_is_the_span_error(
+    spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("mid-body")
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    with caplog.at_level(logging.INFO), pytest.raises(RuntimeError):
+        await RequestContextMiddleware(app)(_http_scope(), receive, send)
+
+    assert [m["type"] for m in sent] == ["http.response.start"]  # no second answer
+    (span,) = spans.get_finished_spans()
+    attributes = dict(span.attributes or {})
+    assert (attributes["http.response.status_code"], attributes["error.type"]) == (
+        200,
+        "RuntimeError",
+    )
+    assert [r.getMessage() for r in caplog.records if r.name == "meshkit.access"] == [
+        "GET /crash 200"
+    ]
+    assert (request_id_var.get(), trace_id_var.get()) == (None, None)
+
+
+async def test_a_crash_whose_problem_cannot_be_sent_raises_the_send_failure(
+    spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("before any answer")
+
+    async def receive() -> Message:
+        return {"type": "http.request"}
+
+    async def send(message: Message) -> None:
+        raise OSError("the client is gone")
+
+    with caplog.at_level(logging.INFO), pytest.raises(OSError, match="the client is gone"):
+        await RequestContextMiddleware(app)(_http_scope(), receive, send)
+
+    (span,) = spans.get_finished_spans()
+    assert (span.attributes or {})["error.type"] == "OSError"
+    assert [r.name for r in caplog.records if r.name.startswith("meshkit.")] == [
+        "meshkit.errors",
+        "meshkit.access",
+    ]
+    assert (request_id_var.get(), trace_id_var.get()) == (None, None)

@@ -18,11 +18,12 @@ import functools
 import re
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from contextlib import nullcontext
+from collections.abc import Iterable, Mapping
+from contextvars import Token
 from typing import Any
 
 import httpx
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.instrumentation.utils import (
     is_http_instrumentation_enabled,
@@ -74,7 +75,7 @@ from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import ExceptionContext
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope
 from starlette.websockets import WebSocketDisconnect
 
 from meshkit.logging import redact
@@ -103,8 +104,6 @@ _KNOWN_METHODS = frozenset(
 _OTHER_METHOD = HttpRequestMethodValues.OTHER.value
 _PROPAGATED_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
 
-RequestHandler = Callable[[Scope, Receive, Send], Awaitable[int]]
-
 
 def normal_close(exc: BaseException) -> bool:
     """A WebSocket client that closed normally (1000) or went away (1001): no error."""
@@ -119,46 +118,41 @@ def _route_template(scope: Scope) -> str | None:
 
 
 class ServerTelemetry:
-    """Serves each request through `handle` (which answers with the status it sent) inside its
-    SERVER span while this process traces, and records its `http.server.request.duration`
-    while it measures (WebSocket sessions: the span only). With neither, requests go straight
-    to `handle`.
+    """Each request's SERVER span while this process traces, and its
+    `http.server.request.duration` while it measures (WebSocket sessions: the span only),
+    from `start` to `ServerSpan.end`. With neither, `start` does nothing.
 
     The span continues the caller's trace (`traceparent`); when the caller's trace is not
     sampled, none is started and the caller's context is current. Its attributes are built
     only when it records; its name and `http.route` are the route given (the gateway knows it
     before forwarding) or the template the app matched."""
 
-    def __init__(self, handle: RequestHandler) -> None:
-        self._handle = handle
+    def __init__(self) -> None:
         self._tracer = trace.get_tracer("meshkit.server")
         self._duration = http_duration(
             "meshkit.server", HTTP_SERVER_REQUEST_DURATION, "Duration of HTTP server requests."
         )
 
-    async def __call__(
+    def start(
         self,
         scope: Scope,
-        receive: Receive,
-        send: Send,
-        *,
         route: str | None = None,
         span_attributes: Mapping[str, str] | None = None,
-    ) -> None:
-        """`route` names the request when the caller knows it before the app has routed;
-        `span_attributes` go on the span when it records."""
-        handle = self._handle
+    ) -> ServerSpan | None:
+        """The request's span, current until `ServerSpan.end`; None while this process neither
+        traces nor measures. `route` names the request when the caller knows it before the
+        app has routed; `span_attributes` go on the span when it records."""
         tracing = tracing_enabled()
         measuring = metrics_enabled()
         if not (tracing or measuring):
-            await handle(scope, receive, send)
-            return
+            return None
         is_http = scope["type"] == "http"
         method = scope["method"] if is_http else "WS"
         if method not in _KNOWN_METHODS and is_http:
             method = _OTHER_METHOD
         started = time.perf_counter()
         span: trace.Span = INVALID_SPAN
+        token: Token[otel_context.Context] | None = None
         if tracing:
             carrier = {
                 name.decode("latin-1"): value.decode("latin-1")
@@ -172,55 +166,75 @@ class ServerTelemetry:
                 span = self._tracer.start_span(
                     f"{method} {route}" if route else method, context=parent, kind=SpanKind.SERVER
                 )
+            token = otel_context.attach(trace.set_span_in_context(span))
         recording = span.is_recording()
         if recording:
             span.set_attributes(_request_attributes(scope, method))
             if span_attributes:
                 span.set_attributes(span_attributes)
-        status = 0
-        error: str | None = None
-        with (
-            trace.use_span(
-                span, end_on_exit=True, record_exception=False, set_status_on_exception=False
-            )
-            if tracing
-            else _UNTRACED
-        ):
-            try:
-                status = await handle(scope, receive, send)
-            except BaseException as exc:
-                if not normal_close(exc):
-                    error = type(exc).__qualname__
-                raise
-            finally:
-                route = route or _route_template(scope)
-                if error is None and is_http and (status >= 500 or not status):
-                    error = str(status or "incomplete")
-                if recording:
-                    if route:
-                        span.update_name(f"{method} {route}")
-                        span.set_attribute(HTTP_ROUTE, route)
-                    if status:
-                        span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
-                    if error is not None:
-                        span.set_attribute(ERROR_TYPE, error)
-                        span.set_status(StatusCode.ERROR)
-                if is_http and measuring:
-                    # While the span is current: a kept trace becomes the measurement's exemplar.
-                    attributes: dict[str, str | int] = {
-                        HTTP_REQUEST_METHOD: method,
-                        URL_SCHEME: scope.get("scheme", "http"),
-                    }
-                    if route:
-                        attributes[HTTP_ROUTE] = route
-                    if status:
-                        attributes[HTTP_RESPONSE_STATUS_CODE] = status
-                    if error is not None:
-                        attributes[ERROR_TYPE] = error
-                    self._duration.record(time.perf_counter() - started, attributes)
+        duration = self._duration if is_http and measuring else None
+        return ServerSpan(span, token, duration, method, route, started)
 
 
-_UNTRACED = nullcontext()
+class ServerSpan:
+    """One request's span and duration, from `ServerTelemetry.start` to `end`."""
+
+    __slots__ = ("_duration", "_method", "_route", "_span", "_started", "_token")
+
+    def __init__(
+        self,
+        span: trace.Span,
+        token: Token[otel_context.Context] | None,
+        duration: metrics.Histogram | None,
+        method: str,
+        route: str | None,
+        started: float,
+    ) -> None:
+        self._span = span
+        self._token = token  # the context to restore; None while not tracing
+        self._duration = duration
+        self._method = method
+        self._route = route
+        self._started = started
+
+    def end(self, scope: Scope, status: int, raised: BaseException | None) -> None:
+        """Completes the span and the measurement with the status answered (0 if none) and
+        what the request raised (None if nothing), then ends the span."""
+        span = self._span
+        try:
+            method = self._method
+            route = self._route or _route_template(scope)
+            error: str | None = None
+            if raised is not None and not normal_close(raised):
+                error = type(raised).__qualname__
+            elif scope["type"] == "http" and (status >= 500 or not status):
+                error = str(status or "incomplete")
+            if span.is_recording():
+                if route:
+                    span.update_name(f"{method} {route}")
+                    span.set_attribute(HTTP_ROUTE, route)
+                if status:
+                    span.set_attribute(HTTP_RESPONSE_STATUS_CODE, status)
+                if error is not None:
+                    span.set_attribute(ERROR_TYPE, error)
+                    span.set_status(StatusCode.ERROR)
+            if self._duration is not None:
+                # While the span is current: a kept trace becomes the measurement's exemplar.
+                attributes: dict[str, str | int] = {
+                    HTTP_REQUEST_METHOD: method,
+                    URL_SCHEME: scope.get("scheme", "http"),
+                }
+                if route:
+                    attributes[HTTP_ROUTE] = route
+                if status:
+                    attributes[HTTP_RESPONSE_STATUS_CODE] = status
+                if error is not None:
+                    attributes[ERROR_TYPE] = error
+                self._duration.record(time.perf_counter() - self._started, attributes)
+        finally:
+            if self._token is not None:
+                otel_context.detach(self._token)
+                span.end()
 
 
 def _request_attributes(scope: Scope, method: str) -> dict[str, str]:

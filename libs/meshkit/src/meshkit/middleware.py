@@ -1,5 +1,6 @@
-"""The server span, request ids, trace ids and one access-log line per request, as one lean
-pure-ASGI middleware."""
+"""Each request's context — the server span, request and trace ids, problems for crashes, one
+access-log line — as `RequestContext`: entered by the gateway's dispatcher for what it forwards
+and by the lean pure-ASGI middleware of every app for the rest."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import logging
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import TracebackType
 
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
@@ -50,84 +52,131 @@ def _trace_id(scope: Scope) -> str:
     return match.group(1) if match else _random_id()
 
 
-class RequestContextMiddleware:
-    """Serves each request in its server span (`ServerTelemetry`; none for the probes, or with
-    tracing off), adds `X-Request-ID` and `X-Trace-Id` (and `default_headers` the app did not
-    set itself) to every answer, logs each request, and turns crashes into problems — in one
-    wrapper of `send`, the only one a request passes through."""
+class RequestContext:
+    """One HTTP request or WebSocket session, served inside `async with` by the code that
+    answers it, through the `send` it yields — the one wrapper of `send` a request passes:
+
+        async with RequestContext(scope, receive, send, telemetry) as send_with_ids:
+            await app(scope, receive, send_with_ids)
+
+    On entry: the server span (`telemetry`; None for none, as for the probes), the request id
+    (the caller's `X-Request-ID` if sane) and the trace id. Every answer gets `X-Request-ID`,
+    `X-Trace-Id` and the `default_headers` the app did not set itself. On exit: a crash is
+    logged, and answered as a 500 problem if nothing was answered yet; one access-log line;
+    the span ends."""
+
+    __slots__ = (
+        "_default_headers",
+        "_ids",
+        "_receive",
+        "_request_id_token",
+        "_route",
+        "_scope",
+        "_send",
+        "_server_span",
+        "_span_attributes",
+        "_started",
+        "_telemetry",
+        "_trace_id_token",
+        "status",
+    )
 
     def __init__(
-        self, app: ASGIApp, *, default_headers: Sequence[tuple[bytes, bytes]] = ()
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        telemetry: ServerTelemetry | None,
+        default_headers: tuple[tuple[bytes, bytes], ...] = (),
+        route: str | None = None,
+        span_attributes: Mapping[str, str] | None = None,
     ) -> None:
-        self.app = app
-        self.default_headers = tuple(default_headers)
-        # `serve(scope, receive, send, route=…, span_attributes=…)`: `handle` in its server span.
-        self.serve = ServerTelemetry(self.handle)
+        """`route` names the request when the caller knows it before the app has routed;
+        `span_attributes` go on the span when it records."""
+        self._scope = scope
+        self._receive = receive
+        self._send = send
+        self._telemetry = telemetry
+        self._default_headers = default_headers
+        self._route = route
+        self._span_attributes = span_attributes
+        self.status = 0  # the status answered; 0 until then
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        if scope["path"] in PROBE_PATHS:
-            await self.handle(scope, receive, send)  # probes make no span and no measurement
-        else:
-            await self.serve(scope, receive, send)
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> int:
-        """Serves one HTTP or WebSocket request; returns the status answered (0 if none)."""
+    async def __aenter__(self) -> Send:
+        scope = self._scope
+        telemetry = self._telemetry
+        self._server_span = (
+            telemetry.start(scope, self._route, self._span_attributes) if telemetry else None
+        )
         incoming = _header(scope, b"x-request-id")
         request_id = incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else _random_id()
-        token = request_id_var.set(request_id)
+        self._request_id_token = request_id_var.set(request_id)
         trace_id = _trace_id(scope)
-        trace_token = trace_id_var.set(trace_id)
-        ids = ((b"x-request-id", request_id.encode()), (b"x-trace-id", trace_id.encode()))
-        defaults = self.default_headers
-        started = time.perf_counter()
-        status_code = 0
+        self._trace_id_token = trace_id_var.set(trace_id)
+        self._ids = ((b"x-request-id", request_id.encode()), (b"x-trace-id", trace_id.encode()))
+        self._started = time.perf_counter()
+        return self.send
 
-        async def send_with_ids(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] in ("http.response.start", "websocket.accept"):
-                status_code = message.get("status", 101)
-                # Ours replace the app's ids; the defaults yield to what the app set. (ASGI
-                # header names are lower case.)
-                app_headers = [
-                    (name, value)
-                    for name, value in message.get("headers", ())  # optional on accept
-                    if name not in _ID_HEADERS
-                ]
-                if defaults:
-                    present = {name for name, _ in app_headers}
-                    app_headers.extend(h for h in defaults if h[0] not in present)
-                app_headers.extend(ids)
-                message["headers"] = app_headers
-            await send(message)
+    async def send(self, message: Message) -> None:
+        if message["type"] in ("http.response.start", "websocket.accept"):
+            self.status = message.get("status", 101)
+            # Ours replace the app's ids; the defaults yield to what the app set. (ASGI header
+            # names are lower case.)
+            app_headers = [
+                (name, value)
+                for name, value in message.get("headers", ())  # optional on accept
+                if name not in _ID_HEADERS
+            ]
+            defaults = self._default_headers
+            if defaults:
+                present = {name for name, _ in app_headers}
+                app_headers.extend(h for h in defaults if h[0] not in present)
+            app_headers.extend(self._ids)
+            message["headers"] = app_headers
+        await self._send(message)
 
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        """True (the crash is answered) when a problem went out in place of the exception."""
+        raised = exc
         try:
-            await self.app(scope, receive, send_with_ids)
-        except Exception as exc:
-            if normal_close(exc):
-                raise  # the client closed, as WebSocket clients do: not an error
-            span = trace.get_current_span()
-            span.record_exception(exc)
-            span.set_status(StatusCode.ERROR, type(exc).__name__)
-            error_logger.exception("unhandled error on %s", redact(scope.get("path", "")))
-            if status_code or scope["type"] != "http":
-                raise
-            response = problem_response(
-                Request(scope),
-                status=500,
-                detail="An unexpected error occurred; it has been logged.",
-            )
-            await response(scope, receive, send_with_ids)
+            if isinstance(exc, Exception) and not normal_close(exc):
+                raised = await self._crashed(exc)
+        except BaseException as failure:
+            raised = failure
+            raise
         finally:
-            self._log(scope, status_code, started)
-            request_id_var.reset(token)
-            trace_id_var.reset(trace_token)
-        return status_code
+            self._log()
+            request_id_var.reset(self._request_id_token)
+            trace_id_var.reset(self._trace_id_token)
+            if self._server_span is not None:
+                self._server_span.end(self._scope, self.status, raised)
+        return exc is not None and raised is None
 
-    @staticmethod
-    def _log(scope: Scope, status_code: int, started: float) -> None:
+    async def _crashed(self, exc: Exception) -> Exception | None:
+        """Records and logs the crash, and answers it as a 500 problem if nothing was answered
+        yet (None); otherwise it stays raised (returned)."""
+        scope = self._scope
+        span = trace.get_current_span()
+        span.record_exception(exc)
+        span.set_status(StatusCode.ERROR, type(exc).__name__)
+        error_logger.error("unhandled error on %s", redact(scope.get("path", "")), exc_info=exc)
+        if self.status or scope["type"] != "http":
+            return exc
+        response = problem_response(
+            Request(scope),
+            status=500,
+            detail="An unexpected error occurred; it has been logged.",
+        )
+        await response(scope, self._receive, self.send)
+        return None
+
+    def _log(self) -> None:
+        scope = self._scope
         path = scope.get("path", "")
         level = logging.DEBUG if path in PROBE_PATHS else logging.INFO
         if not access_logger.isEnabledFor(level):
@@ -139,10 +188,32 @@ class RequestContextMiddleware:
             "%s %s %s",
             scope.get("method", "WS"),
             redact(f"{path}?{query}" if query else path),
-            status_code,
+            self.status,
             extra={
-                "http_status": status_code,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "http_status": self.status,
+                "duration_ms": round((time.perf_counter() - self._started) * 1000, 2),
                 "client": client[0] if client else None,
             },
         )
+
+
+class RequestContextMiddleware:
+    """Serves every HTTP request and WebSocket session of `app` in its `RequestContext`; the
+    probes without a span or a measurement."""
+
+    def __init__(
+        self, app: ASGIApp, *, default_headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        self.app = app
+        self.default_headers = tuple(default_headers)
+        self.telemetry = ServerTelemetry()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        telemetry = None if scope["path"] in PROBE_PATHS else self.telemetry
+        async with RequestContext(
+            scope, receive, send, telemetry, self.default_headers
+        ) as send_with_ids:
+            await self.app(scope, receive, send_with_ids)
