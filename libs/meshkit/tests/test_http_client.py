@@ -144,12 +144,16 @@ async def test_clients_are_traced_unless_the_sdk_is_disabled(
 ) -> None:
     monkeypatch.setenv("OTEL_SDK_DISABLED", disabled)
     async with create_http_client(connect_retries=0) as client:
-        with TRACER.start_as_current_span("request"):
+        with TRACER.start_as_current_span("request") as request:
             headers = await _request_headers(client)
 
-    assert (b"traceparent:" in headers) is traced
     client_spans = [s for s in spans.get_finished_spans() if s.kind is SpanKind.CLIENT]
     assert bool(client_spans) is traced
+    # Untraced, the callee still gets the current context: one trace id across the mesh.
+    request_context = request.get_span_context()
+    trace_id, span_id = _traceparent(headers).split("-")[1:3]
+    assert trace_id == format(request_context.trace_id, "032x")
+    assert (span_id == format(request_context.span_id, "016x")) is not traced
 
 
 async def test_a_call_is_a_client_span_whose_id_the_callee_receives(

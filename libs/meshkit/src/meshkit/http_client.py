@@ -21,7 +21,6 @@ from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exception
 
 from meshkit.instrumentation import TracedTransport
 from meshkit.retry import Retry
-from meshkit.telemetry import metrics_enabled, tracing_enabled
 
 
 def _precise_error(exc: httpx.TransportError, request: httpx.Request) -> httpx.TransportError:
@@ -301,10 +300,9 @@ def create_http_client(
     outer: httpx.AsyncBaseTransport = (
         ConnectRetryTransport(transport, retries=connect_retries) if connect_retries else transport
     )
-    if tracing_enabled() or metrics_enabled():
-        # Outermost: one span and one measurement per request, however many connection
-        # attempts it took.
-        outer = TracedTransport(outer)
+    # Outermost: one span and one measurement per request, however many connection attempts
+    # it took; with neither, the trace context still goes on.
+    outer = TracedTransport(outer)
     return ServiceClient(
         outer,
         base_url=base_url,

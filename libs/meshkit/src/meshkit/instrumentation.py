@@ -15,6 +15,7 @@ request, and read the pool's usage and limit when metrics are collected.
 from __future__ import annotations
 
 import functools
+import random
 import re
 import time
 import weakref
@@ -71,7 +72,14 @@ from opentelemetry.semconv.metrics.http_metrics import (
     HTTP_CLIENT_REQUEST_DURATION,
     HTTP_SERVER_REQUEST_DURATION,
 )
-from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+)
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import ExceptionContext
@@ -120,7 +128,7 @@ def _route_template(scope: Scope) -> str | None:
 class ServerTelemetry:
     """Each request's SERVER span while this process traces, and its
     `http.server.request.duration` while it measures (WebSocket sessions: the span only),
-    from `start` to `ServerSpan.end`. With neither, `start` does nothing.
+    from `start` to `ServerSpan.end`. With neither, only the trace context is carried on.
 
     The span continues the caller's trace (`traceparent`); when the caller's trace is not
     sampled, none is started and the caller's context is current. Its attributes are built
@@ -138,27 +146,25 @@ class ServerTelemetry:
         scope: Scope,
         route: str | None = None,
         span_attributes: Mapping[str, str] | None = None,
-    ) -> ServerSpan | None:
-        """The request's span, current until `ServerSpan.end`; None while this process neither
-        traces nor measures. `route` names the request when the caller knows it before the
-        app has routed; `span_attributes` go on the span when it records."""
+    ) -> ServerSpan | _CarriedContext:
+        """The request's span, current until `end`; without tracing, the caller's trace context
+        (or a new one) is current instead (`_carried_context`). `route` names the request when
+        the caller knows it before the app has routed; `span_attributes` go on the span when it
+        records."""
         tracing = tracing_enabled()
         measuring = metrics_enabled()
         if not (tracing or measuring):
-            return None
+            return _CarriedContext(scope)
         is_http = scope["type"] == "http"
         method = scope["method"] if is_http else "WS"
         if method not in _KNOWN_METHODS and is_http:
             method = _OTHER_METHOD
         started = time.perf_counter()
         span: trace.Span = INVALID_SPAN
-        token: Token[otel_context.Context] | None = None
-        if tracing:
-            carrier = {
-                name.decode("latin-1"): value.decode("latin-1")
-                for name, value in scope["headers"]
-                if name in _PROPAGATED_HEADERS
-            }
+        if not tracing:
+            token = otel_context.attach(_carried_context(scope))
+        else:
+            carrier = _carrier(scope)
             parent = propagate.extract(carrier) if carrier else None
             if parent is not None and sampled_out(parent):
                 span = trace.get_current_span(parent)  # the caller's, current as it came
@@ -176,6 +182,45 @@ class ServerTelemetry:
         return ServerSpan(span, token, duration, method, route, started)
 
 
+def _carrier(scope: Scope) -> dict[str, str]:
+    return {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in scope["headers"]
+        if name in _PROPAGATED_HEADERS
+    }
+
+
+def _carried_context(scope: Scope) -> otel_context.Context:
+    """The caller's trace context, or a new one (as a root span would start it): what a
+    process that does not trace keeps current, so its log lines and the calls and events the
+    request causes carry one trace id across the mesh, at the cost of no span."""
+    carrier = _carrier(scope)
+    if carrier:
+        context = propagate.extract(carrier)
+        if trace.get_current_span(context).get_span_context().is_valid:
+            return context
+    new = SpanContext(
+        trace_id=random.getrandbits(128) or 1,
+        span_id=random.getrandbits(64) or 1,
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(new))
+
+
+class _CarriedContext:
+    """A request's trace context, current from `ServerTelemetry.start` to `end`, in a process
+    that neither traces nor measures."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self, scope: Scope) -> None:
+        self._token = otel_context.attach(_carried_context(scope))
+
+    def end(self, scope: Scope, status: int, raised: BaseException | None) -> None:
+        otel_context.detach(self._token)
+
+
 class ServerSpan:
     """One request's span and duration, from `ServerTelemetry.start` to `end`."""
 
@@ -184,14 +229,14 @@ class ServerSpan:
     def __init__(
         self,
         span: trace.Span,
-        token: Token[otel_context.Context] | None,
+        token: Token[otel_context.Context],
         duration: metrics.Histogram | None,
         method: str,
         route: str | None,
         started: float,
     ) -> None:
         self._span = span
-        self._token = token  # the context to restore; None while not tracing
+        self._token = token  # the context to restore
         self._duration = duration
         self._method = method
         self._route = route
@@ -232,9 +277,8 @@ class ServerSpan:
                     attributes[ERROR_TYPE] = error
                 self._duration.record(time.perf_counter() - self._started, attributes)
         finally:
-            if self._token is not None:
-                otel_context.detach(self._token)
-                span.end()
+            otel_context.detach(self._token)
+            span.end()
 
 
 def _request_attributes(scope: Scope, method: str) -> dict[str, str]:
@@ -434,6 +478,11 @@ class TracedTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not is_http_instrumentation_enabled():
+            return await self._inner.handle_async_request(request)
+        if not (tracing_enabled() or metrics_enabled()):
+            # Nothing to record: the current trace context goes on to the callee, which keeps
+            # one trace id across the mesh.
+            propagate.inject(request.headers)
             return await self._inner.handle_async_request(request)
         url = request.url
         method = request.method
