@@ -82,7 +82,7 @@ async def gateway_state(
     async with AsyncExitStack() as stack:
         rate_limiter = None
         if settings.rate_limit_enabled:
-            counters = SharedRateLimiter.from_settings(
+            counters = SharedRateLimiter(
                 settings, name="gateway", strategy=settings.rate_limit_strategy
             )
             stack.callback(counters.close)

@@ -61,10 +61,19 @@ def limiters() -> Iterator[list[SharedRateLimiter]]:
 def counters(limiters: list[SharedRateLimiter]) -> Callable[..., SharedRateLimiter]:
     """`counters(url, prefix, **options)`: a limiter, as one process would have it."""
 
-    def make(url: str, prefix: str, **options: Any) -> SharedRateLimiter:
+    def make(
+        url: str, prefix: str, timeout: float = 0.1, retry_seconds: float = 5, **options: Any
+    ) -> SharedRateLimiter:
         options.setdefault("name", f"test-{uuid.uuid4().hex[:8]}")
         options.setdefault("strategy", "sliding-window-counter")
-        limiter = SharedRateLimiter(storage_uri=url, key_prefix=prefix, **options)
+        storage = RateLimitStorageSettings(
+            service_name="test",
+            rate_limit_storage_uri=url,
+            rate_limit_key_prefix=prefix,
+            rate_limit_storage_timeout=timeout,
+            rate_limit_storage_retry_seconds=retry_seconds,
+        )
+        limiter = SharedRateLimiter(storage, **options)
         limiters.append(limiter)
         return limiter
 

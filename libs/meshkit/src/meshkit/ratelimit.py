@@ -47,8 +47,6 @@ T = TypeVar("T")
 MEMORY = "memory"
 # Memory, and Redis through coredis (limits[async-redis]): TCP, TLS, a Unix socket.
 SCHEMES = frozenset({MEMORY, "redis", "rediss", "redis+unix"})
-
-
 # `limits`' own table of its strategies, by the names the settings use.
 _STRATEGIES: Mapping[str, type[RateLimiter]] = STRATEGIES
 
@@ -143,13 +141,10 @@ class SharedRateLimiter:
 
     def __init__(
         self,
+        storage: RateLimitStorageSettings,
         *,
         name: str,
         strategy: str,
-        storage_uri: str = "memory://",
-        key_prefix: str = "mesh",
-        timeout: float = 0.1,
-        retry_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
@@ -157,46 +152,31 @@ class SharedRateLimiter:
         self._local: RateLimiter = self._strategy(MemoryStorage())
         self._shared: RateLimiter | None = None
         self._fallback = StorageFallback(
-            retry_seconds=retry_seconds,
+            retry_seconds=storage.rate_limit_storage_retry_seconds,
             clock=clock,
             log=logger,
             lost=f"rate-limit storage unreachable (%s): {name} counts in this process until it "
             "answers again (tried every %s s)",
             back=f"rate-limit storage answers again: {name} counts in it again",
         )
-        scheme = storage_scheme(storage_uri)
-        if scheme not in SCHEMES:
-            raise ValueError(f"unsupported rate-limit storage {storage_uri!r}")
-        if scheme != MEMORY:
-            storage = storage_from_string(
-                f"async+{storage_uri.removeprefix('async+')}",
-                wrap_exceptions=True,
-                key_prefix=key_prefix,
-                # coredis: bounded waits, and no retries of its own (the fallback is the retry).
-                connect_timeout=timeout,
-                stream_timeout=timeout,
-                retry_policy=_no_retries(),
+        uri = storage.rate_limit_storage_uri
+        if storage_scheme(uri) != MEMORY:
+            self._shared = self._strategy(
+                storage_from_string(
+                    f"async+{uri.removeprefix('async+')}",
+                    wrap_exceptions=True,
+                    key_prefix=storage.rate_limit_key_prefix,
+                    # coredis: bounded waits, and no retries of its own (the fallback is the retry).
+                    connect_timeout=storage.rate_limit_storage_timeout,
+                    stream_timeout=storage.rate_limit_storage_timeout,
+                    retry_policy=_no_retries(),
+                )
             )
-            self._shared = self._strategy(storage)
         watch_storage(self)
 
-    @classmethod
-    def from_settings(
-        cls, settings: RateLimitStorageSettings, *, name: str, strategy: str
-    ) -> SharedRateLimiter:
-        return cls(
-            name=name,
-            strategy=strategy,
-            storage_uri=settings.rate_limit_storage_uri,
-            key_prefix=settings.rate_limit_key_prefix,
-            timeout=settings.rate_limit_storage_timeout,
-            retry_seconds=settings.rate_limit_storage_retry_seconds,
-        )
-
     def close(self) -> None:
-        """Closes the connections to the shared storage (its pool opens new ones if used again).
-        Neither `limits` nor coredis has a close of its own: this is coredis' pool, reached
-        through the `limits` storage."""
+        """Closes the connections to the shared storage (its pool opens new ones if used again):
+        coredis' pool, reached through the `limits` storage, for neither has a close of its own."""
         storage = self._shared.storage if self._shared is not None else None
         client = getattr(getattr(storage, "bridge", None), "storage", None)
         pool = getattr(client, "connection_pool", None)

@@ -53,9 +53,7 @@ def create_app(settings: UsersSettings | None = None) -> FastAPI:
         app.state.token_verifier = TokenVerifier(
             StaticKeySource(issuer.jwks), issuer=settings.jwt_issuer, audience=settings.jwt_audience
         )
-        counters = SharedRateLimiter.from_settings(
-            settings, name="login", strategy=LoginLimiter.STRATEGY
-        )
+        counters = SharedRateLimiter(settings, name="login", strategy=LoginLimiter.STRATEGY)
         app.state.login_limiter = LoginLimiter(
             limit=settings.login_failure_limit, counters=counters
         )
