@@ -106,13 +106,6 @@ class JwksKeySource:
             self._keys = {k.key_id: k for k in jwks.keys if k.key_id}
             self._fetched_at = time.monotonic()
 
-    async def ready(self) -> None:
-        """Readiness check: the keys can be fetched."""
-        if not self._keys:
-            await self._refresh()
-        if not self._keys:
-            raise RuntimeError("JWKS is empty")
-
 
 class TokenVerifier:
     """Checks issuer, audience, expiry and signature; a verified token is remembered until its
