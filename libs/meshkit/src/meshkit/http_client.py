@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
 
 import aiohttp
 import httpx
@@ -83,10 +82,9 @@ class PreciseAiohttpTransport(AiohttpTransport):
     (this client's own saturation is not the server's failure).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        limit = self.limits.max_connections
-        self._slots = asyncio.Semaphore(limit) if limit else None
+    def __init__(self, *, max_connections: int) -> None:
+        super().__init__(limits=httpx.Limits(max_connections=max_connections))
+        self._slots = asyncio.Semaphore(max_connections)
 
     def get_client(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -105,8 +103,6 @@ class PreciseAiohttpTransport(AiohttpTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         slots = self._slots
-        if slots is None:
-            return await self._send(request, None)
         if slots.locked():
             try:
                 async with asyncio.timeout(request.extensions.get("timeout", {}).get("pool")):
@@ -126,9 +122,7 @@ class PreciseAiohttpTransport(AiohttpTransport):
             slots.release()
             raise
 
-    async def _send(
-        self, request: httpx.Request, release: Callable[[], None] | None
-    ) -> httpx.Response:
+    async def _send(self, request: httpx.Request, release: Callable[[], None]) -> httpx.Response:
         if not isinstance(self.client, aiohttp.ClientSession):
             self.client = self.get_client()
         timeout = request.extensions.get("timeout", {})
@@ -165,11 +159,7 @@ class PreciseAiohttpTransport(AiohttpTransport):
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=(
-                AiohttpResponseStream(response)
-                if release is None
-                else _PooledResponseStream(response, release)
-            ),
+            stream=_PooledResponseStream(response, release),
             request=request,
             extensions=extensions,
         )
@@ -292,11 +282,7 @@ def create_http_client(
     connect_retries: int = 1,
 ) -> ServiceClient:
     """One client per upstream, created in a lifespan and closed with it."""
-    transport = PreciseAiohttpTransport(
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        )
-    )
+    transport = PreciseAiohttpTransport(max_connections=max_connections)
     outer: httpx.AsyncBaseTransport = (
         ConnectRetryTransport(transport, retries=connect_retries) if connect_retries else transport
     )
