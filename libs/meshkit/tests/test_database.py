@@ -258,7 +258,6 @@ async def test_pages_cover_every_row_once_even_with_equal_timestamps(database: D
         page = build_page(
             rows,
             params=params,
-            key=lambda item: Cursor(item.created_at, item.id),
             to_item=lambda item: item.id,
         )
         seen.extend(page.items)

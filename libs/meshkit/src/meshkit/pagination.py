@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from meshkit.problems import UnprocessableError
 
 T = TypeVar("T")
-Row = TypeVar("Row")
 Item = TypeVar("Item")
 
 
@@ -95,15 +94,12 @@ async def newest_first(
 
 
 def build_page(
-    rows: Sequence[Row],
-    *,
-    params: PageParams,
-    key: Callable[[Row], Cursor],
-    to_item: Callable[[Row], Item],
+    rows: Sequence[ResultRow[Any]], *, params: PageParams, to_item: Callable[[ResultRow[Any]], Item]
 ) -> Page[Item]:
+    """The page of `newest_first`'s rows, its cursor the last row's (`created_at`, `id`)."""
     visible = rows[: params.limit]
-    more = len(rows) > params.limit
+    last = visible[-1] if len(rows) > params.limit and visible else None
     return Page[Item](
         items=[to_item(row) for row in visible],
-        next_cursor=key(visible[-1]).encode() if more and visible else None,
+        next_cursor=Cursor(last.created_at, last.id).encode() if last is not None else None,
     )

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from meshkit.messaging import Delivery
-from meshkit.pagination import Cursor, Page, PageParams, build_page
+from meshkit.pagination import Page, PageParams, build_page
 from meshkit.problems import NotFoundError
 from meshkit.unit_of_work import UnitOfWork
 from notifications_service import repository
@@ -49,12 +49,7 @@ async def list_notifications(
 ) -> Page[NotificationRead]:
     async with work.connect() as connection:
         rows = await repository.list_notifications(connection, user_id=user_id, params=params)
-    return build_page(
-        rows,
-        params=params,
-        key=lambda n: Cursor(created_at=n.created_at, id=n.id),
-        to_item=NotificationRead.model_validate,
-    )
+    return build_page(rows, params=params, to_item=NotificationRead.model_validate)
 
 
 async def mark_read(

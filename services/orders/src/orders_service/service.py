@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from meshkit.pagination import Cursor, Page, PageParams, build_page
+from meshkit.pagination import Page, PageParams, build_page
 from meshkit.problems import ConflictError, NotFoundError, UnprocessableError
 from meshkit.unit_of_work import UnitOfWork
 from orders_service import repository
@@ -112,12 +112,7 @@ async def list_orders(
 ) -> Page[OrderRead]:
     async with work.connect() as connection:
         rows = await repository.list_orders(connection, user_id=user_id, params=params)
-    return build_page(
-        rows,
-        params=params,
-        key=lambda o: Cursor(created_at=o.created_at, id=o.id),
-        to_item=OrderRead.model_validate,
-    )
+    return build_page(rows, params=params, to_item=OrderRead.model_validate)
 
 
 async def cancel_order(*, work: UnitOfWork, order_id: uuid.UUID, user_id: uuid.UUID) -> OrderRead:
