@@ -79,7 +79,6 @@ class Database:
         pool_size: int = 10,
         max_overflow: int = 10,
         pre_ping: bool = False,
-        echo: bool = False,
     ) -> None:
         self.engine: AsyncEngine = create_async_engine(
             url,
@@ -87,7 +86,6 @@ class Database:
             max_overflow=max_overflow,
             pool_pre_ping=pre_ping,
             pool_recycle=1800,
-            echo=echo,
         )
         instrument_engine(self.engine.sync_engine)
         # Autocommit connections from the same pool: each statement is sent alone, without
@@ -111,22 +109,15 @@ class Database:
 
     async def dispose(self) -> None:
         """Closes the pooled connections. Closing one waits for the server's goodbye, so when
-        the database does not answer (its packets lost, no reset coming) they are dropped
-        instead: a stopping process must not wait on a database that is not there."""
-        pooled = self.engine.pool.checkedin()  # type: ignore[attr-defined]
-        if pooled and not await self._answers(within=_CLOSE_CHECK_SECONDS):
-            logger.warning("the database does not answer; its connections are dropped")
-            await self.engine.dispose(close=False)
-            return
+        the database does not answer at all (its packets lost; a refusal or a reset is an
+        answer) they are dropped instead: a stopping process must not wait on it."""
+        if self.engine.pool.checkedin():  # type: ignore[attr-defined]
+            try:
+                await asyncio.wait_for(self.ping(), _CLOSE_CHECK_SECONDS)
+            except TimeoutError:
+                logger.warning("the database does not answer; its connections are dropped")
+                await self.engine.dispose(close=False)
+                return
+            except (sa_exc.DBAPIError, OSError):
+                pass
         await self.engine.dispose()
-
-    async def _answers(self, *, within: float) -> bool:
-        """False if a ping got no answer at all in time; a refusal or a reset is an answer
-        (closing a connection waits on neither)."""
-        try:
-            await asyncio.wait_for(self.ping(), within)
-        except TimeoutError:
-            return False
-        except (sa_exc.DBAPIError, OSError):
-            return True
-        return True
