@@ -25,8 +25,6 @@ from typing import Any
 from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS
 
-LOG_FORMATS = ("json", "console")
-
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 # The trace id answered in `X-Trace-Id`, also when the request itself is not traced (probes,
 # OTEL_SDK_DISABLED), so problem bodies and headers always agree.
@@ -281,39 +279,19 @@ def configure_logging(service: str, level: str = "INFO", log_format: str = "json
     logging.config.dictConfig(logging_config(service, level, log_format))
 
 
-class _NotAboutExporting(logging.Filter):
-    """Keeps the records of the exporters and of their HTTP and gRPC clients off the export:
-    a failing export logs, and exporting that record would fail and log again."""
-
-    _SOURCES = ("opentelemetry", "urllib3", "requests", "grpc")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        name = record.name
-        return not any(name == source or name.startswith(source + ".") for source in self._SOURCES)
+# The records of the exporters and of their HTTP and gRPC clients stay off the export: a failing
+# export logs, and exporting that record would fail and log again.
+_EXPORTING = frozenset(("opentelemetry", "urllib3", "requests", "grpc"))
 
 
 def _stdout_loggers() -> list[logging.Logger]:
     """The root logger and every logger that prints on its own (`gunicorn.error`)."""
-    loggers = [logging.getLogger()]
-    loggers += [
+    return [logging.getLogger()] + [
         logger
         for logger in logging.Logger.manager.loggerDict.values()
         if isinstance(logger, logging.Logger)
         and any(handler.name == "stdout" for handler in logger.handlers)
     ]
-    return loggers
-
-
-class _StampedOnce(logging.Filter):
-    """The printed line's filter has normally stamped and redacted the record already (the
-    stdout handler comes before the export handler on every logger); stamp it here only if not."""
-
-    def __init__(self, stamp: logging.Filter) -> None:
-        super().__init__()
-        self.stamp = stamp
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "request_id" in record.__dict__ or bool(self.stamp.filter(record))
 
 
 def add_export_handler(handler: logging.Handler) -> None:
@@ -323,10 +301,13 @@ def add_export_handler(handler: logging.Handler) -> None:
         (h for logger in _stdout_loggers() for h in logger.handlers if h.name == "stdout"), None
     )
     stamps = [f for f in stdout.filters if isinstance(f, ContextFilter)] if stdout else []
-    handler.addFilter(_NotAboutExporting())
+    stamp = stamps[0] if stamps else ContextFilter()
+    handler.addFilter(lambda record: record.name.partition(".")[0] not in _EXPORTING)
     # Not exported either (the printed line's filter has lowered them already, this drops them).
     handler.addFilter(BrokerReconnectFilter())
-    handler.addFilter(_StampedOnce(stamps[0] if stamps else ContextFilter()))
+    # The printed line's filter has normally stamped and redacted the record already (the
+    # stdout handler comes first on every logger): stamped here only if not.
+    handler.addFilter(lambda record: "request_id" in record.__dict__ or stamp.filter(record))
     for logger in _stdout_loggers():
         logger.addHandler(handler)
 
