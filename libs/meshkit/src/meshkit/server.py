@@ -35,7 +35,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import httptools
 from uvicorn.middleware.proxy_headers import _TrustedHosts
@@ -65,33 +65,26 @@ class ServerBounds:
     def from_environment(
         cls, cfg: Any = None, environ: Mapping[str, str] = os.environ
     ) -> ServerBounds:
-        """From gunicorn's settings where gunicorn has one, else from the environment."""
-
-        def number(name: str, default: float) -> float:
-            return float(environ.get(name, default))
-
+        """gunicorn's request limits from its settings (its 0, "no limit", keeps the default
+        bound), the other bounds from the environment."""
         defaults = cls()
-        return cls(
-            request_line=_gunicorn(cfg, "limit_request_line", defaults.request_line),
-            request_fields=_gunicorn(cfg, "limit_request_fields", defaults.request_fields),
-            request_field_size=_gunicorn(
-                cfg, "limit_request_field_size", defaults.request_field_size
-            ),
-            request_head_size=int(number("LIMIT_REQUEST_HEAD_SIZE", defaults.request_head_size)),
-            header_timeout=number("REQUEST_HEADER_TIMEOUT", defaults.header_timeout),
-            connections_per_address=int(
-                number("MAX_CONNECTIONS_PER_ADDRESS", defaults.connections_per_address)
-            ),
-            websocket_message_size=int(
-                number("WS_MAX_MESSAGE_SIZE", defaults.websocket_message_size)
-            ),
-        )
+        bounds: dict[str, Any] = {
+            field: int(getattr(cfg, f"limit_{field}", None) or getattr(defaults, field))
+            for field in ("request_line", "request_fields", "request_field_size")
+        }
+        for field, variable in _ENVIRONMENT.items():
+            default = getattr(defaults, field)
+            bounds[field] = type(default)(float(environ.get(variable, default)))
+        return cls(**bounds)
 
 
-def _gunicorn(cfg: Any, name: str, default: int) -> int:
-    value = getattr(cfg, name, None) if cfg is not None else None
-    # gunicorn's 0 means "no limit"; a bound is kept all the same.
-    return int(value) if value else default
+# The bounds gunicorn has no setting for, by their environment variables.
+_ENVIRONMENT = {
+    "request_head_size": "LIMIT_REQUEST_HEAD_SIZE",
+    "header_timeout": "REQUEST_HEADER_TIMEOUT",
+    "connections_per_address": "MAX_CONNECTIONS_PER_ADDRESS",
+    "websocket_message_size": "WS_MAX_MESSAGE_SIZE",
+}
 
 
 class _Connections:
@@ -157,7 +150,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_deadline: float | None = None
         self._head_bytes = 0  # received while a head is incomplete (a partial header included)
         self._fields_bytes = 0  # of the headers parsed so far
-        self._refusal: tuple[int, str, str] | None = None
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -180,8 +172,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        # uvicorn's, but a refusal raised in a parser callback is answered as itself rather
-        # than logged as an invalid request.
+        # uvicorn's, but a parser callback's refusal (answered already) is not logged and
+        # answered again as an invalid request.
         if self._refused:
             return  # lingering: read and dropped
         self._unset_keepalive_if_required()
@@ -194,9 +186,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         except httptools.HttpParserError:
-            if self._refusal is None:
+            if not self._refused:
                 self.logger.warning("Invalid HTTP request received.")
-            self.send_400_response("")
+                self._refuse(400, "invalid_request", "The request is not valid HTTP/1.1.")
             return
         if self._head_deadline is not None and not self._refused:
             # Still in a head after this chunk (httptools keeps a partial header in memory).
@@ -221,47 +213,32 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
-        if len(self.url) > self._bounds.request_line:
-            self._refusal = (
-                414,
-                "request_line_too_long",
-                f"The request target is longer than {self._bounds.request_line} bytes.",
+        limit = self._bounds.request_line
+        if len(self.url) > limit:
+            self._stop(
+                414, "request_line_too_long", f"The request target is longer than {limit} bytes."
             )
-            raise _RefusedError
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > self._bounds.request_field_size:
-            self._refusal = (
-                431,
-                "request_header_too_large",
-                f"A request header is larger than {self._bounds.request_field_size} bytes.",
+        bounds = self._bounds
+        if len(name) + len(value) > bounds.request_field_size:
+            size = bounds.request_field_size
+            self._stop(
+                431, "request_header_too_large", f"A request header is larger than {size} bytes."
             )
-            raise _RefusedError
-        if len(self.headers) >= self._bounds.request_fields:
-            self._refusal = (
-                431,
-                "too_many_request_headers",
-                f"The request has more than {self._bounds.request_fields} headers.",
+        if len(self.headers) >= bounds.request_fields:
+            count = bounds.request_fields
+            self._stop(
+                431, "too_many_request_headers", f"The request has more than {count} headers."
             )
-            raise _RefusedError
         self._fields_bytes += len(name) + len(value)
-        if self._fields_bytes > self._bounds.request_head_size:
-            self._refusal = self._head_too_large()
-            raise _RefusedError
+        if self._fields_bytes > bounds.request_head_size:
+            self._stop(*self._head_too_large())
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._head_deadline = None
         super().on_headers_complete()
-
-    def send_400_response(self, msg: str) -> None:
-        # uvicorn answers every parser error here, a refusal raised in a callback included.
-        status, reason, detail = self._refusal or (
-            400,
-            "invalid_request",
-            "The request is not valid HTTP/1.1.",
-        )
-        self._refuse(status, reason, detail)
 
     def check_head_deadline(self, now: float) -> None:
         deadline = self._head_deadline
@@ -272,6 +249,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 "request_header_timeout",
                 f"The request's headers did not arrive within {timeout:g} seconds.",
             )
+
+    def _stop(self, status: int, reason: str, detail: str) -> NoReturn:
+        """A refusal from a parser callback: answered, and the parser stopped."""
+        self._refuse(status, reason, detail)
+        raise _RefusedError
 
     def _refuse(self, status: int, reason: str, detail: str) -> None:
         if self._refused:
