@@ -38,10 +38,10 @@ from sqlalchemy.types import TypeEngine
 from meshkit.messaging.events import CloudEvent
 from meshkit.messaging.tracing import trace_carrier
 
-# The columns a writer fills, in this order: every statement below, its parameters
-# (`outbox_<column>`) and the relay's claim are derived from this list.
-WRITTEN_COLUMNS = ("id", "event_type", "event", "traceparent", "tracestate")
-_PARAMETERS = tuple(f"outbox_{name}" for name in WRITTEN_COLUMNS)
+# The columns a writer fills, in this order: every statement below and its parameters
+# (`outbox_<column>`) are derived from this list.
+_WRITTEN_COLUMNS = ("id", "event_type", "event", "traceparent", "tracestate")
+_PARAMETERS = tuple(f"outbox_{name}" for name in _WRITTEN_COLUMNS)
 
 # One row's parameters, as `outbox_row` makes them.
 OutboxRow = dict[str, Any]
@@ -70,17 +70,13 @@ def outbox_arrays(rows: Sequence[OutboxRow]) -> dict[str, list[Any]]:
     return {name: [row[name] for row in rows] for name in _PARAMETERS}
 
 
-def is_json(column: ColumnElement[Any]) -> bool:
-    """The event: written as the JSON text it was serialised to, read back as that text."""
-    return isinstance(column.type, JSONB)
-
-
+# The event is written as the JSON text it was serialised to (`outbox_row`).
 def _parameter_type(column: ColumnElement[Any]) -> TypeEngine[Any]:
-    return Text() if is_json(column) else column.type
+    return Text() if isinstance(column.type, JSONB) else column.type
 
 
 def _stored(column: ColumnElement[Any], value: ColumnElement[Any]) -> ColumnElement[Any]:
-    return cast(value, JSONB) if is_json(column) else value
+    return cast(value, JSONB) if isinstance(column.type, JSONB) else value
 
 
 class Outbox:
@@ -111,7 +107,7 @@ class Outbox:
             Column("sent_at", DateTime(timezone=True)),
             Index("ix_outbox_pending", "next_attempt_at", postgresql_where=text("sent_at IS NULL")),
         )
-        self._columns = [self.table.c[name] for name in WRITTEN_COLUMNS]
+        self._columns = [self.table.c[name] for name in _WRITTEN_COLUMNS]
         # INSERT … SELECT, because its columns are fixed: a plain INSERT in a CTE would take
         # more columns from the parameters of the statement it is attached to (`id`, …).
         values = select(
@@ -143,7 +139,7 @@ class Outbox:
                 ),
                 bindparam(key, type_=ARRAY(stored.type)),
             )
-            .table_valued(*WRITTEN_COLUMNS, "key")
+            .table_valued(*_WRITTEN_COLUMNS, "key")
             .render_derived()
         )
         values = select(*(_stored(column, rows.c[column.name]) for column in self._columns))

@@ -14,31 +14,30 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import aio_pika
-from sqlalchemy import ARRAY, Row, Table, Uuid, bindparam, delete, func, select, text, update
+from aio_pika.abc import AbstractExchange
+from sqlalchemy import ARRAY, Table, Uuid, bindparam, delete, func, select, text, update
+from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.dml import Update
-from sqlalchemy.sql.selectable import TextualSelect
+from sqlalchemy.sql import Executable, Update
 
 from meshkit.db import Database
 from meshkit.messaging.broker import BROKER_DOWN_ERRORS, Broker
 from meshkit.messaging.events import EVENTS_EXCHANGE, event_message
 from meshkit.messaging.metrics import message_attributes, sent_messages, watch_backlog
-from meshkit.messaging.outbox import WRITTEN_COLUMNS, Outbox, is_json
+from meshkit.messaging.outbox import Outbox
 from meshkit.messaging.tracing import context_from, publish_span, trace_carrier
 from meshkit.retry import Retry
 from meshkit.telemetry import metrics_enabled, sampled_out, tracing_enabled, untraced
 
 # The outbox's logger, as the runbook filters it.
 logger = logging.getLogger("meshkit.messaging.outbox")
-
-T = TypeVar("T")
 
 
 class DatabaseUnavailableError(Exception):
@@ -51,13 +50,6 @@ class _StopRequestedError(Exception):
     the statement was not run, or given up."""
 
 
-# Raised for one message: unroutable (returned) or refused by the broker (nacked).
-MESSAGE_REFUSED_ERRORS: tuple[type[BaseException], ...] = (
-    aio_pika.exceptions.PublishError,
-    aio_pika.exceptions.DeliveryError,
-)
-
-
 @dataclass(frozen=True, slots=True)
 class RelaySettings:
     # Large batches drain a backlog faster and with less of the relay's CPU: fewer claim/mark
@@ -68,11 +60,9 @@ class RelaySettings:
     retention: timedelta = timedelta(days=7)
     purge_every: float = 600.0
     backlog_every: float = 5.0
-
     # How long confirmed rows wait for the next claim to mark them before they are marked on
-    # their own: at 50 orders/s the next claim comes within 20 ms.
+    # their own: under load the next claim comes well before.
     mark_delay: float = 0.05
-
     # How long a stop waits for a statement that publishes nothing (a claim, a count) before
     # giving it up: one that has not answered by then waits on a database that is not there.
     statement_stop_wait: float = 1.0
@@ -80,9 +70,8 @@ class RelaySettings:
     @property
     def lease_seconds(self) -> float:
         """How long a claimed row is left to its relay before another may publish it: longer
-        than publishing a whole batch can take (its confirms are waited for at most
-        `publish_timeout`), and short, because it is also how long the rows of a claim whose
-        answer was lost with the database connection wait before they go out."""
+        than a batch's confirms may take (`publish_timeout`), and short, because the rows of a
+        claim whose answer was lost with the database connection wait as long."""
         return self.publish_timeout + 5.0
 
 
@@ -90,14 +79,6 @@ class _RelayStatements:
     """The relay's statements for one outbox table, built once."""
 
     def __init__(self, table: Table) -> None:
-        # What the claim returns of a row: the written columns (the event as its stored text),
-        # the attempts, and the envelope's `source` and `time` for the message's properties.
-        # The typed columns come first: a textual statement's columns match by position.
-        written = [table.c[name] for name in WRITTEN_COLUMNS]
-        typed = [column for column in written if not is_json(column)] + [table.c.attempts]
-        returned = [column.name for column in typed] + [
-            f"{column.name}::text AS {column.name}" for column in written if is_json(column)
-        ]
         # `= ANY(ARRAY(subquery))` makes PostgreSQL run the locking subquery once; the rows it
         # locked are updated by the same statement, so the claim needs no transaction. The
         # rows of the batch before (published since) are marked sent in the same statement.
@@ -106,9 +87,8 @@ class _RelayStatements:
         # keeps the plan made while its outbox was empty, until the table is analysed: without
         # it that plan scans the whole outbox, sent rows of the retention included, at every
         # claim (docs/benchmarks.md, "PostgreSQL per order").
-        self.claim: TextualSelect = (
-            text(
-                f"""
+        self.claim = text(
+            f"""
             WITH marked AS (
                 UPDATE {table.name} SET sent_at = now()
                 WHERE id = ANY(:sent) AND sent_at IS NULL
@@ -121,37 +101,21 @@ class _RelayStatements:
                 LIMIT :batch
                 FOR UPDATE SKIP LOCKED
             )) AND sent_at IS NULL
-            RETURNING {", ".join(returned)},
+            RETURNING id, event_type, event::text AS event, traceparent, tracestate, attempts,
                 event->>'source' AS source, event->>'time' AS time
             """  # noqa: S608 - the table name is the service's own, not input
-            )
-            .bindparams(bindparam("sent", type_=ARRAY(Uuid)))
-            .columns(*typed)
-        )
-        ids = bindparam("ids", type_=ARRAY(Uuid))
+        ).bindparams(bindparam("sent", type_=ARRAY(Uuid)))
         # `sent_at IS NULL` here too, for the plan (see the claim); a row marked already keeps
         # the time it was first marked.
-        self.mark_sent: Update = (
-            update(table)
-            .where(table.c.id == func.any(ids), table.c.sent_at.is_(None))
-            .values(sent_at=func.now())
+        pending = update(table).where(
+            table.c.id == func.any(bindparam("ids", type_=ARRAY(Uuid))), table.c.sent_at.is_(None)
         )
-        self.release: Update = (
-            update(table)
-            .where(table.c.id == func.any(ids), table.c.sent_at.is_(None))
-            .values(next_attempt_at=func.now())
-        )
-
-
-def _count_sent(rows: Sequence[Row[Any]], outcomes: Sequence[BaseException | None]) -> None:
-    """`messaging.client.sent.messages` for a published batch: one count per event type and
-    outcome, not one per message."""
-    counted = Counter(
-        (row.event_type, None if outcome is None else type(outcome).__name__)
-        for row, outcome in zip(rows, outcomes, strict=True)
-    )
-    for (event_type, error), count in counted.items():
-        sent_messages.add(count, message_attributes(EVENTS_EXCHANGE, event_type, error=error))
+        self.mark_sent: Update = pending.values(sent_at=func.now())
+        self.release: Update = pending.values(next_attempt_at=func.now())
+        self.count_pending = select(
+            func.count(),
+            func.coalesce(func.extract("epoch", func.now() - func.min(table.c.created_at)), 0),
+        ).where(table.c.sent_at.is_(None))
 
 
 class OutboxRelay:
@@ -267,12 +231,13 @@ class OutboxRelay:
     def _unavailable(self, _: BaseException) -> str:
         return f"outbox relay: {self._outage} unavailable"  # as the runbook searches for it
 
-    async def _unless_stopped(self, statement: Coroutine[Any, Any, T]) -> T:
+    async def _unless_stopped(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> CursorResult[*tuple[Any, ...]]:
         """Runs `statement` (one that publishes nothing) as a task `stop` may give up."""
         if self._stop_requested.is_set():
-            statement.close()
             raise _StopRequestedError
-        task = asyncio.ensure_future(statement)
+        task = asyncio.ensure_future(self._execute(statement, parameters))
         self._statement = task
         try:
             return await task
@@ -304,6 +269,12 @@ class OutboxRelay:
         except (DBAPIError, OSError) as exc:
             raise DatabaseUnavailableError(str(exc).splitlines()[0]) from exc
 
+    async def _execute(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> CursorResult[*tuple[Any, ...]]:
+        async with self._connect() as connection:
+            return await connection.execute(statement, parameters)
+
     async def _sleep(self, seconds: float) -> bool:
         """Sleeps, ending early on a wake-up (a stop wakes too); True if woken."""
         with contextlib.suppress(TimeoutError):
@@ -316,8 +287,7 @@ class OutboxRelay:
             return
         ids, self._unmarked = self._unmarked, []
         try:
-            async with self._connect() as connection:
-                await connection.execute(self._statements.mark_sent, {"ids": ids})
+            await self._execute(self._statements.mark_sent, {"ids": ids})
         except DatabaseUnavailableError:
             # Published, but still leased: the next claim tries again (or, if this process
             # ends first, another relay publishes them once more when the lease runs out).
@@ -331,7 +301,7 @@ class OutboxRelay:
         # The rows the last batch published are marked sent by this same statement.
         marks, self._unmarked = self._unmarked, []
         try:
-            rows = await self._unless_stopped(self._claim(marks))
+            rows = await self._claim(marks)
         except BaseException:
             self._unmarked = marks + self._unmarked
             raise
@@ -340,8 +310,14 @@ class OutboxRelay:
         outcomes = await asyncio.gather(
             *(self._publish(exchange, row) for row in rows), return_exceptions=True
         )
-        if metrics_enabled():
-            _count_sent(rows, outcomes)
+        if metrics_enabled():  # one count per event type and outcome, not one per message
+            counted = Counter(
+                (row.event_type, None if outcome is None else type(outcome).__name__)
+                for row, outcome in zip(rows, outcomes, strict=True)
+            )
+            for (event_type, error_type), count in counted.items():
+                attributes = message_attributes(EVENTS_EXCHANGE, event_type, error=error_type)
+                sent_messages.add(count, attributes)
         refused: list[tuple[Row[Any], BaseException]] = []
         broken: list[tuple[Any, BaseException]] = []
         for row, outcome in zip(rows, outcomes, strict=True):
@@ -349,7 +325,7 @@ class OutboxRelay:
                 # Marked by the next claim (which follows at once under load) or, when the relay
                 # goes idle, on their own after `mark_delay`: one statement per batch, not two.
                 self._unmarked.append(row.id)
-            elif isinstance(outcome, MESSAGE_REFUSED_ERRORS):
+            elif isinstance(outcome, aio_pika.exceptions.DeliveryError):  # returned, or nacked
                 refused.append((row, outcome))
             else:
                 broken.append((row.id, outcome))
@@ -370,36 +346,28 @@ class OutboxRelay:
     async def _claim(self, marks: list[Any]) -> Sequence[Row[Any]]:
         """Leases the next batch, marking the rows in `marks` sent."""
         settings = self._settings
-        async with self._connect() as connection:
-            result = await connection.execute(
-                self._statements.claim,
-                {"batch": settings.batch_size, "lease": settings.lease_seconds, "sent": marks},
-            )
-            return result.all()
+        parameters = {"batch": settings.batch_size, "lease": settings.lease_seconds, "sent": marks}
+        return (await self._unless_stopped(self._statements.claim, parameters)).all()
 
-    async def _publish(self, exchange: aio_pika.abc.AbstractExchange, row: Row[Any]) -> None:
+    async def _publish(self, exchange: AbstractExchange, row: Row[Any]) -> None:
         stored = {"traceparent": row.traceparent, "tracestate": row.tracestate}
-        if tracing_enabled():
-            parent = context_from(stored)
-            if not sampled_out(parent):
-                with publish_span(
-                    exchange=EVENTS_EXCHANGE,
-                    routing_key=row.event_type,
-                    message_id=str(row.id),
-                    parent=parent,
-                ):
-                    await self._send(exchange, row, trace_carrier())
-                return
-        # No span to make (tracing is off, and a no-op one costs CPU, docs/benchmarks.md; or
-        # the request that wrote the row was not sampled): the stored context travels on
-        # unchanged, so services downstream stay in the trace and keep its decision.
-        await self._send(exchange, row, {key: value for key, value in stored.items() if value})
+        parent = context_from(stored) if tracing_enabled() else None
+        if parent is None or sampled_out(parent):
+            # No span to make (tracing is off, and a no-op one costs CPU, docs/benchmarks.md; or
+            # the request that wrote the row was not sampled): the stored context travels on
+            # unchanged, so services downstream stay in the trace and keep its decision.
+            await self._send(exchange, row, {key: value for key, value in stored.items() if value})
+            return
+        with publish_span(
+            exchange=EVENTS_EXCHANGE,
+            routing_key=row.event_type,
+            message_id=str(row.id),
+            parent=parent,
+        ):
+            await self._send(exchange, row, trace_carrier())
 
     async def _send(
-        self,
-        exchange: aio_pika.abc.AbstractExchange,
-        row: Row[Any],
-        trace_headers: dict[str, str],
+        self, exchange: AbstractExchange, row: Row[Any], trace_headers: dict[str, str]
     ) -> None:
         message = event_message(
             row.event.encode(),
@@ -446,39 +414,17 @@ class OutboxRelay:
             return
         self._last_backlog = time.monotonic()
         try:
-            self.pending_rows, self.oldest_pending_age = await self._unless_stopped(
-                self._count_pending()
-            )
+            result = await self._unless_stopped(self._statements.count_pending)
         except DatabaseUnavailableError as exc:
             logger.info("outbox relay: backlog not measured (%s)", exc)
-
-    async def _count_pending(self) -> tuple[int, float]:
-        table = self._table
-        async with self._connect() as connection:
-            result = await connection.execute(
-                select(
-                    func.count(),
-                    func.coalesce(
-                        func.extract("epoch", func.now() - func.min(table.c.created_at)), 0
-                    ),
-                ).where(table.c.sent_at.is_(None))
-            )
-            count, age = result.one()
-        return int(count), float(age)
+            return
+        count, age = result.one()
+        self.pending_rows, self.oldest_pending_age = int(count), float(age)
 
     async def _maybe_purge(self) -> None:
         if time.monotonic() - self._last_purge < self._settings.purge_every:
             return
         self._last_purge = time.monotonic()
-        await self._unless_stopped(self._purge())
-
-    async def _purge(self) -> None:
         table = self._table
-        old = (
-            select(table.c.id)
-            .where(table.c.sent_at < func.now() - self._settings.retention)
-            .limit(5000)
-            .scalar_subquery()
-        )
-        async with self._connect() as connection:
-            await connection.execute(delete(table).where(table.c.id.in_(old)))
+        old = select(table.c.id).where(table.c.sent_at < func.now() - self._settings.retention)
+        await self._unless_stopped(delete(table).where(table.c.id.in_(old.limit(5000))))
