@@ -8,10 +8,9 @@ failures) is logged as a warning, the ones after it at debug, and its end at inf
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar, cast
+from typing import ParamSpec, TypeVar
 
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, stop_never
 from tenacity.asyncio import AsyncRetrying
@@ -80,67 +79,42 @@ class Retry:
     ) -> T:
         """Retries `fn`, whose first attempt (the caller's own) failed with `failure`, one of
         the failures this policy retries."""
-        outage = _Outage(self, failure)
+        named: str | None = None  # the name the outage's last failure was logged with
+
+        def before_sleep(state: RetryCallState) -> None:
+            nonlocal failure, named
+            assert state.outcome is not None
+            failure = state.outcome.exception() or failure
+            if self.stop is not None and self.stop.is_set():
+                raise failure
+            if self.logger is not None:
+                what = self.what if isinstance(self.what, str) else self.what(failure)
+                level = logging.DEBUG if what == named else logging.WARNING
+                named = what
+                self.logger.log(
+                    level, "%s (%s); retrying in %.1fs", what, failure, state.upcoming_sleep
+                )
+
+        async def sleep(seconds: float) -> None:
+            events = (event.wait() for event in (self.stop, self.wake) if event is not None)
+            await first_completed(asyncio.sleep(seconds), *events)
+            if self.stop is not None and self.stop.is_set():
+                raise failure
+
         retrying = AsyncRetrying(
-            sleep=outage.sleep,
+            sleep=sleep,
             stop=self._stop_after,
             wait=self._wait,
             retry=self._retry,
-            before_sleep=outage.before_sleep,
+            before_sleep=before_sleep,
             reraise=True,
         )
-        result: object = await retrying(outage.attempt, fn, *args, **kwargs)
-        outage.over(retrying.statistics["attempt_number"])
-        return cast("T", result)
-
-
-class _Outage:
-    """One call's run of failures: its attempts (the caller's first one replayed), the log
-    of its failures and the waits between them."""
-
-    __slots__ = ("_failure", "_named", "_pending", "_policy")
-
-    def __init__(self, policy: Retry, failure: BaseException) -> None:
-        self._policy = policy
-        self._pending: BaseException | None = failure
-        self._failure = failure
-        self._named: str | None = None  # the name the last failure was logged with
-
-    async def attempt(
-        self, fn: Callable[..., Awaitable[object]], /, *args: object, **kwargs: object
-    ) -> object:
-        if (failure := self._pending) is not None:
-            self._pending = None
-            raise failure
-        return await fn(*args, **kwargs)
-
-    def before_sleep(self, state: RetryCallState) -> None:
-        assert state.outcome is not None
-        failure = state.outcome.exception()
-        assert failure is not None
-        self._failure = failure
-        policy = self._policy
-        if policy.stop is not None and policy.stop.is_set():
-            raise failure
-        if policy.logger is None:
-            return
-        what = policy.what if isinstance(policy.what, str) else policy.what(failure)
-        level = logging.DEBUG if what == self._named else logging.WARNING
-        self._named = what
-        policy.logger.log(level, "%s (%s); retrying in %.1fs", what, failure, state.upcoming_sleep)
-
-    async def sleep(self, seconds: float) -> None:
-        stop, wake = self._policy.stop, self._policy.wake
-        events = [event.wait() for event in (stop, wake) if event is not None]
-        if not events:
-            await asyncio.sleep(seconds)
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await first_completed(*events)
-        if stop is not None and stop.is_set():
-            raise self._failure
-
-    def over(self, attempts: int) -> None:
-        if self._named is not None and self._policy.logger is not None:
-            self._policy.logger.info("%s; back after %d attempts", self._named, attempts)
+        async for attempt in retrying:
+            with attempt:
+                if attempt.retry_state.attempt_number == 1:
+                    raise failure  # the caller's own attempt, replayed so that tenacity counts it
+                result = await fn(*args, **kwargs)
+        if named is not None and self.logger is not None:
+            attempts = retrying.statistics["attempt_number"]
+            self.logger.info("%s; back after %d attempts", named, attempts)
+        return result
