@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections import Counter
@@ -48,7 +47,7 @@ from meshkit.db import is_database_unavailable
 from meshkit.messaging.broker import BROKER_DOWN_ERRORS
 from meshkit.messaging.events import TRACE_HEADERS, CloudEvent
 from meshkit.messaging.metrics import consumed_messages, message_attributes, process_duration
-from meshkit.messaging.tracing import context_from, span_carrier, start_process_span
+from meshkit.messaging.tracing import context_from, start_process_span, trace_carrier
 from meshkit.retry import Retry
 from meshkit.telemetry import metrics_enabled, sampled_out, tracing_enabled
 
@@ -66,14 +65,9 @@ class Delivery:
 
 Handler = Callable[[Sequence[Delivery]], Awaitable[None]]
 
+_MAX_RETRY_DELAY = 10.0  # seconds at most before a failed message is requeued
 _OUTAGE_RETRY_CAP = 2.0  # seconds between tries of a batch kept while the database is away
 _CANCEL_TIMEOUT = 2.0  # seconds a stop waits for the broker to confirm a cancelled subscription
-
-
-class _Left(enum.Enum):
-    """A batch left unsettled on stop (see `_run_handler`)."""
-
-    UNSETTLED = enum.auto()
 
 
 class MalformedEventError(ValueError):
@@ -101,13 +95,11 @@ class EventConsumer:
         handler: Handler,
         *,
         retry_delay: float = 0.5,
-        max_retry_delay: float = 10.0,
         max_batch: int = 100,
     ) -> None:
         self._queue = queue
         self._handler = handler
         self._retry_delay = retry_delay
-        self._max_retry_delay = max_retry_delay
         self._max_batch = max_batch
         self._tag: str | None = None
         self._arrived: list[AbstractIncomingMessage] = []
@@ -221,7 +213,7 @@ class EventConsumer:
                 message_id=message.message_id,
                 parent=parent,
             )
-            carrier = span_carrier(span)
+            carrier = trace_carrier(span)
         else:
             # No span to make (tracing is off, or the caller's trace is not sampled): the
             # message's own context is current and travels on, as the relay passes it on.
@@ -246,53 +238,37 @@ class EventConsumer:
             str(exc)[:500],
         )
 
-    async def _handle(self, batch: list[_Received]) -> None:
+    async def _handle(self, batch: list[_Received], *, alone: bool = False) -> None:
         """The whole batch at once, acked with one ack; on failure each message on its own."""
-        failure = await self._run_handler(batch, batch[0].span)
-        if failure is _Left.UNSETTLED:
-            return
+        failure = await self._run_handler(batch)
         if failure is None:
-            # Every earlier delivery of this channel is settled (batches run one after another).
-            await batch[-1].message.ack(multiple=True)
-        elif len(batch) == 1:
-            await self._settle_failure(batch[0], failure)
-        else:
-            # Which one failed? Each alone: the others are stored, the culprit retried.
-            await asyncio.gather(*(self._handle_alone(item) for item in batch))
-
-    async def _handle_alone(self, item: _Received) -> None:
-        failure = await self._run_handler([item], item.span)
-        if failure is _Left.UNSETTLED:
-            return
-        if failure is None:
-            await item.message.ack()
-        else:
-            await self._settle_failure(item, failure)
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleeps, ending at once on stop."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-
-    async def _run_handler(self, batch: list[_Received], span: Span) -> Exception | _Left | None:
-        """Runs the handler on `batch`; the exception it ended with, if any. While the failure
-        is the database being unavailable, the messages are kept and the batch tried again
-        after a growing pause: requeued, each delivery would spend the delivery limit, and a
-        long enough outage would dead-letter every message in flight. A stop during the
-        outage leaves them unsettled (`_Left.UNSETTLED`) for the broker to deliver again."""
-        deliveries = [item.delivery for item in batch if item.delivery is not None]
-        try:
-            await self._outage_retry(self._call_handler, deliveries, span)
-        except Exception as exc:
-            if not (self._stopping.is_set() and is_database_unavailable(exc)):
-                return exc
+            # Every earlier delivery of this channel is settled (batches run one after another);
+            # a message handled alone is one of several in flight at once.
+            await batch[-1].message.ack(multiple=not alone)
+        elif self._stopping.is_set() and is_database_unavailable(failure):
             logger.info(
                 "database unavailable while stopping: %d message(s) of %s left to the "
                 "broker to deliver again",
                 len(batch),
                 self._queue.name,
             )
-            return _Left.UNSETTLED
+        elif len(batch) == 1:
+            await self._settle_failure(batch[0], failure)
+        else:
+            # Which one failed? Each alone: the others are stored, the culprit retried.
+            await asyncio.gather(*(self._handle([item], alone=True) for item in batch))
+
+    async def _run_handler(self, batch: list[_Received]) -> Exception | None:
+        """Runs the handler on `batch`; the exception it ended with, if any. While the failure
+        is the database being unavailable, the messages are kept and the batch tried again
+        after a growing pause: requeued, each delivery would spend the delivery limit, and a
+        long enough outage would dead-letter every message in flight. A stop during the
+        outage leaves them unsettled, for the broker to deliver again."""
+        deliveries = [item.delivery for item in batch if item.delivery is not None]
+        try:
+            await self._outage_retry(self._call_handler, deliveries, batch[0].span)
+        except Exception as exc:
+            return exc
         return None
 
     async def _call_handler(self, deliveries: list[Delivery], span: Span) -> None:
@@ -318,5 +294,7 @@ class EventConsumer:
         )
         # Immediate requeues would spend the delivery limit in milliseconds while e.g. the
         # database restarts; pausing gives transient failures a chance (a stop ends it).
-        await self._pause(min(self._max_retry_delay, self._retry_delay * 2**attempt))
+        with contextlib.suppress(TimeoutError):
+            pause = min(_MAX_RETRY_DELAY, self._retry_delay * 2**attempt)
+            await asyncio.wait_for(self._stopping.wait(), pause)
         await item.message.nack(requeue=True)

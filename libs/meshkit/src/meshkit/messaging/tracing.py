@@ -30,10 +30,11 @@ tracer = trace.get_tracer("meshkit.messaging")
 RABBITMQ = MessagingSystemValues.RABBITMQ.value
 
 
-def trace_carrier() -> dict[str, str]:
-    """`traceparent`/`tracestate` of the current span, to store with an outbox row."""
+def trace_carrier(span: Span | None = None) -> dict[str, str]:
+    """`traceparent`/`tracestate` of `span`, current or not (default: the current context), to
+    store with an outbox row or hand to a handler."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=None if span is None else trace.set_span_in_context(span))
     return carrier
 
 
@@ -93,10 +94,3 @@ def start_process_span(
         kind=SpanKind.CONSUMER,
         attributes=attributes,
     )
-
-
-def span_carrier(span: Span) -> dict[str, str]:
-    """`traceparent`/`tracestate` of `span`, whether or not it is the current one."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span))
-    return carrier
