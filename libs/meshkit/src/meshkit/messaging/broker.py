@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 import aio_pika
 import aiormq
@@ -31,8 +31,6 @@ from meshkit.messaging.events import DEAD_LETTER_EXCHANGE, EVENTS_EXCHANGE
 from meshkit.retry import Retry
 
 logger = logging.getLogger("meshkit.messaging.broker")
-
-Declare = Callable[[AbstractChannel], Awaitable[None]]
 
 
 class BrokerUnavailableError(ConnectionError):
@@ -205,12 +203,6 @@ class Broker:
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=prefetch)
         return channel
-
-    async def declare(self, declare: Declare) -> None:
-        """Run a topology declaration on the publishing channel once connected."""
-        await self.wait_connected()
-        assert self._publish_channel is not None
-        await declare(self._publish_channel)
 
     async def close(self) -> None:
         """Stops connecting (at once, also mid-backoff or mid-reconnect) and closes the

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable
 from typing import Protocol
 
 from opentelemetry import metrics
@@ -73,25 +73,22 @@ def watch_backlog(source: BacklogSource) -> None:
     _sources.add(source)
 
 
-def _pending_rows(_: CallbackOptions) -> Iterable[Observation]:
-    return [Observation(s.pending_rows, {"outbox.table": s.table_name}) for s in list(_sources)]
-
-
-def _pending_age(_: CallbackOptions) -> Iterable[Observation]:
-    return [
-        Observation(s.oldest_pending_age, {"outbox.table": s.table_name}) for s in list(_sources)
-    ]
+def _backlog(
+    read: Callable[[BacklogSource], float],
+) -> Callable[[CallbackOptions], list[Observation]]:
+    """A gauge's callback: `read` of each relay of this process, by its outbox table."""
+    return lambda _: [Observation(read(s), {"outbox.table": s.table_name}) for s in list(_sources)]
 
 
 meter.create_observable_gauge(
     "outbox.pending.messages",
-    callbacks=[_pending_rows],
+    callbacks=[_backlog(lambda source: source.pending_rows)],
     unit="{message}",
     description="Outbox rows not yet published.",
 )
 meter.create_observable_gauge(
     "outbox.pending.age",
-    callbacks=[_pending_age],
+    callbacks=[_backlog(lambda source: source.oldest_pending_age)],
     unit="s",
     description="Age of the oldest outbox row not yet published.",
 )
