@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +24,6 @@ from aio_pika.abc import AbstractExchange
 from sqlalchemy import ARRAY, Table, Uuid, bindparam, delete, func, select, text, update
 from sqlalchemy.engine import CursorResult, Row
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable, Update
 
 from meshkit.db import Database
@@ -258,22 +257,17 @@ class OutboxRelay:
         await self._mark_unmarked()
         await self._sleep(self._settings.poll_interval)
 
-    @contextlib.asynccontextmanager
-    async def _connect(self) -> AsyncIterator[AsyncConnection]:
-        """An autocommit connection for the relay's own statements (no spans: one batch mixes
-        many traces); its failures raise `DatabaseUnavailableError`."""
-        try:
-            with untraced():
-                async with self._database.connect() as connection:
-                    yield connection
-        except (DBAPIError, OSError) as exc:
-            raise DatabaseUnavailableError(str(exc).splitlines()[0]) from exc
-
     async def _execute(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
     ) -> CursorResult[*tuple[Any, ...]]:
-        async with self._connect() as connection:
-            return await connection.execute(statement, parameters)
+        """Runs one of the relay's own statements on an autocommit connection (no spans: one
+        batch mixes many traces); its failures raise `DatabaseUnavailableError`."""
+        try:
+            with untraced():
+                async with self._database.connect() as connection:
+                    return await connection.execute(statement, parameters)
+        except (DBAPIError, OSError) as exc:
+            raise DatabaseUnavailableError(str(exc).splitlines()[0]) from exc
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleeps, ending early on a wake-up (a stop wakes too); True if woken."""
@@ -329,18 +323,13 @@ class OutboxRelay:
                 refused.append((row, outcome))
             else:
                 broken.append((row.id, outcome))
-        if refused or broken:
-            async with self._connect() as connection:
-                for row, error in refused:
-                    await self._postpone(connection, row, error)
-                if broken:
-                    # Not confirmed (the broker went away): free them at once rather than
-                    # when the lease ends, so they go out as soon as the broker is back.
-                    await connection.execute(
-                        self._statements.release, {"ids": [row_id for row_id, _ in broken]}
-                    )
+        for row, error in refused:
+            await self._postpone(row, error)
         if broken:
-            raise broken[0][1]  # the caller backs off
+            # Not confirmed (the broker went away): free them at once rather than when the
+            # lease ends, so they go out as soon as the broker is back; the caller backs off.
+            await self._execute(self._statements.release, {"ids": [row_id for row_id, _ in broken]})
+            raise broken[0][1]
         return len(rows)
 
     async def _claim(self, marks: list[Any]) -> Sequence[Row[Any]]:
@@ -384,9 +373,7 @@ class OutboxRelay:
             timeout=self._settings.publish_timeout,
         )
 
-    async def _postpone(
-        self, connection: AsyncConnection, row: Row[Any], error: BaseException
-    ) -> None:
+    async def _postpone(self, row: Row[Any], error: BaseException) -> None:
         """A refused or unroutable event waits (growing delays) instead of blocking the batch."""
         delay = min(60.0, 2.0 ** min(row.attempts, 6))
         logger.error(
@@ -396,7 +383,7 @@ class OutboxRelay:
             error,
             delay,
         )
-        await connection.execute(
+        await self._execute(
             update(self._table)
             .where(self._table.c.id == row.id)
             .values(
