@@ -21,11 +21,9 @@ itself to the dead-letter queue:
 - A batch whose channel was lost with the connection cannot be settled; the broker delivers it
   again once aio-pika has restored the connection and the subscription.
 
-Each message is processed in a `process <queue>` span whose parent is the trace context in the
-message headers (propagated by hand: aio-pika's instrumentation does not do it for every
-consume style, and we want the same behaviour for all of them). A batch's statements run in the
-span of its first message. When that context says the caller's trace was not sampled, no span
-is started (it would record nothing): the carried context itself is current.
+Each message is processed in a `process <queue>` span under the trace context in its headers
+(propagated by hand, docs/events.md), or in that context itself when the caller's trace was not
+sampled (a span would record nothing); a batch's statements run in its first message's span.
 """
 
 from __future__ import annotations

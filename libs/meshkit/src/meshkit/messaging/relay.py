@@ -145,7 +145,7 @@ class OutboxRelay:
             stop=self._stop_requested,
             wake=self._wake,
             logger=logger,
-            what=self._unavailable,
+            what=lambda _: f"outbox relay: {self._outage} unavailable",  # the runbook quotes it
         )
         self._last_purge = time.monotonic()
         self._last_backlog = float("-inf")
@@ -188,14 +188,12 @@ class OutboxRelay:
             while not self._stop_requested.is_set():
                 await self._retry(self._step)
         # The broker as it is now: it may have come back during a backoff, or gone while idle.
-        outage = "database" if self._outage == "database" else None
-        if not self._broker.is_connected:
-            outage = "broker"
-        if outage is not None:
+        broker_down = not self._broker.is_connected
+        if broker_down or self._outage == "database":
             logger.warning(
                 "outbox relay stopped while the %s is unreachable; unsent events stay in the "
                 "outbox for the next relay",
-                outage,
+                "broker" if broker_down else "database",
             )
         try:
             await self._mark_unmarked()
@@ -226,9 +224,6 @@ class OutboxRelay:
             self._outage = "broker"
             await self._maybe_measure_backlog()
             raise
-
-    def _unavailable(self, _: BaseException) -> str:
-        return f"outbox relay: {self._outage} unavailable"  # as the runbook searches for it
 
     async def _unless_stopped(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
