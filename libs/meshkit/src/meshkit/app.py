@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from opentelemetry import trace
 
@@ -32,6 +32,16 @@ def readiness_checks(app: FastAPI) -> MutableMapping[str, ReadinessCheck]:
     """The app's named readiness checks; a service lifespan adds its own (e.g. the broker)."""
     checks: MutableMapping[str, ReadinessCheck] = app.state.readiness
     return checks
+
+
+def app_state(name: str) -> Any:
+    """A dependency on `app.state.<name>`, which the lifespan sets (async: FastAPI runs a plain
+    `def` dependency in its thread pool, a hand-off per request)."""
+
+    async def from_state(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    return Depends(from_state)
 
 
 def create_service_app(
@@ -98,11 +108,7 @@ def create_service_app(
     )
     install_problem_handlers(app)
     app.add_middleware(RequestContextMiddleware, default_headers=default_headers)
-
-    def checks(request: Request) -> MutableMapping[str, ReadinessCheck]:
-        return readiness_checks(request.app)
-
-    app.include_router(health_router(checks))
+    app.include_router(health_router(readiness_checks))
     for router in routers:
         app.include_router(router, responses=PROBLEM_RESPONSES)
     _document_problems(app)

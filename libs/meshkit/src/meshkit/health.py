@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from meshkit.problems import problem_response
@@ -29,9 +29,9 @@ async def _run_check(check: ReadinessCheck, limit_seconds: float) -> str | None:
 
 
 def health_router(
-    checks: Callable[[Request], Mapping[str, ReadinessCheck]], *, timeout: float = 2.0
+    checks: Callable[[FastAPI], Mapping[str, ReadinessCheck]], *, timeout: float = 2.0
 ) -> APIRouter:
-    """`checks(request)` returns the named checks of the running app (they live in its state)."""
+    """`checks(app)` returns the named checks of the running app (they live in its state)."""
     router = APIRouter(tags=["health"], include_in_schema=False)
 
     @router.get("/healthz")
@@ -40,7 +40,7 @@ def health_router(
 
     @router.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
-        named = dict(checks(request))
+        named = dict(checks(request.app))
         results = await asyncio.gather(*(_run_check(c, timeout) for c in named.values()))
         failing = {name: error for name, error in zip(named, results, strict=True) if error}
         if failing:

@@ -7,9 +7,10 @@ from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import ExitStack
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, WebSocket, status
+from fastapi import APIRouter, Depends, Query, WebSocket, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from meshkit.app import app_state
 from meshkit.auth import CurrentPrincipal, InvalidTokenError, TokenVerifier
 from meshkit.concurrency import first_completed
 from meshkit.pagination import Page, PageParamsDep
@@ -24,13 +25,8 @@ POLICY_VIOLATION = status.WS_1008_POLICY_VIOLATION
 STREAM_RETRY_AFTER = "30"
 
 
-async def _hub(request: Request) -> PushHub:
-    hub: PushHub = request.app.state.push_hub
-    return hub
-
-
 async def _subscription(
-    principal: CurrentPrincipal, hub: Annotated[PushHub, Depends(_hub)]
+    principal: CurrentPrincipal, hub: Annotated[PushHub, app_state("push_hub")]
 ) -> AsyncIterator[Subscription]:
     # Subscribed before the response starts, so nothing published after the client has
     # seen the headers can be missed; unsubscribed when the stream ends.

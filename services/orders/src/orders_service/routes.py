@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, status
+from fastapi import APIRouter, Header, status
 
+from meshkit.app import app_state
 from meshkit.auth import CurrentPrincipal
 from meshkit.pagination import Page, PageParamsDep
 from meshkit.unit_of_work import UnitOfWorkDep
@@ -14,13 +15,7 @@ from orders_service import service
 from orders_service.schemas import OrderCreate, OrderRead
 from orders_service.users import UsersClient
 
-
-async def _users(request: Request) -> UsersClient:
-    users: UsersClient = request.app.state.users
-    return users
-
-
-UsersDep = Annotated[UsersClient, Depends(_users)]
+UsersDep = Annotated[UsersClient, app_state("users")]
 
 orders = APIRouter(prefix="/api/orders", tags=["orders"])
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
+from meshkit.app import app_state
 from meshkit.auth import CurrentPrincipal
 from meshkit.fields import StorableStr
 from meshkit.unit_of_work import UnitOfWorkDep
@@ -16,19 +17,8 @@ from users_service.login_limits import LoginLimiter
 from users_service.schemas import AccessToken, UserCreate, UserRead
 from users_service.security import TokenIssuer
 
-
-async def _issuer(request: Request) -> TokenIssuer:
-    issuer: TokenIssuer = request.app.state.token_issuer
-    return issuer
-
-
-async def _limiter(request: Request) -> LoginLimiter:
-    limiter: LoginLimiter = request.app.state.login_limiter
-    return limiter
-
-
-IssuerDep = Annotated[TokenIssuer, Depends(_issuer)]
-LimiterDep = Annotated[LoginLimiter, Depends(_limiter)]
+IssuerDep = Annotated[TokenIssuer, app_state("token_issuer")]
+LimiterDep = Annotated[LoginLimiter, app_state("login_limiter")]
 
 users = APIRouter(prefix="/api/users", tags=["users"])
 auth = APIRouter(prefix="/api/auth", tags=["auth"])
