@@ -25,16 +25,7 @@ from meshkit.messaging import EVENTS_EXCHANGE, declare_exchanges
 from notifications_service.settings import NotificationsSettings
 
 # Broker bookkeeping that must not travel with a replayed message.
-_BROKER_HEADERS = (
-    "x-death",
-    "x-delivery-count",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-)
+_BROKER_HEADERS = ("x-death", "x-delivery-count", "x-first-death-", "x-last-death-")
 
 
 @dataclass(frozen=True)
@@ -91,7 +82,11 @@ async def replay(url: str, queue_name: str, ids: Sequence[str] | None) -> list[s
             dead = describe(message)
             if ids is not None and dead.message_id not in ids:
                 continue
-            headers = {k: v for k, v in (message.headers or {}).items() if k not in _BROKER_HEADERS}
+            headers = {
+                k: v
+                for k, v in (message.headers or {}).items()
+                if not k.startswith(_BROKER_HEADERS)
+            }
             await exchange.publish(
                 aio_pika.Message(
                     body=message.body,
@@ -122,31 +117,23 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     chosen.add_argument("--all", action="store_true", help="every message in the DLQ")
     chosen.add_argument("ids", nargs="*", default=[], help="event ids (message ids)")
     args = parser.parse_args(argv)
-    settings = NotificationsSettings()
-    try:
-        return _run(args, settings, out, parser)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        out.write(
-            f"no queue {settings.events_queue}.dlq at this RABBITMQ_URL: the notifications "
-            "service declares it when it starts\n"
-        )
-        return 1
-
-
-def _run(
-    args: argparse.Namespace,
-    settings: NotificationsSettings,
-    out: TextIO,
-    parser: argparse.ArgumentParser,
-) -> int:
-    if args.command == "list":
-        for dead in asyncio.run(list_dead_letters(settings.rabbitmq_url, settings.events_queue)):
-            out.write(json.dumps(dead.__dict__) + "\n")
-        return 0
-    ids = None if args.all else list(args.ids)
+    ids = None if args.command == "list" or args.all else list(args.ids)
     if ids is not None and not ids:
         parser.error("name the event ids to replay, or --all")
-    done = asyncio.run(replay(settings.rabbitmq_url, settings.events_queue, ids))
+    settings = NotificationsSettings()
+    url, queue = settings.rabbitmq_url, settings.events_queue
+    try:
+        if args.command == "list":
+            for dead in asyncio.run(list_dead_letters(url, queue)):
+                out.write(json.dumps(dead.__dict__) + "\n")
+            return 0
+        done = asyncio.run(replay(url, queue, ids))
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        out.write(
+            f"no queue {queue}.dlq at this RABBITMQ_URL: the notifications service declares it "
+            "when it starts\n"
+        )
+        return 1
     out.write(f"replayed {len(done)} message(s): {' '.join(done)}\n")
     missing = sorted(set(ids or ()) - set(done))
     if missing:

@@ -136,9 +136,8 @@ class EventProcessing:
 
     async def stop(self) -> None:
         """Stop receiving and finish messages in flight (the relay's lifespan stops it next)."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
         if self._task is not None:
+            self._task.cancel()  # no effect once it has started them
             await asyncio.gather(self._task, return_exceptions=True)
         for consumer in self._consumers:
             await consumer.stop()

@@ -94,11 +94,8 @@ class PushHub:
                 # A client that does not read must not hold memory or other clients up; it
                 # can catch up with GET /api/notifications.
                 logger.warning("push buffer full for a stream of user %s", notification.user_id)
-                continue
-            try:
+            else:
                 queue.put_nowait(notification)
-            except asyncio.QueueFull:  # pragma: no cover - guarded by the size check above
-                logger.warning("push buffer full for a stream of user %s", notification.user_id)
 
     async def handle(self, deliveries: Sequence[Delivery]) -> None:
         """Handler of this process's `notification.created` subscription."""
