@@ -62,14 +62,10 @@ def new_metadata() -> MetaData:
 class Database:
     """The engine of one process; created and disposed by the lifespan.
 
-    Repositories run SQLAlchemy Core statements on an `AsyncConnection`, cheaper than the ORM
-    on every request (docs/benchmarks.md, "What an order costs").
-
-    `pre_ping` is off by default: SQLAlchemy's asyncpg ping is three round trips (BEGIN, an
-    empty query, ROLLBACK) at every checkout — as many as a whole read. Without it a connection
-    that died with the server fails its request once; SQLAlchemy then invalidates every pooled
-    connection older than the failure, and that request is answered 503 with Retry-After
-    (`is_database_unavailable`), so clients retry (docs/benchmarks.md).
+    `pre_ping` is off by default: SQLAlchemy's asyncpg ping is three round trips at every
+    checkout, as many as a whole read. Without it a connection that died with the server fails
+    one request, answered 503 (`is_database_unavailable`), and SQLAlchemy invalidates every
+    pooled connection older than the failure (docs/benchmarks.md).
     """
 
     def __init__(

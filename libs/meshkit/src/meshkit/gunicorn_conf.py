@@ -69,14 +69,9 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Keep what the worker imported and built at start-up out of every later collection.
-
-    The app, its routes, schemas and ORM metadata are tens of thousands of long-lived objects;
-    each full collection walked them all with the event loop stopped, which showed in the
-    order → notification latency (docs/benchmarks.md). Garbage of the start-up is collected
-    first, so none of it is frozen. Young collections then run every `GC_YOUNG_THRESHOLD`
-    allocations rather than every 700, and the service spends less of its time in them.
-    """
+    """Keep the tens of thousands of long-lived objects built at start-up (the app, routes,
+    schemas, metadata) out of every later collection, whose walks stopped the event loop
+    (docs/benchmarks.md); the start-up's garbage is collected first so none of it is frozen."""
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()

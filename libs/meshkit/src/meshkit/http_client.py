@@ -196,14 +196,9 @@ def _parsed(url: str) -> httpx.URL:
 
 class ServiceClient:
     """One long-lived, pooled client of another service: httpx requests sent straight to
-    httpx's transport API, answered with httpx responses and errors.
-
-    `httpx.AsyncClient` wraps every call in layers the mesh uses none of — merging URLs,
-    headers and cookies into each request, auth flows, redirect handling, and a cookie jar that
-    keeps what one answer set and sends it with every later request to that host (for a
-    gateway, one user's cookie on everybody's requests), at a cost per call that rivals the
-    transport's own (docs/benchmarks.md, "What an order costs").
-    """
+    httpx's transport API, without `httpx.AsyncClient`'s layers the mesh uses none of (URL,
+    header and cookie merging, auth, redirects; a cookie jar would send one user's cookie with
+    everybody's requests), which cost as much per call as the transport (docs/benchmarks.md)."""
 
     def __init__(
         self, transport: httpx.AsyncBaseTransport, *, base_url: str, timeout: httpx.Timeout

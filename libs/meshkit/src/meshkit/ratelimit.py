@@ -1,20 +1,11 @@
 """Rate-limit counters shared by every replica, with `limits`, that never take the service down.
 
-`RATE_LIMIT_STORAGE_URI` names the `limits` storage: `memory://` counts in each process (each
-gunicorn worker of each replica on its own, so N processes let a client through N times its
-limit); `redis://host:6379/0` shares one count between all of them.
-
-When the shared storage does not answer within `RATE_LIMIT_STORAGE_TIMEOUT` (refused, reset,
-or a host that swallows packets), the decision is made again on this process's own memory
-counters: requests keep being served, and a single abusive client is still limited per process.
-The first failure is logged at WARNING, once per outage and process; after it the shared storage
-is tried again by one request every `RATE_LIMIT_STORAGE_RETRY_SECONDS`, and the recovery is
-logged once. The gauge `rate_limit.storage.available` is 1 while a process counts in the
-configured storage and 0 while it counts on its own (always 1 with `memory://`).
-
-`limits` has no fallback of its own: its Redis storage raises `limits.errors.StorageError`
-(`wrap_exceptions=True`), or the socket's `OSError` for a connection reset under a command, and
-this module decides what to do with them.
+`RATE_LIMIT_STORAGE_URI` names the `limits` storage: `memory://` counts in each process,
+`redis://host:6379/0` shares one count between all of them. While the shared storage does not
+answer, decisions are made on this process's own memory counters, one request per period probes
+the storage again, and the change is logged once each way (docs/gateway.md, "Rate limits across
+replicas"). `limits` has no fallback of its own: its Redis storage raises `StorageError`
+(`wrap_exceptions=True`), or the socket's `OSError` for a reset under a command.
 """
 
 from __future__ import annotations

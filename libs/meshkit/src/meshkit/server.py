@@ -1,29 +1,13 @@
 """The uvicorn worker every deployable is served by (gunicorn's `worker_class`), with bounds on
 what one client may hold of a server process before any application code runs.
 
-uvicorn's worker passes gunicorn's `keepalive` on (idle keep-alive connections are closed
-after `KEEPALIVE` seconds), but not gunicorn's request limits, and uvicorn's httptools
-protocol bounds neither the size of a request head nor the time it may take to arrive. This
-worker serves HTTP with a subclass of that protocol that does, and WebSockets with uvicorn's
-own protocol and its message size limit:
-
-- the request target: gunicorn's `limit_request_line` (`LIMIT_REQUEST_LINE`, 4094) -> 414;
-- the headers: gunicorn's `limit_request_fields` (`LIMIT_REQUEST_FIELDS`, 100) and
-  `limit_request_field_size` (`LIMIT_REQUEST_FIELD_SIZE`, 8190), and the whole head
-  (`LIMIT_REQUEST_HEAD_SIZE`, 32768 bytes) -> 431;
-- the time a request head may take to arrive (slowloris), from the connection or the request's
-  first byte (`REQUEST_HEADER_TIMEOUT`, 10 s) -> 408;
-- connections at once per client address and process (`MAX_CONNECTIONS_PER_ADDRESS`, 128;
-  0: none) -> 429;
-- a WebSocket message: uvicorn's `ws_max_size` (`WS_MAX_MESSAGE_SIZE`, 65536 bytes) -> the
-  socket is closed with 1009.
-
-The answers are problem+json with `Connection: close`, written by the protocol itself (the
-app never sees the request); the connection then stops sending, reads and drops what the
-client still sends for up to a second, and closes, so a client still writing reads the answer
-instead of a reset. Peers that `FORWARDED_ALLOW_IPS` trusts (proxies, whose connections carry
-many clients) are not counted per address: behind a proxy that bound is the proxy's.
-Every refusal is counted in `resource_limit.refusals` (`meshkit.resources`).
+uvicorn's worker passes gunicorn's `keepalive` on but not its request limits, and uvicorn's
+httptools protocol bounds neither the size of a request head nor the time it takes to arrive.
+This worker's HTTP protocol does (414, 431, 408), and bounds the connections per client address
+(429; not for peers `FORWARDED_ALLOW_IPS` trusts: behind a proxy that bound is the proxy's); its
+WebSocket protocol applies `ws_max_size`. The protocol itself answers with problem+json and a
+lingering close, and counts the refusal in `resource_limit.refusals`. Bounds, settings and
+answers: docs/gateway.md, "Bounds on what one client holds".
 """
 
 from __future__ import annotations
