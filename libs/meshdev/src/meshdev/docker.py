@@ -6,17 +6,24 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
 REPOSITORY = Path(__file__).resolve().parents[4]
 # Written by `make offline-images`: the names of the images made here from Debian packages.
 IMAGES_ENV = REPOSITORY / ".dev" / "images.env"
 DEPLOYABLES = ("gateway", "users", "orders", "notifications")
+IMAGE_NAMES = (
+    "POSTGRES_IMAGE",
+    "RABBITMQ_IMAGE",
+    "REDIS_IMAGE",
+    "MESH_IMAGE_REPO",
+    "MESH_IMAGE_TAG",
+)
 
 
 def docker_cli() -> str:
@@ -65,22 +72,10 @@ def require_engine() -> None:
 
 def image_settings() -> dict[str, str]:
     """Image names: the environment first, then `.dev/images.env` (offline images)."""
-    settings: dict[str, str] = {}
-    if IMAGES_ENV.exists():
-        for line in IMAGES_ENV.read_text().splitlines():
-            name, separator, value = line.partition("=")
-            if separator and not name.startswith("#"):
-                settings[name.strip()] = value.strip()
-    for name in (
-        "POSTGRES_IMAGE",
-        "RABBITMQ_IMAGE",
-        "REDIS_IMAGE",
-        "MESH_IMAGE_REPO",
-        "MESH_IMAGE_TAG",
-    ):
-        if os.environ.get(name):
-            settings[name] = os.environ[name]
-    return settings
+    settings = {
+        name: value for name, value in dotenv_values(IMAGES_ENV).items() if value is not None
+    }
+    return settings | {name: os.environ[name] for name in IMAGE_NAMES if os.environ.get(name)}
 
 
 def app_image(deployable: str) -> str:
@@ -106,16 +101,6 @@ def require_images(images: Sequence[str]) -> None:
         image for image in images if docker("image", "inspect", image, check=False).returncode
     ]
     assert not missing, f"images not built: {missing} (make images, or make offline-images first)"
-
-
-@contextmanager
-def network(name: str) -> Iterator[str]:
-    """A user-defined network of the test's own (DNS by container name and alias)."""
-    docker("network", "create", "--label", "mesh.test=1", name)
-    try:
-        yield name
-    finally:
-        docker("network", "rm", name, check=False)
 
 
 def remove_containers(*names: str) -> None:
