@@ -17,20 +17,14 @@ from typing import Any
 
 import grpc
 import uvicorn
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
-    ExportLogsServiceRequest,
-    ExportLogsServiceResponse,
+    ExportLogsServiceRequest as LogsRequest,
 )
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-    ExportMetricsServiceResponse,
+    ExportMetricsServiceRequest as MetricsRequest,
 )
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
+    ExportTraceServiceRequest as TraceRequest,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from starlette.applications import Starlette
@@ -69,6 +63,17 @@ def _scoped(resources: Any, scopes: str, items: str) -> Iterator[tuple[dict[str,
         for scope in getattr(resource, scopes):
             for item in getattr(scope, items):
                 yield attributes, scope, item
+
+
+def _receiver(request_type: Any, store: Callable[[Any], None]) -> Callable[..., bytes]:
+    """Keeps the items of a serialized export request; answers with the serialized response,
+    which is empty (full success) for every signal."""
+
+    def receive(body: bytes, context: object = None) -> bytes:
+        store(request_type.FromString(body))
+        return b""
+
+    return receive
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ class OtlpReceiver:
     def grpc_url(self) -> str:
         return f"http://127.0.0.1:{self.grpc_port}"
 
-    def _store_spans(self, message: ExportTraceServiceRequest) -> None:
+    def _store_spans(self, message: TraceRequest) -> None:
         for resource, _, span in _scoped(message.resource_spans, "scope_spans", "spans"):
             self.spans.append(
                 ReceivedSpan(
@@ -145,7 +150,7 @@ class OtlpReceiver:
                 )
             )
 
-    def _store_points(self, message: ExportMetricsServiceRequest) -> None:
+    def _store_points(self, message: MetricsRequest) -> None:
         for resource, _, metric in _scoped(message.resource_metrics, "scope_metrics", "metrics"):
             service = str(resource.get("service.name"))
             kind = metric.WhichOneof("data")
@@ -158,7 +163,7 @@ class OtlpReceiver:
                     ReceivedPoint(service, metric.name, _attributes(point.attributes), value)
                 )
 
-    def _store_log_records(self, message: ExportLogsServiceRequest) -> None:
+    def _store_log_records(self, message: LogsRequest) -> None:
         for resource, scope, record in _scoped(message.resource_logs, "scope_logs", "log_records"):
             self.log_records.append(
                 ReceivedLogRecord(
@@ -175,80 +180,37 @@ class OtlpReceiver:
                 )
             )
 
-    def _http_route(
-        self, path: str, request_type: Any, store: Callable[[Any], None], response_type: Any
-    ) -> Route:
-        async def receive(request: Request) -> Response:
-            store(request_type.FromString(await request.body()))
-            return Response(
-                response_type().SerializeToString(), media_type="application/x-protobuf"
-            )
-
-        return Route(path, receive, methods=["POST"])
-
     def start(self) -> OtlpReceiver:
-        app = Starlette(
-            routes=[
-                self._http_route(
-                    "/v1/traces",
-                    ExportTraceServiceRequest,
-                    self._store_spans,
-                    ExportTraceServiceResponse,
-                ),
-                self._http_route(
-                    "/v1/metrics",
-                    ExportMetricsServiceRequest,
-                    self._store_points,
-                    ExportMetricsServiceResponse,
-                ),
-                self._http_route(
-                    "/v1/logs",
-                    ExportLogsServiceRequest,
-                    self._store_log_records,
-                    ExportLogsServiceResponse,
-                ),
-            ]
+        # Per signal: its OTLP/HTTP path, the collector's gRPC service, its request, its store.
+        signals = (
+            ("/v1/traces", "trace.v1.TraceService", TraceRequest, self._store_spans),
+            ("/v1/metrics", "metrics.v1.MetricsService", MetricsRequest, self._store_points),
+            ("/v1/logs", "logs.v1.LogsService", LogsRequest, self._store_log_records),
         )
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self._receivers = {path: _receiver(request, store) for path, _, request, store in signals}
+        routes = [Route(path, self._receive_http, methods=["POST"]) for path in self._receivers]
+        config = uvicorn.Config(
+            Starlette(routes=routes), host="127.0.0.1", port=self.port, log_level="warning"
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
-        self._grpc_server = self._start_grpc() if self.grpc else None
+        self._grpc_server = grpc.server(ThreadPoolExecutor(max_workers=4)) if self.grpc else None
+        if self._grpc_server is not None:
+            for path, service, _, _ in signals:
+                name = f"opentelemetry.proto.collector.{service}"
+                methods = {"Export": grpc.unary_unary_rpc_method_handler(self._receivers[path])}
+                handler = grpc.method_handlers_generic_handler(name, methods)
+                self._grpc_server.add_generic_rpc_handlers((handler,))
+            self._grpc_server.add_insecure_port(f"127.0.0.1:{self.grpc_port}")
+            self._grpc_server.start()
         while not self._server.started:
             time.sleep(0.01)
         return self
 
-    def _start_grpc(self) -> Any:
-        receiver = self
-
-        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(self, request: ExportTraceServiceRequest, context: Any) -> Any:  # noqa: N802
-                receiver._store_spans(request)
-                return ExportTraceServiceResponse()
-
-        class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
-            def Export(self, request: ExportMetricsServiceRequest, context: Any) -> Any:  # noqa: N802
-                receiver._store_points(request)
-                return ExportMetricsServiceResponse()
-
-        class Logs(logs_service_pb2_grpc.LogsServiceServicer):
-            def Export(self, request: ExportLogsServiceRequest, context: Any) -> Any:  # noqa: N802
-                receiver._store_log_records(request)
-                return ExportLogsServiceResponse()
-
-        server = grpc.server(ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            Traces(), server
-        )
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            Metrics(), server
-        )
-        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            Logs(), server
-        )
-        server.add_insecure_port(f"127.0.0.1:{self.grpc_port}")
-        server.start()
-        return server
+    async def _receive_http(self, request: Request) -> Response:
+        answer = self._receivers[request.url.path](await request.body())
+        return Response(answer, media_type="application/x-protobuf")
 
     def stop(self) -> None:
         self._server.should_exit = True
