@@ -61,33 +61,23 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, held + 1}
 """
 
-# KEYS: the users' lease sets. ARGV[1]: lease life (ms); ARGV[1 + i]: the lease in KEYS[i].
-# Extends the leases that are still there; answers the positions of those that are gone
-# (expired during a storage outage longer than their life, or a restarted Redis).
+# KEYS: the users' lease sets. ARGV[1]: lease life (ms); ARGV[2]: 'restore' to add the leases
+# that are gone too; ARGV[2 + i]: the lease in KEYS[i]. Extends the leases that are still there;
+# answers the positions of those that were gone (expired during a storage outage longer than
+# their life, or a restarted Redis).
 _RENEW = """
 local now = redis.call('TIME')
 local expiry = now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[1])
 local missing = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('ZSCORE', key, ARGV[i + 1]) then
-    redis.call('ZADD', key, expiry, ARGV[i + 1])
+  if ARGV[2] == 'restore' or redis.call('ZSCORE', key, ARGV[i + 2]) then
+    redis.call('ZADD', key, expiry, ARGV[i + 2])
     redis.call('PEXPIRE', key, ARGV[1])
   else
     missing[#missing + 1] = i
   end
 end
 return missing
-"""
-
-# Same as _RENEW's update, unconditionally: a still-open stream whose lease was lost.
-_RESTORE = """
-local now = redis.call('TIME')
-local expiry = now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, expiry, ARGV[i + 1])
-  redis.call('PEXPIRE', key, ARGV[1])
-end
-return #KEYS
 """
 
 
@@ -142,7 +132,6 @@ class UserStreamLeases:
             self._redis = redis_client(storage_uri, timeout=timeout)
             self._acquire_script = self._redis.register_script(_ACQUIRE)
             self._renew_script = self._redis.register_script(_RENEW)
-            self._restore_script = self._redis.register_script(_RESTORE)
         watch_storage(self)
 
     @property
@@ -206,13 +195,14 @@ class UserStreamLeases:
         keys = [key for _, key in held]
         leases = [lease for lease, _ in held]
         try:
-            missing = await self._renew_script(keys=keys, args=[self._ttl_ms, *leases])
+            missing = await self._renew_script(keys=keys, args=[self._ttl_ms, "", *leases])
+            # Those still held (not released meanwhile) are still-open streams: counted again.
             lost = [held[int(i) - 1] for i in missing]
             lost = [(lease, key) for lease, key in lost if lease in self._held]
             if lost:
-                await self._restore_script(
+                await self._renew_script(
                     keys=[key for _, key in lost],
-                    args=[self._ttl_ms, *(lease for lease, _ in lost)],
+                    args=[self._ttl_ms, "restore", *(lease for lease, _ in lost)],
                 )
         except STORAGE_ERRORS as exc:
             self._fallback.failed(str(exc) or type(exc).__name__)
