@@ -16,6 +16,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from mesh_gateway.settings import GatewaySettings
 from mesh_gateway.streams import UserStreamLeases
 from meshdev.api import UsersApi
 from meshdev.customers import eventually
@@ -288,7 +289,14 @@ async def test_a_renewal_writes_back_the_lease_of_an_open_stream_that_redis_lost
     """A Redis restarted without its data (or an outage longer than a lease) loses leases of
     streams that are still open; the next renewal counts them again, and a closed stream's
     lease is not brought back."""
-    leases = UserStreamLeases(limit=2, lease_seconds=30, storage_uri=redis_url, key_prefix="t")
+    leases = UserStreamLeases(
+        GatewaySettings(
+            stream_limit_per_user=2,
+            stream_lease_seconds=30,
+            rate_limit_storage_uri=redis_url,
+            rate_limit_key_prefix="t",
+        )
+    )
     redis = redis_client(redis_url, timeout=1.0)
     user = f"user-{uuid.uuid4().hex[:8]}"
     try:

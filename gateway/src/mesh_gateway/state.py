@@ -60,21 +60,6 @@ def _upstream(settings: GatewaySettings, name: str, url: str) -> Upstream:
     )
 
 
-def _stream_gate(settings: GatewaySettings) -> tuple[StreamGate, UserStreamLeases | None]:
-    leases = None
-    if settings.stream_limit_per_user:
-        leases = UserStreamLeases(
-            limit=settings.stream_limit_per_user,
-            lease_seconds=settings.stream_lease_seconds,
-            storage_uri=settings.rate_limit_storage_uri,
-            key_prefix=settings.rate_limit_key_prefix,
-            timeout=settings.rate_limit_storage_timeout,
-            retry_seconds=settings.rate_limit_storage_retry_seconds,
-        )
-    gate = StreamGate(limit_per_process=settings.stream_limit_per_process, leases=leases)
-    return gate, leases
-
-
 @asynccontextmanager
 async def gateway_state(
     settings: GatewaySettings, routes: RouteTable, verifier: TokenVerifier
@@ -90,11 +75,13 @@ async def gateway_state(
         edge = Edge(
             verifier=verifier, rate_limiter=rate_limiter, body_limit=settings.body_limit_bytes
         )
-        streams, leases = _stream_gate(settings)
-        if leases is not None:
+        leases = None
+        if settings.stream_limit_per_user:
+            leases = UserStreamLeases(settings)
             stack.callback(leases.close)
             renewing = asyncio.create_task(leases.renew_forever(), name="stream-leases")
             stack.push_async_callback(_cancelled, renewing)
+        streams = StreamGate(limit_per_process=settings.stream_limit_per_process, leases=leases)
         upstreams = {}
         for name, url in settings.upstream_urls().items():
             upstream = upstreams[name] = _upstream(settings, name, url)

@@ -1,24 +1,9 @@
-"""Caps on long-lived streams (event streams and WebSockets, counted together) at the edge.
-
-A new stream needs room in this process (`STREAM_LIMIT_PER_PROCESS`, a count in memory: its
-own upstream pool is as large, so streams never wait for, or take, the connections of
-ordinary requests) and then a lease of its user (`STREAM_LIMIT_PER_USER`, across every worker
-and replica). Only streams pay for the lease; ordinary requests never reach this module.
-
-Leases live in the rate-limit storage (`RATE_LIMIT_STORAGE_URI`): one sorted set per user,
-`<RATE_LIMIT_KEY_PREFIX>:streams:<user>`, whose members are the user's open streams scored
-by their expiry in Redis' own clock. Taking one is one script (drop expired members, count,
-add if below the cap); the process renews its leases every third of `STREAM_LEASE_SECONDS`
-and removes each when its stream ends. A process that dies holding leases stops renewing
-them, and they stop counting within `STREAM_LEASE_SECONDS`.
-
-While the storage does not answer, a process counts its own streams per user in memory with
-the same cap, tries the storage again every `RATE_LIMIT_STORAGE_RETRY_SECONDS` and says so
-once (as the rate limits do, `meshkit.ratelimit`; its gauge `rate_limit.storage.available`
-reports this store as `gateway-streams`).
-
-Over the user's cap the newest stream is refused and the open ones are kept
-(docs/gateway.md, "Streams").
+"""Caps on long-lived streams (event streams and WebSockets, counted together) at the edge:
+room in this process (a count in memory), then a lease of its user across every worker and
+replica — a member of `<RATE_LIMIT_KEY_PREFIX>:streams:<user>` in the rate-limit storage,
+scored by its expiry in Redis' own clock, so a dead process's leases lapse; in this process's
+memory while that storage does not answer. Only streams pay for the lease; ordinary requests
+never reach this module. Over a cap the new stream is refused (docs/gateway.md, "Streams").
 """
 
 from __future__ import annotations
@@ -27,11 +12,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from mesh_gateway.edge import POLICY_VIOLATION, TRY_AGAIN_LATER, Refusal
+from mesh_gateway.settings import GatewaySettings
 from meshkit.ratelimit import (
     MEMORY,
     STORAGE_ERRORS,
@@ -102,24 +88,14 @@ class UserStreamLeases:
 
     name = "gateway-streams"
 
-    def __init__(
-        self,
-        *,
-        limit: int,
-        lease_seconds: float,
-        storage_uri: str = "memory://",
-        key_prefix: str = "mesh",
-        timeout: float = 0.1,
-        retry_seconds: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limit = limit
-        self.lease_seconds = lease_seconds
-        self._ttl_ms = int(lease_seconds * 1000)
-        self._key_prefix = key_prefix
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.limit = settings.stream_limit_per_user
+        self.lease_seconds = settings.stream_lease_seconds
+        self._ttl_ms = int(self.lease_seconds * 1000)
+        self._key_prefix = settings.rate_limit_key_prefix
         self._fallback = StorageFallback(
-            retry_seconds=retry_seconds,
-            clock=clock,
+            retry_seconds=settings.rate_limit_storage_retry_seconds,
+            clock=time.monotonic,
             log=logger,
             lost="stream-lease storage unreachable (%s): streams are counted per user in this "
             "process until it answers again (tried every %s s)",
@@ -128,8 +104,9 @@ class UserStreamLeases:
         self._local: dict[str, set[str]] = {}
         self._held: dict[str, str] = {}  # shared leases of this process: lease -> key
         self._redis: Any = None
-        if storage_scheme(storage_uri) != MEMORY:
-            self._redis = redis_client(storage_uri, timeout=timeout)
+        uri = settings.rate_limit_storage_uri
+        if storage_scheme(uri) != MEMORY:
+            self._redis = redis_client(uri, timeout=settings.rate_limit_storage_timeout)
             self._acquire_script = self._redis.register_script(_ACQUIRE)
             self._renew_script = self._redis.register_script(_RENEW)
         watch_storage(self)
