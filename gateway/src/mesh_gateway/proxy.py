@@ -64,16 +64,8 @@ class Upstream:
 
     name: str
     client: ServiceClient
+    streams: ServiceClient
     breaker: CircuitBreaker
-    streams: ServiceClient | None = None  # the stream pool; None: streams use `client`
-
-    @property
-    def stream_client(self) -> ServiceClient:
-        return self.streams or self.client
-
-    @property
-    def url(self) -> str:
-        return self.client.base_url
 
     async def ready(self) -> None:
         """Readiness: the upstream process answers its liveness probe."""
@@ -85,6 +77,14 @@ class Upstream:
 def client_address(scope: Scope) -> str:
     client = scope.get("client")
     return client[0] if client else "unknown"
+
+
+def request_target(scope: Scope) -> str:
+    """The request's path and query exactly as the client encoded them."""
+    path: bytes = scope.get("raw_path") or scope["path"].encode()
+    query: bytes = scope.get("query_string", b"")
+    target = path.decode("latin-1")
+    return f"{target}?{query.decode('latin-1')}" if query else target
 
 
 class BodyTooLargeError(Exception):
@@ -297,13 +297,13 @@ class HttpForwarder:
             _RequestBody(receive, self._edge.body_limit, self._body_timeout) if has_body else None
         )
         method: str = scope["method"]
-        client = upstream.client if stream is None else upstream.stream_client
+        client = upstream.client if stream is None else upstream.streams
         # Without a body, the wait for the answer's headers is bounded on its own (`_answer`),
         # so that a started response (an event stream idling between keep-alives) may pause
         # longer than the answer may take; with a body, the read timeout bounds both.
         request = client.build_request(
             method,
-            self._target(scope),
+            request_target(scope),
             headers=self._forward_headers(scope),
             content=body.stream() if body is not None else None,
             timeout=None if has_body else self._stream_timeout,
@@ -471,14 +471,6 @@ class HttpForwarder:
                 logger.warning("event stream broke off: %s", exc)
         except* Exception:  # noqa: S110 - anything else ends the stream as a client leaving does
             pass
-
-    @staticmethod
-    def _target(scope: Scope) -> str:
-        """The request's path and query exactly as the client encoded them."""
-        path: bytes = scope.get("raw_path") or scope["path"].encode()
-        query: bytes = scope.get("query_string", b"")
-        target = path.decode("latin-1")
-        return f"{target}?{query.decode('latin-1')}" if query else target
 
     @staticmethod
     def _forward_headers(scope: Scope) -> list[tuple[bytes, bytes]]:

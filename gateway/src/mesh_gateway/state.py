@@ -86,7 +86,7 @@ async def gateway_state(
         for name, url in settings.upstream_urls().items():
             upstream = upstreams[name] = _upstream(settings, name, url)
             stack.push_async_callback(upstream.client.aclose)
-            stack.push_async_callback(upstream.stream_client.aclose)
+            stack.push_async_callback(upstream.streams.aclose)
         document = MergedApiDocument(
             clients={name: u.client for name, u in upstreams.items()},
             prefixes={name: routes.prefixes_of(name) for name in upstreams},

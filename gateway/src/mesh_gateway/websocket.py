@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from mesh_gateway.edge import POLICY_VIOLATION, TRY_AGAIN_LATER, Edge, EdgeRequest, Refusal
-from mesh_gateway.proxy import Upstream, client_address
+from mesh_gateway.proxy import Upstream, client_address, request_target
 from mesh_gateway.streams import StreamGate
 from meshkit.concurrency import first_completed
 from meshkit.logging import request_id_var
@@ -177,10 +177,8 @@ class WebSocketForwarder:
 
     @staticmethod
     def _upstream_url(upstream: Upstream, scope: Scope) -> str:
-        base = upstream.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        path: str = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-        query: bytes = scope.get("query_string", b"")
-        return base + path + (f"?{query.decode('latin-1')}" if query else "")
+        base = upstream.client.base_url.replace("http://", "ws://", 1)
+        return base.replace("https://", "wss://", 1) + request_target(scope)
 
     @staticmethod
     def _headers(scope: Scope) -> list[tuple[str, str]]:
