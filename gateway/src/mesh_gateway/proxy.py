@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import httpx
 from starlette.requests import Request
@@ -87,16 +88,8 @@ def request_target(scope: Scope) -> str:
     return f"{target}?{query.decode('latin-1')}" if query else target
 
 
-class BodyTooLargeError(Exception):
-    pass
-
-
-class ClientGoneError(Exception):
-    pass
-
-
-class BodyTimeoutError(Exception):
-    pass
+class _BodyStoppedError(Exception):
+    """The request body broke off; `_RequestBody.stopped` says why."""
 
 
 class _RequestBody:
@@ -108,43 +101,41 @@ class _RequestBody:
         self._receive = receive
         self._limit = limit
         self._deadline = asyncio.get_running_loop().time() + timeout
-        self.too_large = False
-        self.client_gone = False
-        self.timed_out = False
+        self.stopped: Literal["client gone", "too large", "too slow"] | None = None
 
     async def _next(self) -> Message:
         try:
             async with asyncio.timeout_at(self._deadline):
                 return await self._receive()
         except TimeoutError:
-            self.timed_out = True
-            raise BodyTimeoutError from None
+            self.stopped = "too slow"
+            raise _BodyStoppedError from None
 
     async def stream(self) -> AsyncIterator[bytes]:
         received = 0
         while True:
             message = await self._next()
             if message["type"] == "http.disconnect":
-                self.client_gone = True
-                raise ClientGoneError
+                self.stopped = "client gone"
+                raise _BodyStoppedError
             chunk: bytes = message.get("body", b"")
             received += len(chunk)
             if received > self._limit:
-                self.too_large = True
-                raise BodyTooLargeError
+                self.stopped = "too large"
+                raise _BodyStoppedError
             if chunk:
                 yield chunk
             if not message.get("more_body", False):
                 return
 
-    async def drain(self, limit: int) -> None:
-        """Read and drop what the client still sends (up to `limit` bytes), so it is done
+    async def drain(self) -> None:
+        """Read and drop what the client still sends (up to `_LINGER_BYTES`), so it is done
         writing and reads the 413 instead of failing on a connection reset mid-upload."""
         drained = 0
-        while drained <= limit:
+        while drained <= _LINGER_BYTES:
             try:
                 message = await self._next()
-            except BodyTimeoutError:
+            except _BodyStoppedError:
                 return
             if message["type"] == "http.disconnect":
                 return
@@ -178,31 +169,12 @@ def _classify(exc: httpx.HTTPError, upstream: str) -> _Failure:
     return _Failure(502, f"The {upstream} service sent no valid answer.")
 
 
-async def send_problem(
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    *,
-    status: int,
-    detail: str,
-    headers: Mapping[str, str] | None = None,
-    extra_headers: Sequence[tuple[bytes, bytes]] = (),
-) -> None:
-    response = problem_response(Request(scope), status=status, detail=detail, headers=headers)
-    response.raw_headers.extend(extra_headers)
-    await response(scope, receive, send)
-
-
 async def send_refusal(scope: Scope, receive: Receive, send: Send, refusal: Refusal) -> None:
-    await send_problem(
-        scope,
-        receive,
-        send,
-        status=refusal.status,
-        detail=refusal.detail,
-        headers=refusal.headers,
-        extra_headers=refusal.rate_headers,
+    response = problem_response(
+        Request(scope), status=refusal.status, detail=refusal.detail, headers=refusal.headers
     )
+    response.raw_headers.extend(refusal.rate_headers)
+    await response(scope, receive, send)
 
 
 class HttpForwarder:
@@ -218,11 +190,7 @@ class HttpForwarder:
     ) -> None:
         self._edge = edge
         self._streams = streams
-        self._retry = (
-            Retry(on=_RETRYABLE, base=0.1, cap=1.0, attempts=1 + retry_attempts)
-            if retry_attempts
-            else None
-        )
+        self._retry = Retry(on=_RETRYABLE, base=0.1, cap=1.0, attempts=1 + retry_attempts)
         self._answer_timeout = answer_timeout
         self._stream_timeout = stream_timeout
         self._body_timeout = body_timeout
@@ -264,8 +232,16 @@ class HttpForwarder:
             breaker=upstream.breaker,
         )
         if isinstance(admitted, Refusal):
-            if admitted is self._edge.body_too_large:
-                await self._drain_declared_body(receive, declared, expects_continue)
+            # Before a 413 for a declared size, a client still uploading must be done, or the
+            # close resets the connection under it and it never reads the 413. One waiting for
+            # `100 Continue` sends nothing more; one sending far more is cut off either way.
+            limit = self._edge.body_limit
+            if (
+                admitted is self._edge.body_too_large
+                and not expects_continue
+                and (declared or 0) <= limit + _LINGER_BYTES
+            ):
+                await _RequestBody(receive, limit, self._body_timeout).drain()
             await send_refusal(scope, receive, send, admitted)
             return
 
@@ -308,7 +284,7 @@ class HttpForwarder:
             content=body.stream() if body is not None else None,
             timeout=None if has_body else self._stream_timeout,
         )
-        response = await self._answer(scope, receive, send, upstream, client, request, body, method)
+        response = await self._answer(scope, receive, send, upstream, client, request, body)
         if response is None:
             return  # answered with a problem, or the client is gone
         upstream.breaker.record_success()
@@ -334,17 +310,6 @@ class HttpForwarder:
         finally:
             await response.aclose()
 
-    async def _drain_declared_body(
-        self, receive: Receive, declared: int | None, expects_continue: bool
-    ) -> None:
-        """Before a 413 for a declared size: a client that is still uploading must be done
-        before the answer and the close, or the close resets the connection under it and it
-        never reads the 413. One that waits for `100 Continue` sends nothing more; one sending
-        far more than the linger allowance is cut off either way."""
-        limit = self._edge.body_limit
-        if not expects_continue and (declared or 0) <= limit + _LINGER_BYTES:
-            await _RequestBody(receive, limit, self._body_timeout).drain(_LINGER_BYTES)
-
     async def _answer(
         self,
         scope: Scope,
@@ -354,7 +319,6 @@ class HttpForwarder:
         client: ServiceClient,
         request: httpx.Request,
         body: _RequestBody | None,
-        method: str,
     ) -> httpx.Response | None:
         """The upstream's answer (headers received, body still streaming), or None once a
         problem has been sent instead."""
@@ -369,30 +333,25 @@ class HttpForwarder:
                     # Retrying is safe only when the request never reached the upstream, only
                     # for methods that may be repeated, and only without a body (a streamed
                     # body cannot be replayed).
-                    if self._retry is None or body is not None or method not in IDEMPOTENT_METHODS:
+                    if body is not None or request.method not in IDEMPOTENT_METHODS:
                         raise
                     return await self._retry.after(exc, client.send, request)
         except TimeoutError:
             if request.extensions.get(POOLED, True):
                 upstream.breaker.record_failure()
-                await send_problem(
-                    scope,
-                    receive,
-                    send,
-                    status=504,
-                    detail=f"The {upstream.name} service did not answer in time.",
-                )
+                late = Refusal(504, f"The {upstream.name} service did not answer in time.")
+                await send_refusal(scope, receive, send, late)
                 return None
             # Cut short while still waiting for a connection of the gateway's own pool.
             error = httpx.PoolTimeout("no free connection in time", request=request)
         except httpx.HTTPError as exc:
-            if body is not None and body.client_gone:
+            if body is not None and body.stopped == "client gone":
                 return None  # nobody is left to answer
-            if body is not None and body.too_large:
-                await body.drain(_LINGER_BYTES)
+            if body is not None and body.stopped == "too large":
+                await body.drain()
                 await send_refusal(scope, receive, send, self._edge.body_too_large)
                 return None
-            if body is not None and body.timed_out:
+            if body is not None and body.stopped == "too slow":
                 count_refusal("request_body_timeout")
                 await send_refusal(scope, receive, send, self._body_too_slow)
                 return None
@@ -400,24 +359,18 @@ class HttpForwarder:
         failure = _classify(error, upstream.name)
         if failure.upstream_fault:
             upstream.breaker.record_failure()
-            logger.warning("%s %s: %s (%s)", method, upstream.name, failure.detail, error)
+            logger.warning("%s %s: %s (%s)", request.method, upstream.name, failure.detail, error)
         else:
             count_refusal("upstream_pool_full")
             logger.warning(
                 "%s %s: the gateway's own pool of connections to it is full (%s); "
                 "answered 503, not counted against the upstream",
-                method,
+                request.method,
                 upstream.name,
                 error,
             )
-        await send_problem(
-            scope,
-            receive,
-            send,
-            status=failure.status,
-            detail=failure.detail,
-            headers={"Retry-After": "1"} if failure.status == 503 else None,
-        )
+        headers = {"Retry-After": "1"} if failure.status == 503 else {}
+        await send_refusal(scope, receive, send, Refusal(failure.status, failure.detail, headers))
         return None
 
     async def _relay(
