@@ -96,31 +96,29 @@ async def gateway_state(
             refresh_seconds=settings.openapi_refresh_seconds,
         )
         refresher = asyncio.create_task(document.run(), name="openapi-refresh")
-        try:
-            yield GatewayState(
-                upstreams=upstreams,
-                http=HttpForwarder(
-                    edge=edge,
-                    streams=streams,
-                    retry_attempts=settings.retry_attempts,
-                    answer_timeout=settings.upstream_read_timeout,
-                    stream_timeout=httpx.Timeout(
-                        settings.stream_read_timeout,
-                        connect=settings.upstream_connect_timeout,
-                        pool=settings.upstream_connect_timeout,
-                    ),
-                    body_timeout=settings.request_body_timeout,
+        stack.push_async_callback(_cancelled, refresher)
+        yield GatewayState(
+            upstreams=upstreams,
+            http=HttpForwarder(
+                edge=edge,
+                streams=streams,
+                retry_attempts=settings.retry_attempts,
+                answer_timeout=settings.upstream_read_timeout,
+                stream_timeout=httpx.Timeout(
+                    settings.stream_read_timeout,
+                    connect=settings.upstream_connect_timeout,
+                    pool=settings.upstream_connect_timeout,
                 ),
-                websocket=WebSocketForwarder(
-                    edge=edge,
-                    streams=streams,
-                    open_timeout=settings.upstream_connect_timeout + settings.upstream_read_timeout,
-                    messages_per_second=settings.websocket_messages_per_second,
-                ),
-                document=document,
-            )
-        finally:
-            await _cancelled(refresher)
+                body_timeout=settings.request_body_timeout,
+            ),
+            websocket=WebSocketForwarder(
+                edge=edge,
+                streams=streams,
+                open_timeout=settings.upstream_connect_timeout + settings.upstream_read_timeout,
+                messages_per_second=settings.websocket_messages_per_second,
+            ),
+            document=document,
+        )
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

@@ -2,18 +2,15 @@
 upstream, frames are relayed both ways and close codes propagated — the transport only.
 
 Browsers cannot set headers on a WebSocket upgrade, so the token comes as `?access_token=`
-(contract); the URL is redacted from logs by meshkit. A refused upgrade is accepted and closed
-with the refusal's code (1008 for a bad token or a user over the stream cap, 1013 to try again
-later). An admitted socket holds a stream slot of its process and a lease of its user
-(`mesh_gateway.streams`) until it ends, and is closed with 1008 when its client sends more
-than `WEBSOCKET_MESSAGES_PER_SECOND` messages in a second. The upstream side uses `websockets`
-(httpx's pluggable transports cannot upgrade with the aiohttp transport).
+(contract; meshkit redacts it from logs). The upstream side uses `websockets` (httpx's
+pluggable transports cannot upgrade with the aiohttp transport). docs/gateway.md has the codes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from opentelemetry import propagate
@@ -36,19 +33,12 @@ _NOT_SENDABLE = frozenset({1005, 1006, 1015})
 _FORWARDED_HEADERS = frozenset({b"traceparent", b"tracestate", b"user-agent", b"origin"})
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WebSocketForwarder:
-    def __init__(
-        self,
-        *,
-        edge: Edge,
-        streams: StreamGate,
-        open_timeout: float,
-        messages_per_second: int,
-    ) -> None:
-        self._edge = edge
-        self._streams = streams
-        self._open_timeout = open_timeout
-        self._messages_per_second = messages_per_second
+    edge: Edge
+    streams: StreamGate
+    open_timeout: float
+    messages_per_second: int
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, upstream: Upstream
@@ -57,7 +47,7 @@ class WebSocketForwarder:
         if connect_message["type"] != "websocket.connect":
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        admitted = await self._edge.admit(
+        admitted = await self.edge.admit(
             EdgeRequest(
                 method="GET",
                 path=scope["path"],
@@ -71,14 +61,14 @@ class WebSocketForwarder:
         if isinstance(admitted, Refusal):
             await self._refuse(send, admitted)
             return
-        opened = await self._streams.open(admitted.client, "websocket")
+        opened = await self.streams.open(admitted.client, "websocket")
         if isinstance(opened, Refusal):
             await self._refuse(send, opened)
             return
         try:
             await self._forward(scope, receive, send, upstream)
         finally:
-            await self._streams.close(opened)
+            await self.streams.close(opened)
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, upstream: Upstream
@@ -88,7 +78,7 @@ class WebSocketForwarder:
                 self._upstream_url(upstream, scope),
                 additional_headers=self._headers(scope),
                 subprotocols=scope.get("subprotocols") or None,
-                open_timeout=self._open_timeout,
+                open_timeout=self.open_timeout,
                 proxy=None,
                 compression=None,
                 user_agent_header=None,
@@ -112,7 +102,7 @@ class WebSocketForwarder:
 
     async def _relay(self, receive: Receive, send: Send, upstream: ClientConnection) -> None:
         loop = asyncio.get_running_loop()
-        limit = self._messages_per_second
+        limit = self.messages_per_second
 
         async def client_to_upstream() -> None:
             window_started, in_window = loop.time(), 0
