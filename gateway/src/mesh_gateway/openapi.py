@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import logging
 import random
 from collections.abc import Mapping
@@ -148,22 +149,17 @@ class MergedApiDocument:
         refresh_seconds: float,
     ) -> None:
         self._clients = clients
-        self._prefixes = prefixes
-        self._title = title
-        self._version = version
-        self._description = description
         self._refresh_seconds = refresh_seconds
         self._documents: dict[str, Document] = {}
-        self.document: Document = self._merge()
-
-    def _merge(self) -> Document:
-        return merge_documents(
+        self._merge = functools.partial(
+            merge_documents,
             self._documents,
-            self._prefixes,
-            title=self._title,
-            version=self._version,
-            description=self._description,
+            prefixes,
+            title=title,
+            version=version,
+            description=description,
         )
+        self.document: Document = self._merge()
 
     @property
     def services(self) -> frozenset[str]:
@@ -196,8 +192,5 @@ class MergedApiDocument:
         delay = 0.5
         while True:
             complete = await self.refresh()
-            if complete:
-                delay = self._refresh_seconds
-            else:
-                delay = min(max(delay * 2, 0.5), self._refresh_seconds)
+            delay = self._refresh_seconds if complete else min(delay * 2, self._refresh_seconds)
             await asyncio.sleep(delay * random.uniform(0.9, 1.1))  # noqa: S311
