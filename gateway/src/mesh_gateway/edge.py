@@ -25,8 +25,6 @@ logger = logging.getLogger("mesh_gateway.edge")
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
 
-_BEARER = "Bearer"
-
 
 @dataclass(frozen=True, slots=True)
 class EdgeRequest:
@@ -137,7 +135,7 @@ def _unauthorized(detail: str) -> Refusal:
     return Refusal(
         401,
         detail,
-        {"WWW-Authenticate": _BEARER},
+        {"WWW-Authenticate": "Bearer"},
         close_code=POLICY_VIOLATION,
         close_reason="invalid or missing access token",
     )

@@ -42,9 +42,10 @@ class RouteTable:
         self._routes = sorted(routes, key=lambda route: len(route.prefix), reverse=True)
 
     def match(self, path: str) -> Route | None:
-        if _has_dot_segment(path):
-            # Upstream clients normalise dot segments (`/api/users/../../internal/x` becomes
-            # `/internal/x`), so such a path would escape its prefix: it is routed nowhere.
+        # Upstream clients normalise dot segments (`/api/users/../../internal/x` becomes
+        # `/internal/x`), so such a path would escape its prefix: it is routed nowhere. The path
+        # is percent-decoded: `%2e%2e` and `..%2f` are caught too.
+        if any(segment in (".", "..") for segment in path.split("/")):
             return None
         for route in self._routes:
             prefix = route.prefix
@@ -54,11 +55,6 @@ class RouteTable:
 
     def prefixes_of(self, upstream: str) -> tuple[str, ...]:
         return tuple(route.prefix for route in self._routes if route.upstream == upstream)
-
-
-def _has_dot_segment(path: str) -> bool:
-    """`.` or `..` as a segment of the (percent-decoded) path, `%2e%2e` and `..%2f` included."""
-    return any(segment in (".", "..") for segment in path.split("/"))
 
 
 def is_public(method: str, path: str) -> bool:
