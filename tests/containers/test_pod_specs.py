@@ -26,7 +26,14 @@ from typing import ClassVar
 
 import pytest
 
-from meshdev.deployfiles import expand
+from meshdev.deployfiles import (
+    Cluster,
+    Manifest,
+    PodSpecError,
+    container_env,
+    expand,
+    referenced_secrets,
+)
 from meshdev.docker import (
     app_image,
     docker,
@@ -39,14 +46,10 @@ from meshdev.mesh import MESH
 from meshdev.podspecs import (
     PROBE_KINDS,
     ContainerRun,
-    Manifest,
-    Objects,
     OperatorStandIns,
     PodIdentity,
     PodNetwork,
-    PodSpecError,
     Probe,
-    container_env,
     container_run,
     ed25519_pem,
     image_user,
@@ -58,7 +61,6 @@ from meshdev.podspecs import (
     pod_name,
     pod_network,
     pod_template,
-    referenced_secrets,
     rendered_overlay,
     throwaway_password,
     wait_for_probe,
@@ -138,7 +140,7 @@ class RunningOverlay:
 
     overlay: str
     manifests: list[Manifest]
-    objects: Objects
+    cluster: Cluster
     network: PodNetwork
     files_root: Path
     memory_root: Path
@@ -154,8 +156,7 @@ class RunningOverlay:
         )
         return container_run(
             workload,
-            self.manifests,
-            self.objects,
+            self.cluster,
             identity=identity,
             image=image,
             user_of_image=image_user(image),
@@ -302,7 +303,7 @@ class PodSpecs:
             running = RunningOverlay(
                 cls.overlay,
                 manifests,
-                Objects.of(manifests, provided),
+                Cluster(cls.overlay, manifests, provided),
                 network,
                 files_root,
                 memory_root,
@@ -407,9 +408,10 @@ def test_a_variable_sees_only_those_defined_before_it() -> None:
             {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ],
     }
-    objects = Objects({"settings": {"HOST": b"users", "PORT": b"8001"}}, {})
+    settings = {"kind": "ConfigMap", "metadata": {"name": "settings"}}
+    cluster = Cluster("test", [settings | {"data": {"HOST": "users", "PORT": "8001"}}], {})
     identity = PodIdentity("users-0", "mesh", "10.0.0.2", "10.0.0.1")
-    env = container_env(container, {"spec": {}}, objects, identity)
+    env = container_env(container, cluster, identity.fields({"spec": {}}))
     assert env["URL"] == "http://users:8001/$(NAME)"
     assert env["POD"] == "users-0"
 
@@ -422,8 +424,7 @@ def test_the_rendered_users_deployment_translates_to_docker_run(tmp_path: Path) 
     identity = PodIdentity("users-abc", "mesh", "10.0.0.7", "10.0.0.1")
     run = container_run(
         users,
-        manifests,
-        Objects.of(manifests),
+        Cluster("dev", manifests, {}),
         identity=identity,
         image=app_image("users"),
         user_of_image="10001:10001",

@@ -25,7 +25,7 @@ from meshdev.deployfiles import (
     dockerfile_stages,
     expand,
     prometheus_rules,
-    secret_references,
+    referenced_secrets,
     settings_class,
     settings_from,
 )
@@ -203,18 +203,7 @@ def test_every_referenced_secret_is_provided_or_documented(clusters: dict[str, C
         if overlay == "base":
             continue
         rendered = set(cluster.named("Secret")) | _operator_secrets(cluster)
-        referenced = {
-            name
-            for workload in _workloads(cluster)
-            for container in _containers(workload)
-            for name, _ in secret_references(container)
-        } | {
-            volume["secret"]["secretName"]
-            for workload in _workloads(cluster)
-            for volume in workload["spec"]["template"]["spec"].get("volumes", [])
-            if "secret" in volume
-        }
-        missing = referenced - rendered
+        missing = referenced_secrets(cluster.objects) - rendered
         if overlay == "dev":
             # A development cluster must come up from this repository alone.
             assert not missing, f"dev overlay does not generate {missing}"

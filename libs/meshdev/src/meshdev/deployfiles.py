@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,12 +136,22 @@ def compose_config(profiles: Sequence[str] = ()) -> dict[str, Any]:
     return config
 
 
+class PodSpecError(Exception):
+    """A pod spec the kubelet would refuse to run, or one this translation cannot reproduce."""
+
+
+WORKLOADS = ("Deployment", "StatefulSet", "Job")
+
+
 @dataclass
 class Cluster:
-    """The objects of one rendered kustomization."""
+    """The objects of one rendered kustomization. `stand_ins` are the Secrets created outside it
+    (by operators or a secret manager); None reads placeholders for them, to check the files
+    alone."""
 
     name: str
     objects: list[Manifest]
+    stand_ins: Mapping[str, Mapping[str, bytes]] | None = None
     by_kind: dict[str, dict[str, Manifest]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -155,14 +165,31 @@ class Cluster:
     def named(self, kind: str) -> dict[str, Manifest]:
         return self.by_kind.get(kind, {})
 
-    def secret_value(self, name: str, key: str) -> str | None:
-        secret = self.get("Secret", name)
-        if secret is None:
-            return None
-        if key in secret.get("stringData", {}):
-            return str(secret["stringData"][key])
-        encoded = secret.get("data", {}).get(key)
-        return None if encoded is None else base64.b64decode(encoded).decode()
+    def values(self, kind: str, name: str) -> Mapping[str, bytes] | None:
+        """A ConfigMap's or Secret's keys and values as a pod reads them; None if it is missing."""
+        manifest = self.get(kind, name)
+        if manifest is None:
+            return (self.stand_ins or {}).get(name) if kind == "Secret" else None
+        plain, encoded = ("data", "binaryData") if kind == "ConfigMap" else ("stringData", "data")
+        return {
+            key: base64.b64decode(value) for key, value in manifest.get(encoded, {}).items()
+        } | {key: str(value).encode() for key, value in manifest.get(plain, {}).items()}
+
+
+def referenced_secrets(manifests: Sequence[Manifest]) -> set[str]:
+    """The names of every Secret a pod template reads."""
+    found: set[str] = set()
+    for workload in (manifest for manifest in manifests if manifest["kind"] in WORKLOADS):
+        spec = workload["spec"]["template"]["spec"]
+        volumes = spec.get("volumes", [])
+        found |= {volume["secret"]["secretName"] for volume in volumes if "secret" in volume}
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            refs = [source.get("secretRef") for source in container.get("envFrom", [])]
+            refs += [
+                env.get("valueFrom", {}).get("secretKeyRef") for env in container.get("env", [])
+            ]
+            found |= {ref["name"] for ref in refs if ref is not None}
+    return found
 
 
 # Kubernetes' references have no parser outside the kubelet; their whole grammar is `$$` and
@@ -177,50 +204,45 @@ def expand(value: str, env: Mapping[str, str]) -> str:
     return _REFERENCE.sub(lambda ref: "$" if ref[1] is None else env.get(ref[1], ref[0]), value)
 
 
-def secret_placeholder(name: str, key: str) -> str:
-    # URL-safe, so it can stand where the real value goes into a URL.
-    return f"from-secret-{name}-{key}"
-
-
-def container_env(container: Manifest, cluster: Cluster) -> dict[str, str]:
-    """The environment a container starts with. Secrets the overlay does not render (created by
-    operators or a secret manager) stand as placeholders."""
+def container_env(
+    container: Manifest, cluster: Cluster, fields: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment the kubelet gives the container: `envFrom` first, then `env` in order,
+    each literal value expanded against what is defined before it. `fields` are the pod's
+    values of the downward API by path; without them placeholders stand in."""
     env: dict[str, str] = {}
+    placeholders = cluster.stand_ins is None
     for source in container.get("envFrom", []):
-        if "configMapRef" in source:
-            config_map = cluster.get("ConfigMap", source["configMapRef"]["name"])
-            assert config_map is not None, f"missing ConfigMap {source['configMapRef']['name']}"
-            env.update({k: str(v) for k, v in config_map.get("data", {}).items()})
-        if "secretRef" in source:
-            secret = cluster.get("Secret", source["secretRef"]["name"])
-            for key in (secret or {}).get("data", {}):
-                env[key] = cluster.secret_value(source["secretRef"]["name"], key) or ""
+        kind = "ConfigMap" if "configMapRef" in source else "Secret"
+        ref = source["configMapRef" if kind == "ConfigMap" else "secretRef"]
+        values = cluster.values(kind, ref["name"])
+        if values is None and not (ref.get("optional") or (placeholders and kind == "Secret")):
+            raise PodSpecError(f"{kind} {ref['name']!r} does not exist: the pod would not start")
+        for key, value in (values or {}).items():
+            env[source.get("prefix", "") + key] = value.decode()
     for variable in container.get("env", []):
-        name = variable["name"]
-        if "value" in variable:
-            env[name] = expand(str(variable["value"]), env)
-            continue
-        source = variable["valueFrom"]
-        if "secretKeyRef" in source:
-            ref = source["secretKeyRef"]
-            env[name] = cluster.secret_value(ref["name"], ref["key"]) or secret_placeholder(
-                ref["name"], ref["key"]
-            )
-        elif "configMapKeyRef" in source:
-            ref = source["configMapKeyRef"]
-            config_map = cluster.get("ConfigMap", ref["name"])
-            assert config_map is not None, f"missing ConfigMap {ref['name']}"
-            env[name] = str(config_map["data"][ref["key"]])
+        name, source = variable["name"], variable.get("valueFrom")
+        if source is None:
+            env[name] = expand(str(variable.get("value", "")), env)
         elif "fieldRef" in source:
-            env[name] = f"field-{source['fieldRef']['fieldPath']}"
+            path = source["fieldRef"]["fieldPath"]
+            if fields is not None and path not in fields:
+                raise PodSpecError(f"fieldRef {path!r} is not supported here")
+            env[name] = f"field-{path}" if fields is None else fields[path]
+        elif "configMapKeyRef" in source or "secretKeyRef" in source:
+            kind = "ConfigMap" if "configMapKeyRef" in source else "Secret"
+            ref = source["configMapKeyRef" if kind == "ConfigMap" else "secretKeyRef"]
+            found = (cluster.values(kind, ref["name"]) or {}).get(ref["key"])
+            if found is None and placeholders and kind == "Secret":
+                # URL-safe, so it can stand where the real value goes into a URL.
+                found = f"from-secret-{ref['name']}-{ref['key']}".encode()
+            if found is not None:
+                env[name] = found.decode()
+            elif not ref.get("optional"):
+                raise PodSpecError(f"{kind} {ref['name']!r} is missing or has no {ref['key']!r}")
+        else:
+            raise PodSpecError(f"{name}: only fieldRef, configMapKeyRef, secretKeyRef are read")
     return env
-
-
-def secret_references(container: Manifest) -> Iterator[tuple[str, str]]:
-    for variable in container.get("env", []):
-        ref = variable.get("valueFrom", {}).get("secretKeyRef")
-        if ref is not None:
-            yield ref["name"], ref["key"]
 
 
 def settings_class(package: str) -> type[ServiceSettings]:

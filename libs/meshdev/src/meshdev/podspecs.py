@@ -22,7 +22,6 @@ pulls, admission (Pod Security) and the operators' own pods.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import json
 import math
@@ -44,17 +43,19 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from meshdev.deployfiles import K8S, expand, render
+from meshdev.deployfiles import (
+    K8S,
+    Cluster,
+    Manifest,
+    PodSpecError,
+    container_env,
+    expand,
+    render,
+)
 from meshdev.docker import DEPLOYABLES, app_image, docker, infrastructure_image
 
-Manifest = dict[str, Any]
-POD_KINDS = ("Deployment", "StatefulSet", "Job")
 FAKE_NODE = "podspecs-node"
 PROBE_KINDS = ("startupProbe", "readinessProbe", "livenessProbe")
-
-
-class PodSpecError(Exception):
-    """A pod spec the kubelet would refuse to run, or one this translation cannot reproduce."""
 
 
 # ---- rendering ---------------------------------------------------------------------------------
@@ -100,66 +101,6 @@ def quantity(value: str | int | float) -> Fraction:
     if match is None or match[2] not in _SUFFIXES:
         raise PodSpecError(f"not a Kubernetes quantity: {value!r}")
     return Fraction(match[1]) * _SUFFIXES[match[2]]
-
-
-# ---- the objects pods read ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Objects:
-    """The ConfigMaps and Secrets a pod can read: the rendered overlay's, plus stand-ins for
-    those created outside it (by operators or a secret manager)."""
-
-    config_maps: Mapping[str, Mapping[str, bytes]]
-    secrets: Mapping[str, Mapping[str, bytes]]
-
-    @classmethod
-    def of(
-        cls,
-        manifests: Sequence[Manifest],
-        stand_in_secrets: Mapping[str, Mapping[str, bytes]] | None = None,
-    ) -> Objects:
-        config_maps: dict[str, dict[str, bytes]] = {}
-        found: dict[str, Mapping[str, bytes]] = dict(stand_in_secrets or {})
-        for manifest in manifests:
-            name = manifest["metadata"]["name"]
-            if manifest["kind"] == "ConfigMap":
-                values = {k: str(v).encode() for k, v in manifest.get("data", {}).items()}
-                for key, encoded in manifest.get("binaryData", {}).items():
-                    values[key] = base64.b64decode(encoded)
-                config_maps[name] = values
-            elif manifest["kind"] == "Secret":
-                data, text = manifest.get("data", {}), manifest.get("stringData", {})
-                found[name] = {k: base64.b64decode(v) for k, v in data.items()} | {
-                    k: str(v).encode() for k, v in text.items()
-                }
-        return cls(config_maps, found)
-
-    def values(self, kind: Literal["ConfigMap", "Secret"], name: str) -> Mapping[str, bytes]:
-        source = self.config_maps if kind == "ConfigMap" else self.secrets
-        if name not in source:
-            raise PodSpecError(f"{kind} {name!r} does not exist: the pod would not start")
-        return source[name]
-
-
-def referenced_secrets(manifests: Sequence[Manifest]) -> set[str]:
-    """The names of every Secret a pod template of the overlay reads."""
-    found: set[str] = set()
-    for kind in POD_KINDS:
-        for workload in workloads(manifests, kind).values():
-            spec = pod_template(workload)["spec"]
-            for volume in spec.get("volumes", []):
-                if "secret" in volume:
-                    found.add(volume["secret"]["secretName"])
-            for container in spec.get("initContainers", []) + spec["containers"]:
-                for source in container.get("envFrom", []):
-                    if "secretRef" in source:
-                        found.add(source["secretRef"]["name"])
-                for variable in container.get("env", []):
-                    ref = variable.get("valueFrom", {}).get("secretKeyRef")
-                    if ref is not None:
-                        found.add(ref["name"])
-    return found
 
 
 # ---- what the operators would create (components/operators) ------------------------------------
@@ -260,6 +201,25 @@ class PodIdentity:
     node_name: str = FAKE_NODE
     uid: str = field(default_factory=lambda: secrets.token_hex(16))
 
+    def fields(self, template: Manifest) -> dict[str, str]:
+        """The downward API's values (`fieldRef`) for the pod of `template`."""
+        metadata = template.get("metadata", {})
+        return {
+            f"metadata.{section}['{key}']": str(value)
+            for section in ("labels", "annotations")
+            for key, value in metadata.get(section, {}).items()
+        } | {
+            "metadata.name": self.name,
+            "metadata.namespace": self.namespace,
+            "metadata.uid": self.uid,
+            "spec.nodeName": self.node_name,
+            "spec.serviceAccountName": template["spec"].get("serviceAccountName", "default"),
+            "status.hostIP": self.host_ip,
+            "status.hostIPs": self.host_ip,
+            "status.podIP": self.ip,
+            "status.podIPs": self.ip,
+        }
+
 
 def pod_name(workload: Manifest) -> str:
     """A name as the controllers give one: `<deployment>-<hash>-<id>`, `<statefulset>-0`,
@@ -275,77 +235,6 @@ def pod_name(workload: Manifest) -> str:
     if kind == "Deployment":
         return f"{name}-{random(10)}-{random(5)}"
     return f"{name}-{random(5)}"
-
-
-def _field(path: str, identity: PodIdentity, template: Manifest) -> str:
-    metadata = template.get("metadata", {})
-    labelled = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
-    if labelled:
-        return str(metadata.get(labelled[1], {}).get(labelled[2], ""))
-    simple = {
-        "metadata.name": identity.name,
-        "metadata.namespace": identity.namespace,
-        "metadata.uid": identity.uid,
-        "spec.nodeName": identity.node_name,
-        "spec.serviceAccountName": template["spec"].get("serviceAccountName", "default"),
-        "status.hostIP": identity.host_ip,
-        "status.hostIPs": identity.host_ip,
-        "status.podIP": identity.ip,
-        "status.podIPs": identity.ip,
-    }
-    if path not in simple:
-        raise PodSpecError(f"fieldRef {path!r} is not supported here")
-    return str(simple[path])
-
-
-def _resource(ref: Manifest, container: Manifest) -> str:
-    section, _, resource = ref["resource"].partition(".")
-    value = container.get("resources", {}).get(section, {}).get(resource)
-    if value is None:
-        raise PodSpecError(f"resourceFieldRef {ref['resource']}: not set in the container")
-    return str(math.ceil(quantity(value) / quantity(ref.get("divisor", "1"))))
-
-
-# ---- environment -------------------------------------------------------------------------------
-
-
-def container_env(
-    container: Manifest, template: Manifest, objects: Objects, identity: PodIdentity
-) -> dict[str, str]:
-    """The environment the kubelet gives the container: `envFrom` first, then `env` in order,
-    each literal value expanded against what is defined before it."""
-    env: dict[str, str] = {}
-    for source in container.get("envFrom", []):
-        kind: Literal["ConfigMap", "Secret"] = "ConfigMap" if "configMapRef" in source else "Secret"
-        ref = source["configMapRef" if kind == "ConfigMap" else "secretRef"]
-        if ref.get("optional") and ref["name"] not in (
-            objects.config_maps if kind == "ConfigMap" else objects.secrets
-        ):
-            continue
-        for key, value in objects.values(kind, ref["name"]).items():
-            env[source.get("prefix", "") + key] = value.decode()
-    for variable in container.get("env", []):
-        name = variable["name"]
-        if "valueFrom" not in variable:
-            env[name] = expand(str(variable.get("value", "")), env)
-            continue
-        source = variable["valueFrom"]
-        if "fieldRef" in source:
-            env[name] = _field(source["fieldRef"]["fieldPath"], identity, template)
-        elif "resourceFieldRef" in source:
-            env[name] = _resource(source["resourceFieldRef"], container)
-        else:
-            kind = "ConfigMap" if "configMapKeyRef" in source else "Secret"
-            ref = source["configMapKeyRef" if kind == "ConfigMap" else "secretKeyRef"]
-            values = (objects.config_maps if kind == "ConfigMap" else objects.secrets).get(
-                ref["name"], {}
-            )
-            if ref["key"] not in values:
-                if ref.get("optional"):
-                    continue
-                raise PodSpecError(f"{kind} {ref['name']!r} is missing or has no {ref['key']!r}")
-            env[name] = values[ref["key"]].decode()
-    return env
 
 
 # ---- security context --------------------------------------------------------------------------
@@ -424,12 +313,14 @@ class FileVolume:
 
 
 def _file_volume(
-    volume: Manifest, mount: Manifest, objects: Objects, fs_group: int | None
+    volume: Manifest, mount: Manifest, cluster: Cluster, fs_group: int | None
 ) -> FileVolume:
-    kind: Literal["ConfigMap", "Secret"] = "Secret" if "secret" in volume else "ConfigMap"
+    kind = "Secret" if "secret" in volume else "ConfigMap"
     source = volume["secret" if kind == "Secret" else "configMap"]
     object_name = source["secretName"] if kind == "Secret" else source["name"]
-    values = objects.values(kind, object_name)
+    values = cluster.values(kind, object_name)
+    if values is None:
+        raise PodSpecError(f"{kind} {object_name!r} does not exist: the pod would not start")
     default_mode = int(source.get("defaultMode", 0o644))
     items = source.get("items") or [{"key": key, "path": key} for key in values]
     files = []
@@ -720,8 +611,7 @@ def _one_container(workload: Manifest) -> Manifest:
 
 def container_run(
     workload: Manifest,
-    manifests: Sequence[Manifest],
-    objects: Objects,
+    cluster: Cluster,
     *,
     identity: PodIdentity,
     image: str,
@@ -739,7 +629,7 @@ def container_run(
         str(p.get("name", p["containerPort"])): int(p["containerPort"])
         for p in container.get("ports", [])
     }
-    env = container_env(container, template, objects, identity)
+    env = container_env(container, cluster, identity.fields(template))
     command = [expand(part, env) for part in container.get("command", [])]
     args = [expand(part, env) for part in container.get("args", [])]
     entrypoint = command[0] if command else None
@@ -767,7 +657,7 @@ def container_run(
                 EmptyDirectory(name, mount["mountPath"], fs_group, memory, read_only)
             )
         elif "secret" in volume or "configMap" in volume:
-            files.append(_file_volume(volume, mount, objects, fs_group))
+            files.append(_file_volume(volume, mount, cluster, fs_group))
         else:
             raise PodSpecError(f"volume {name!r}: only emptyDir, Secret, ConfigMap are supported")
 
@@ -796,7 +686,7 @@ def container_run(
         ports=ports,
         network=network,
         ip=identity.ip,
-        aliases=service_aliases(manifests, template, ports, identity.namespace),
+        aliases=service_aliases(cluster.objects, template, ports, identity.namespace),
         stop_timeout=int(grace) if grace is not None else None,
         probes={k: _probe(k, container[k], ports) for k in PROBE_KINDS if k in container},
     )
