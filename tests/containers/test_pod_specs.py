@@ -51,7 +51,6 @@ from meshdev.podspecs import (
     PodNetwork,
     Probe,
     container_run,
-    ed25519_pem,
     image_user,
     inspect,
     last_logs,
@@ -66,6 +65,7 @@ from meshdev.podspecs import (
     wait_for_probe,
     workloads,
 )
+from meshdev.stack import ed25519_pem
 
 # Failure bounds only (a slow machine must not fail a test, a broken pod must not hang it).
 PROBE_BOUND = 150.0

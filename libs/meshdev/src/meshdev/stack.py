@@ -87,18 +87,19 @@ class RunningMesh:
         return rows[0][0]
 
 
+def ed25519_pem() -> bytes:
+    """A fresh token-signing key as the services read it (PKCS#8 PEM)."""
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
 def write_signing_key(directory: Path) -> Path:
     """A fresh Ed25519 signing key for the users service, readable by its owner only."""
     directory.mkdir(parents=True, exist_ok=True)
     key_file = directory / "jwt-ed25519.pem"
     key_file.touch(mode=0o600)
-    key_file.write_bytes(
-        Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key_file.write_bytes(ed25519_pem())
     return key_file
 
 
