@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 
@@ -19,29 +21,32 @@ def sqlalchemy_url(database: str) -> str:
     return asyncpg_dsn(database).replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
+@asynccontextmanager
+async def connected(dsn: str = ADMIN_DSN) -> AsyncIterator[asyncpg.Connection]:
+    """One connection for the block, closed after it."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
 async def create_database(prefix: str) -> str:
     """Creates `<prefix>_<random>` and returns its name."""
     name = f"{prefix}_{secrets.token_hex(4)}"
-    connection = await asyncpg.connect(ADMIN_DSN)
-    try:
+    async with connected() as connection:
         await connection.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await connection.close()
     return name
 
 
 async def drop_database(name: str) -> None:
-    connection = await asyncpg.connect(ADMIN_DSN)
-    try:
+    async with connected() as connection:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
 
 
 async def truncate_all(database: str, *, keep: tuple[str, ...] = ("alembic_version",)) -> None:
     """Empties every table of the public schema (between tests)."""
-    connection = await asyncpg.connect(asyncpg_dsn(database))
-    try:
+    async with connected(asyncpg_dsn(database)) as connection:
         tables = [
             row["tablename"]
             for row in await connection.fetch(
@@ -53,5 +58,3 @@ async def truncate_all(database: str, *, keep: tuple[str, ...] = ("alembic_versi
             await connection.execute(
                 "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"
             )
-    finally:
-        await connection.close()

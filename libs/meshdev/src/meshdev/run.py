@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import asyncpg
-
 from meshdev.mesh import MESH, Wiring
+from meshdev.postgres import connected
 from meshdev.processes import production_command
 from meshdev.stack import write_signing_key
 from meshkit.lifetime import die_with_parent
@@ -72,8 +71,7 @@ def preflight() -> None:
 
 async def create_missing_databases(names: list[str]) -> None:
     admin = POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://", 1) + "/postgres"
-    connection = await asyncpg.connect(admin)
-    try:
+    async with connected(admin) as connection:
         existing = {
             row["datname"] for row in await connection.fetch("SELECT datname FROM pg_database")
         }
@@ -81,8 +79,6 @@ async def create_missing_databases(names: list[str]) -> None:
             if name not in existing:
                 await connection.execute(f'CREATE DATABASE "{name}"')
                 say(f"created database {name}")
-    finally:
-        await connection.close()
 
 
 def ensure_dev_key() -> Path:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from meshdev.mesh import MESH, Deployable, Wiring
-from meshdev.postgres import ADMIN_DSN, create_database, drop_database
+from meshdev.postgres import ADMIN_DSN, asyncpg_dsn, connected, create_database, drop_database
 from meshdev.processes import ServiceProcess, free_port
 from meshdev.rabbitmq import amqp_url, create_vhost, delete_vhost
 
@@ -72,15 +72,12 @@ class RunningMesh:
     def database_url(self, name: str) -> str:
         """asyncpg DSN of a deployable's database, direct (never through a fault proxy), for
         tests that look at the data as an operator would."""
-        return f"{ADMIN_DSN.rpartition('/')[0]}/{self.wiring.databases[name]}"
+        return asyncpg_dsn(self.wiring.databases[name])
 
     async def fetch(self, name: str, sql: str, *args: object) -> list[asyncpg.Record]:
         """Rows of a query on a deployable's database (direct), as an operator would run it."""
-        connection = await asyncpg.connect(self.database_url(name))
-        try:
+        async with connected(self.database_url(name)) as connection:
             return list(await connection.fetch(sql, *args))
-        finally:
-            await connection.close()
 
     async def fetchval(self, name: str, sql: str, *args: object) -> Any:
         rows = await self.fetch(name, sql, *args)
