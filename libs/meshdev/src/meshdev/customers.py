@@ -54,20 +54,9 @@ class Customer:
         self.headers = {"Authorization": f"Bearer {token}"}
 
     @classmethod
-    async def register(
-        cls,
-        mesh: MeshTarget,
-        http: httpx.AsyncClient,
-        *,
-        email: str | None = None,
-    ) -> Customer:
-        users = UsersApi(httpx.AsyncClient(base_url=mesh.public_url("users"), timeout=10))
-        async with users.client:
-            email = email or f"user-{secrets.token_hex(6)}@example.com"
-            user = await users.register(email)
-            response = await users.login(email)
-            assert response.status_code == 200, response.text
-            return cls(mesh, http, user, response.json()["access_token"])
+    async def register(cls, mesh: MeshTarget, http: httpx.AsyncClient) -> Customer:
+        account = await Account.register(mesh.public_url("users"))
+        return cls(mesh, http, account.user, account.token)
 
     def url(self, service: str, path: str) -> str:
         """`path` of `service` as this customer reaches it."""
@@ -196,8 +185,9 @@ async def websocket_stream(url: str) -> AsyncIterator[LiveStream]:
 class Account:
     """A registered user of a users service and the headers that authenticate as them."""
 
-    def __init__(self, user_id: str, token: str) -> None:
-        self.id = user_id
+    def __init__(self, user: dict[str, str], token: str) -> None:
+        self.user = user
+        self.id = user["id"]
         self.token = token
         self.headers = {"Authorization": f"Bearer {token}"}
 
@@ -209,4 +199,4 @@ class Account:
             user = await users.register(email)
             response = await users.login(email)
             assert response.status_code == 200, response.text
-            return cls(user["id"], response.json()["access_token"])
+            return cls(user, response.json()["access_token"])
