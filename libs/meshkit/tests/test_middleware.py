@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from starlette.types import Message, Receive, Scope, Send
@@ -139,3 +140,36 @@ async def test_a_crash_whose_problem_cannot_be_sent_raises_the_send_failure(
         "meshkit.access",
     ]
     assert (request_id_var.get(), trace_id_var.get()) == (None, None)
+
+
+async def test_with_the_sdk_disabled_no_context_is_current_but_the_callers_trace_id_is_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    current: list[bool] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        current.append(trace.get_current_span().get_span_context().is_valid)
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01".encode()
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/x",
+        "headers": [(b"traceparent", traceparent)],
+    }
+    await RequestContextMiddleware(app)(scope, receive, send)
+
+    assert current == [False]
+    assert dict(sent[0]["headers"])[b"x-trace-id"] == trace_id.encode()

@@ -87,7 +87,7 @@ from starlette.types import Scope
 from starlette.websockets import WebSocketDisconnect
 
 from meshkit.logging import redact
-from meshkit.telemetry import metrics_enabled, sampled_out, tracing_enabled
+from meshkit.telemetry import metrics_enabled, sampled_out, sdk_disabled, tracing_enabled
 
 # The semantic conventions' recommended boundaries for HTTP request durations (seconds).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
@@ -128,7 +128,8 @@ def _route_template(scope: Scope) -> str | None:
 class ServerTelemetry:
     """Each request's SERVER span while this process traces, and its
     `http.server.request.duration` while it measures (WebSocket sessions: the span only),
-    from `start` to `ServerSpan.end`. With neither, only the trace context is carried on.
+    from `start` to `ServerSpan.end`. With neither, only the trace context is carried on;
+    with the SDK disabled, not even that.
 
     The span continues the caller's trace (`traceparent`); when the caller's trace is not
     sampled, none is started and the caller's context is current. Its attributes are built
@@ -146,15 +147,15 @@ class ServerTelemetry:
         scope: Scope,
         route: str | None = None,
         span_attributes: Mapping[str, str] | None = None,
-    ) -> ServerSpan | _CarriedContext:
+    ) -> ServerSpan | _CarriedContext | None:
         """The request's span, current until `end`; without tracing, the caller's trace context
-        (or a new one) is current instead (`_carried_context`). `route` names the request when
-        the caller knows it before the app has routed; `span_attributes` go on the span when it
-        records."""
+        (or a new one) is current instead (`_carried_context`); with the SDK disabled, nothing
+        (None). `route` names the request when the caller knows it before the app has
+        routed; `span_attributes` go on the span when it records."""
         tracing = tracing_enabled()
         measuring = metrics_enabled()
         if not (tracing or measuring):
-            return _CarriedContext(scope)
+            return None if sdk_disabled() else _CarriedContext(scope)
         is_http = scope["type"] == "http"
         method = scope["method"] if is_http else "WS"
         if method not in _KNOWN_METHODS and is_http:
@@ -480,9 +481,10 @@ class TracedTransport(httpx.AsyncBaseTransport):
         if not is_http_instrumentation_enabled():
             return await self._inner.handle_async_request(request)
         if not (tracing_enabled() or metrics_enabled()):
-            # Nothing to record: the current trace context goes on to the callee, which keeps
-            # one trace id across the mesh.
-            propagate.inject(request.headers)
+            if not sdk_disabled():
+                # Nothing to record: the current trace context goes on to the callee, which
+                # keeps one trace id across the mesh.
+                propagate.inject(request.headers)
             return await self._inner.handle_async_request(request)
         url = request.url
         method = request.method

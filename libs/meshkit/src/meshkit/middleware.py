@@ -46,8 +46,8 @@ def _trace_id(scope: Scope) -> str:
     context = trace.get_current_span().get_span_context()
     if context.is_valid:
         return format(context.trace_id, "032x")
-    # A request served without telemetry (the probes): still answer with the caller's trace
-    # id, or a fresh one, so support requests can always quote one.
+    # A request served without telemetry (the probes, or the SDK disabled): still answer with
+    # the caller's trace id, or a fresh one, so support requests can always quote one.
     match = _TRACEPARENT.match(_header(scope, b"traceparent") or "")
     return match.group(1) if match else _random_id()
 

@@ -226,15 +226,21 @@ def configure_telemetry(
         _export_logs(resource)
 
 
+def sdk_disabled() -> bool:
+    """`OTEL_SDK_DISABLED` is set: no telemetry work at all, not even carrying the trace
+    context on (read at each call: tests switch it per test)."""
+    return _truthy("OTEL_SDK_DISABLED")
+
+
 def tracing_enabled() -> bool:
     """True while this process records spans: `configure_telemetry` installed a tracer
-    provider and `OTEL_SDK_DISABLED` is not set (read at each call: tests switch it per test)."""
-    return "tracer" in _state and not _truthy("OTEL_SDK_DISABLED")
+    provider and the SDK is not disabled."""
+    return "tracer" in _state and not sdk_disabled()
 
 
 def metrics_enabled() -> bool:
     """True while this process records measurements, as `tracing_enabled` for spans."""
-    return "meter" in _state and not _truthy("OTEL_SDK_DISABLED")
+    return "meter" in _state and not sdk_disabled()
 
 
 def sampled_out(parent: Context) -> bool:
