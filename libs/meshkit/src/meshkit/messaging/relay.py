@@ -86,7 +86,7 @@ class _RelayStatements:
         # keeps the plan made while its outbox was empty, until the table is analysed: without
         # it that plan scans the whole outbox, sent rows of the retention included, at every
         # claim (docs/benchmarks.md, "PostgreSQL per order").
-        self.claim = text(
+        claim = text(
             f"""
             WITH marked AS (
                 UPDATE {table.name} SET sent_at = now()
@@ -100,10 +100,16 @@ class _RelayStatements:
                 LIMIT :batch
                 FOR UPDATE SKIP LOCKED
             )) AND sent_at IS NULL
-            RETURNING id, event_type, event::text AS event, traceparent, tracestate, attempts,
-                event->>'source' AS source, event->>'time' AS time
+            RETURNING id, event_type, traceparent, tracestate, attempts,
+                event::text AS event, event->>'source' AS source, event->>'time' AS time
             """  # noqa: S608 - the table name is the service's own, not input
         ).bindparams(bindparam("sent", type_=ARRAY(Uuid)))
+        # The typed columns declared (by position): the result's description is then read
+        # once and cached, not at every claim.
+        self.claim = claim.columns(
+            table.c.id, table.c.event_type, table.c.traceparent, table.c.tracestate,
+            table.c.attempts,
+        )  # fmt: skip
         # `sent_at IS NULL` here too, for the plan (see the claim); a row marked already keeps
         # the time it was first marked.
         pending = update(table).where(
